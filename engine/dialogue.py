@@ -1,0 +1,224 @@
+"""The dialogue seam between the engine and whatever renders NPC speech.
+
+The engine builds a ``DialogueRequest`` holding only what this NPC may know right now, a responder
+(scripted, or the language model) answers with a ``DialogueProposal``, and the engine validates the
+proposal with the same rules it applies to the player before it becomes an ``NpcReply`` command.
+"""
+
+from __future__ import annotations
+
+import re
+
+from msgspec import Struct
+
+from engine import rules
+from engine.commands import GiveItem, NpcAction, NpcReply, Rejection, SellItem, StartQuest
+from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Turn, WorldState
+
+
+class Offer(Struct, frozen=True):
+    item: str
+    name: str
+    price: int
+    count: int
+
+
+class DialogueRequest(Struct, frozen=True):
+    npc_id: str
+    npc_name: str
+    role: str
+    persona: str
+    skin: str | None
+    activity: str
+    #: Facts the NPC knows (its own, plus the quest as it concerns this NPC).
+    facts: list[str]
+    #: What it sells (in stock) and buys, at the catalogue prices of this world.
+    sells: list[Offer]
+    buys: list[Offer]
+    inventory: dict[str, int]
+    gold: int
+    quest: list[str]
+    #: Actions the engine would accept right now; the reply may propose at most one of them.
+    legal_actions: list[NpcAction]
+    recent: list[Turn]
+    player_words: str
+    player_gold: int
+    #: Proper names this NPC may mention (people, places, items in its context).
+    known_names: list[str]
+    max_chars: int = MAX_NPC_LINE_CHARS
+
+
+class DialogueProposal(Struct, frozen=True):
+    text: str
+    action: NpcAction | None = None
+
+
+def describe_action(state: WorldState, action: NpcAction) -> str:
+    match action:
+        case SellItem(item=item, price=price):
+            return f"sell one {state.items[item].name} for {price} gold"
+        case GiveItem(item=item):
+            return f"hand over the {state.items[item].name}"
+        case StartQuest(quest=q):
+            return f"ask the traveller for help ({state.quest.title})"
+    return "nothing"
+
+
+def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
+    q = state.quest
+    out: list[str] = []
+    involved = npc_id == q.giver or any(s.npc == npc_id for s in q.steps)
+    if not involved:
+        return out
+    if not q.started:
+        if npc_id == q.giver:
+            out.append(f"You need help: {q.summary} The traveller has not offered to help yet.")
+        return out
+    if q.complete:
+        out.append(f"The traveller finished '{q.title}'. The bell rings again; you are grateful.")
+        return out
+    s = q.current
+    assert s is not None
+    out.append(f"The traveller is helping with '{q.title}'. Their next task: {s.description}")
+    if s.npc == npc_id and s.kind == "receive":
+        out.append(f"You have finished the {state.items[s.item].name} and should hand it to the traveller.")
+    if s.npc == npc_id and s.kind == "give":
+        out.append(f"You are waiting for the traveller to bring you the {state.items[s.item].name}.")
+    return out
+
+
+def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest:
+    npc = state.npc(npc_id)
+    if npc is None:
+        raise KeyError(f"unknown npc {npc_id!r}")
+    items = state.items
+    sells = [Offer(item=i, name=items[i].name, price=p, count=npc.inventory.get(i, 0))
+             for i, p in sorted(npc.sells.items()) if npc.inventory.get(i, 0) > 0]
+    buys = [Offer(item=i, name=items[i].name, price=p, count=0) for i, p in sorted(npc.buys.items())]
+    quest = _quest_facts(state, npc_id)
+    names = {npc.name, state.player.name}
+    text_blob = " ".join([npc.persona, *npc.facts, *quest])
+    for other in state.npcs:
+        if other.name in text_blob:
+            names.add(other.name)
+    for place in state.map.places:
+        if place in text_blob or place.lower() in text_blob.lower():
+            names.add(place)
+    for it in items.values():
+        if it.name.lower() in text_blob.lower():
+            names.add(it.name)
+    for o in sells + buys:
+        names.add(o.name)
+    for i, n in npc.inventory.items():
+        names.add(items[i].name)
+    s = state.quest.current
+    if s is not None and s.item:
+        names.add(items[s.item].name)
+    return DialogueRequest(
+        npc_id=npc.id, npc_name=npc.name, role=npc.role, persona=npc.persona, skin=npc.skin,
+        activity=npc.activity, facts=list(npc.facts), sells=sells, buys=buys,
+        inventory=dict(npc.inventory), gold=npc.gold, quest=quest,
+        legal_actions=rules.legal_npc_actions(state, npc), recent=list(npc.memory),
+        player_words=rules.clean_player_text(words, MAX_SAY_CHARS), player_gold=state.player.gold,
+        known_names=sorted(names),
+    )
+
+
+_PRICE_RE = re.compile(r"(\d+)\s*(?:gold|coins?|gp|g\b)", re.IGNORECASE)
+
+
+def validate_proposal(state: WorldState, npc_id: str, proposal: DialogueProposal,
+                      request: DialogueRequest | None = None) -> Rejection | None:
+    """Would the engine commit this proposal right now? ``None`` means yes.
+
+    Checks the line's shape, that any price it quotes is one this NPC really asks or pays, that it
+    names no person, place or item outside the NPC's context, and the action against the rules.
+    """
+    npc, why = rules.check_talking(state, npc_id)
+    if why:
+        return why
+    why = rules.check_line(proposal.text)
+    if why:
+        return why
+    req = request or build_request(state, npc_id, "")
+    allowed_prices = {o.price for o in req.sells} | {o.price for o in req.buys} | {req.player_gold}
+    for m in _PRICE_RE.finditer(proposal.text):
+        if int(m.group(1)) not in allowed_prices:
+            return Rejection.TEXT_WRONG_PRICE
+    if mentions_unknown_name(state, proposal.text, req.known_names):
+        return Rejection.TEXT_UNKNOWN_NAME
+    if proposal.action is not None:
+        return rules.check_npc_action(state, npc, proposal.action)
+    return None
+
+
+def mentions_unknown_name(state: WorldState, text: str, known: list[str]) -> bool:
+    """True if the text names a person, place or item of this world that the NPC does not know."""
+    low = text.lower()
+    known_low = {k.lower() for k in known}
+    world_names = [n.name for n in state.npcs] + list(state.map.places) + [i.name for i in state.items.values()]
+    for name in world_names:
+        nl = name.lower()
+        if nl in known_low:
+            continue
+        if re.search(r"\b" + re.escape(nl) + r"s?\b", low):
+            return True
+    return False
+
+
+def to_command(npc_id: str, proposal: DialogueProposal) -> NpcReply:
+    return NpcReply(npc=npc_id, text=proposal.text, action=proposal.action)
+
+
+def fallback_line(state: WorldState, npc_id: str) -> DialogueProposal:
+    """A deterministic line that is always legal, used when every proposal was rejected."""
+    npc = state.npc(npc_id)
+    if npc is None:
+        raise KeyError(npc_id)
+    if npc.sells and any(npc.inventory.get(i, 0) for i in npc.sells):
+        text = f"{npc.name} nods. \"Have a look at my wares, traveller.\""
+    else:
+        text = f"{npc.name} nods. \"Keep well, traveller.\""
+    return DialogueProposal(text=text, action=None)
+
+
+class DialogueTurn:
+    """One player line in, one committed NPC reply out.
+
+    The caller asks a responder for a proposal for ``request()``, hands it to ``offer()``; a rejected
+    proposal is retried with the engine's reason as feedback, and after ``max_attempts`` the
+    deterministic fallback line is used. Nothing here touches the state: the returned ``NpcReply``
+    is a command that ``step`` re-validates when it commits it.
+    """
+
+    def __init__(self, npc_id: str, words: str, max_attempts: int = 3):
+        self.npc_id = npc_id
+        self.words = words
+        self.max_attempts = max_attempts
+        self.attempts = 0
+        self.rejections: list[Rejection] = []
+        self.fallback = False
+
+    @property
+    def feedback(self) -> str | None:
+        if not self.rejections:
+            return None
+        return f"Your last reply was refused ({self.rejections[-1].value.replace('_', ' ')}). Try again."
+
+    def request(self, state: WorldState) -> DialogueRequest:
+        return build_request(state, self.npc_id, self.words)
+
+    def offer(self, state: WorldState, proposal: DialogueProposal) -> NpcReply | None:
+        """Validate a proposal; return the command to commit, or None to ask for another."""
+        self.attempts += 1
+        why = validate_proposal(state, self.npc_id, proposal)
+        if why is None:
+            return to_command(self.npc_id, proposal)
+        self.rejections.append(why)
+        if self.attempts >= self.max_attempts:
+            return self.give_up(state)
+        return None
+
+    def give_up(self, state: WorldState) -> NpcReply:
+        self.fallback = True
+        return to_command(self.npc_id, fallback_line(state, self.npc_id))

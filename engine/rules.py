@@ -1,0 +1,155 @@
+"""Rule checks. Each returns ``None`` when the action is legal or a ``Rejection`` saying why not.
+
+The same checks serve player commands and the actions a language model proposes for an NPC, so a
+proposal can never do what the rules would refuse a player.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from engine.commands import GiveItem, NpcAction, Rejection, SellItem, StartQuest
+from engine.state import MAX_NPC_LINE_CHARS, Npc, WorldState
+
+#: How far (Chebyshev distance, in tiles) the player may be from an NPC to talk or trade.
+TALK_RANGE = 2
+
+
+def near(state: WorldState, npc: Npc) -> bool:
+    p = state.player
+    return max(abs(p.x - npc.x), abs(p.y - npc.y)) <= TALK_RANGE
+
+
+def check_talking(state: WorldState, npc_id: str) -> tuple[Npc | None, Rejection | None]:
+    npc = state.npc(npc_id)
+    if npc is None:
+        return None, Rejection.UNKNOWN_NPC
+    if state.player.talking_to != npc_id:
+        return npc, Rejection.NOT_TALKING
+    return npc, None
+
+
+def check_buy(state: WorldState, npc: Npc, item: str, qty: int, price: int | None = None) -> Rejection | None:
+    if item not in state.items:
+        return Rejection.UNKNOWN_ITEM
+    if not isinstance(qty, int) or qty <= 0 or qty > 99:
+        return Rejection.BAD_QUANTITY
+    if item not in npc.sells:
+        return Rejection.NOT_FOR_SALE
+    if price is not None and price != npc.sells[item]:
+        return Rejection.WRONG_PRICE
+    if npc.inventory.get(item, 0) < qty:
+        return Rejection.OUT_OF_STOCK
+    if state.player.gold < npc.sells[item] * qty:
+        return Rejection.INSUFFICIENT_GOLD
+    return None
+
+
+def check_sell(state: WorldState, npc: Npc, item: str, qty: int) -> Rejection | None:
+    if item not in state.items:
+        return Rejection.UNKNOWN_ITEM
+    if not isinstance(qty, int) or qty <= 0 or qty > 99:
+        return Rejection.BAD_QUANTITY
+    if state.items[item].quest:
+        return Rejection.QUEST_ITEM
+    if state.player.inventory.get(item, 0) < qty:
+        return Rejection.PLAYER_LACKS_ITEM
+    if item not in npc.buys:
+        return Rejection.NPC_WONT_BUY
+    if npc.gold < npc.buys[item] * qty:
+        return Rejection.NPC_CANNOT_AFFORD
+    return None
+
+
+def check_give(state: WorldState, npc: Npc, item: str, qty: int) -> Rejection | None:
+    if item not in state.items:
+        return Rejection.UNKNOWN_ITEM
+    if not isinstance(qty, int) or qty <= 0 or qty > 99:
+        return Rejection.BAD_QUANTITY
+    if state.player.inventory.get(item, 0) < qty:
+        return Rejection.PLAYER_LACKS_ITEM
+    return None
+
+
+def check_accept_quest(state: WorldState, quest_id: str) -> Rejection | None:
+    q = state.quest
+    if quest_id != q.id:
+        return Rejection.UNKNOWN_QUEST
+    if q.started:
+        return Rejection.QUEST_NOT_AVAILABLE
+    if state.player.talking_to != q.giver:
+        return Rejection.NOT_QUEST_GIVER
+    return None
+
+
+def check_npc_action(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
+    """May this NPC take this action right now?"""
+    match action:
+        case SellItem(item=item, price=price):
+            return check_buy(state, npc, item, 1, price)
+        case GiveItem(item=item):
+            if item not in state.items:
+                return Rejection.UNKNOWN_ITEM
+            step = state.quest.current
+            if step is None or step.kind != "receive" or step.npc != npc.id or step.item != item:
+                return Rejection.QUEST_STEP_MISMATCH
+            return None
+        case StartQuest(quest=quest):
+            if quest != state.quest.id:
+                return Rejection.UNKNOWN_QUEST
+            if npc.id != state.quest.giver:
+                return Rejection.NOT_QUEST_GIVER
+            if state.quest.started:
+                return Rejection.QUEST_NOT_AVAILABLE
+            return None
+    return Rejection.UNKNOWN_ITEM  # unreachable for well-typed input
+
+
+def legal_npc_actions(state: WorldState, npc: Npc) -> list[NpcAction]:
+    """Every action this NPC could legally take right now, in a deterministic order."""
+    out: list[NpcAction] = []
+    for item in sorted(npc.sells):
+        a = SellItem(item=item, price=npc.sells[item])
+        if check_npc_action(state, npc, a) is None:
+            out.append(a)
+    step = state.quest.current
+    if step is not None and step.kind == "receive" and step.npc == npc.id and step.item:
+        out.append(GiveItem(item=step.item))
+    a2 = StartQuest(quest=state.quest.id)
+    if check_npc_action(state, npc, a2) is None:
+        out.append(a2)
+    return out
+
+
+def check_line(text: str, max_chars: int = MAX_NPC_LINE_CHARS) -> Rejection | None:
+    """Shape checks for a line an NPC would speak."""
+    if not text or not text.strip():
+        return Rejection.TEXT_EMPTY
+    if len(text) > max_chars:
+        return Rejection.TEXT_TOO_LONG
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") :
+            return Rejection.TEXT_BAD_CHARS
+    return None
+
+
+def clean_player_text(text: str, max_chars: int) -> str:
+    """What the player typed, made safe to store: control and unassigned characters dropped,
+    lone surrogates replaced, whitespace collapsed, length capped."""
+    text = text.encode("utf-8", "replace").decode("utf-8", "replace") if _has_surrogates(text) else text
+    kept = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            kept.append(" " if ch in "\t\n\r" else "")
+        else:
+            kept.append(ch)
+    return " ".join("".join(kept).split())[:max_chars]
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True

@@ -1,0 +1,1 @@
+"""The network layer: content seeding, discovery, jobs and credits. Never imports ``game``."""
