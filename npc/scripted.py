@@ -42,14 +42,14 @@ class ScriptedResponder:
             if isinstance(a, GiveItem):
                 name = _item_name(req, a.item)
                 return DialogueProposal(text=f"Here it is, the {name}. Fresh from the fire.", action=a)
-        if any(w in words for w in _QUEST_WORDS):
+        if req.quest and any(w in words for w in _QUEST_WORDS + ("ready", "here", "clapper", "ingot")):
             for a in legal:
                 if isinstance(a, StartQuest):
                     return DialogueProposal(
                         text="Would you? Bless you. The bell's clapper cracked; Bram can forge a new one from an iron ingot.",
                         action=a)
             if req.quest:
-                return DialogueProposal(text=_short(req.quest[-1]))
+                return DialogueProposal(text=_quest_line(req.quest))
         if any(w in words for w in _BUY_WORDS) or any(o.name in words for o in req.sells):
             for a in legal:
                 if isinstance(a, SellItem) and _item_name(req, a.item) in words:
@@ -63,6 +63,22 @@ class ScriptedResponder:
         lines = _GREETINGS.get(req.role, ["Hello, traveller."])
         pick = blake3.blake3(f"{req.npc_id}|{req.player_words}|{len(req.recent)}".encode()).digest()[0]
         return DialogueProposal(text=lines[pick % len(lines)])
+
+
+def _quest_line(quest_facts: list[str]) -> str:
+    """Turn the engine's quest facts (written to the NPC) into something the NPC would say."""
+    last = quest_facts[-1]
+    if "finished" in last:
+        return "You got the old bell ringing again. Emberbrook won't forget it."
+    if "waiting for the traveller to bring you the " in last:
+        thing = last.split("bring you the ", 1)[1].rstrip(".")
+        return f"Bring me the {thing} and I'll see to the rest."
+    if "should hand it to the traveller" in last:
+        return "It's ready. Ask and it's yours."
+    if "Their next task: " in last:
+        task = last.split("Their next task: ", 1)[1]
+        return _short(f"Thank you for helping. Next: {task[0].lower()}{task[1:]}")
+    return "We'll talk about it later."
 
 
 def _item_name(req: DialogueRequest, item: str) -> str:

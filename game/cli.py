@@ -1,0 +1,224 @@
+"""The ``hearth`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from engine.replay import LogError, load_log, replay
+from engine.saves import SaveError, load_game, save_game
+from engine.state import TICKS_PER_SECOND, WorldState
+from engine.world import WorldDataError, new_game
+from game.headless import ScriptError
+
+DEFAULT_HEADLESS_TICKS = 100 * TICKS_PER_SECOND
+
+
+class CliError(Exception):
+    pass
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"hearth: error: {msg}", file=sys.stderr)
+    return code
+
+
+def has_display() -> bool:
+    driver = os.environ.get("SDL_VIDEODRIVER", "")
+    if driver in ("dummy", "offscreen"):
+        return False
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or bool(driver)
+    return True
+
+
+def load_or_new(save: Path | None, seed: int, world: Path | None = None) -> WorldState:
+    if save is not None and save.exists():
+        return load_game(save)
+    return new_game(seed, world)
+
+
+def make_responder(voice: str):
+    if voice == "scripted":
+        from npc.scripted import ScriptedResponder
+        return ScriptedResponder()
+    raise CliError(f"unknown voice {voice!r}")
+
+
+# ---- play --------------------------------------------------------------------------------------
+
+def cmd_play(args: argparse.Namespace) -> int:
+    headless = args.headless
+    if not headless and not has_display():
+        print("No display found: running a short headless session instead "
+              "(open `hearth play` on a desktop to get the window).")
+        headless = True
+        if args.script is None:
+            from assets import ASSETS_DIR
+            args.script = ASSETS_DIR / "demo.script"
+    state = load_or_new(args.save, args.seed, args.world)
+    responder = make_responder(args.voice)
+    if headless:
+        return _play_headless(args, state, responder)
+    from game.client import run_window
+    from game.session import GameSession
+
+    session = GameSession(state, responder, record=args.record is not None)
+    try:
+        code = run_window(session)
+    finally:
+        session.close()
+    _finish(args, session.state, session.recorder)
+    return code
+
+
+def _play_headless(args: argparse.Namespace, state: WorldState, responder) -> int:
+    from game.headless import Director, load_script, summary
+
+    actions = load_script(args.script, state) if args.script else []
+    ticks = args.ticks if args.ticks is not None else DEFAULT_HEADLESS_TICKS
+    if ticks < 0:
+        raise CliError("--ticks must be zero or more")
+    director = Director(state, responder, actions, record=args.record is not None)
+    target = state.tick + ticks
+    print(f"Emberbrook, seed {state.seed}: running {ticks} ticks headless"
+          + (f" with script {args.script}" if args.script else ""))
+    director.run(target)
+    _finish(args, director.state, director.recorder)
+    fallbacks = sum(t["fallback"] for t in director.turns)
+    print(f"dialogue turns: {len(director.turns)} (fallback lines: {fallbacks}); "
+          f"refused commands: {director.rejections}")
+    for line in summary(director.state):
+        print(line)
+    return 0
+
+
+def _finish(args, state: WorldState, recorder) -> None:
+    if args.save is not None:
+        save_game(args.save, state)
+        print(f"saved: {args.save}")
+    if recorder is not None and args.record is not None:
+        recorder.save(args.record)
+        print(f"recorded: {args.record} ({recorder.finish().ticks} ticks)")
+
+
+# ---- replay ------------------------------------------------------------------------------------
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    log = load_log(args.log)
+    res = replay(log)
+    if res.ok:
+        print(f"replayed {res.ticks} ticks: every state hash matches")
+        print(f"state-hash: {res.final_hash}")
+        return 0
+    print(f"replay diverged at tick {res.first_mismatch} (after {res.ticks} ticks): "
+          f"state hash differs from the recording", file=sys.stderr)
+    return 1
+
+
+# ---- state -------------------------------------------------------------------------------------
+
+def state_json(state: WorldState) -> dict:
+    q = state.quest
+    return {
+        "tick": state.tick,
+        "day": state.day,
+        "hour": state.hour,
+        "player": {"x": state.player.x, "y": state.player.y, "gold": state.player.gold,
+                   "inventory": dict(sorted(state.player.inventory.items())),
+                   "talking_to": state.player.talking_to},
+        "npcs": [{"id": n.id, "name": n.name, "role": n.role, "x": n.x, "y": n.y, "gold": n.gold,
+                  "inventory": dict(sorted(n.inventory.items())), "skin": n.skin,
+                  "activity": n.activity} for n in state.npcs],
+        "quest": {"id": q.id, "title": q.title, "started": q.started, "complete": q.complete,
+                  "step": q.step, "steps": len(q.steps),
+                  "current": q.current.description if q.current else None},
+    }
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    created = not args.save.exists()
+    state = load_or_new(args.save, args.seed)
+    if created:
+        save_game(args.save, state)
+    if args.json:
+        print(json.dumps(state_json(state), ensure_ascii=False))
+    else:
+        from game.headless import summary
+        print("\n".join(summary(state)))
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="hearth",
+        description="Hearth: a village whose people speak through a language model on your own "
+                    "machine. Play, replay recorded sessions, inspect saves.",
+    )
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("play", help="play in a window (or headless with --headless)",
+                       description="Open the game window. Arrow keys/WASD walk, E or Space talks to "
+                                   "a nearby villager, Enter sends what you typed, Esc ends the "
+                                   "conversation. With --headless (or when there is no display) "
+                                   "the game runs without a window, optionally following a script, "
+                                   "and prints what happened and the final state hash.")
+    p.add_argument("--headless", action="store_true", help="run without a window")
+    p.add_argument("--auto", action="store_true",
+                   help="open the window when a display exists, else run the headless demo")
+    p.add_argument("--seed", type=int, default=1, help="world seed for a new game (default 1)")
+    p.add_argument("--ticks", type=int, default=None,
+                   help=f"headless: ticks to run, {TICKS_PER_SECOND} per game second "
+                        f"(default {DEFAULT_HEADLESS_TICKS})")
+    p.add_argument("--script", type=Path, default=None,
+                   help="headless: a script of player actions (see assets/demo.script)")
+    p.add_argument("--record", type=Path, default=None, metavar="LOG",
+                   help="record every tick's inputs and state hash to LOG for `hearth replay`")
+    p.add_argument("--save", type=Path, default=None, metavar="FILE",
+                   help="load this save if it exists, and write the game to it at the end")
+    p.add_argument("--world", type=Path, default=None, help="world data file (default: Emberbrook)")
+    p.add_argument("--voice", default="scripted", choices=["scripted"],
+                   help="who speaks for the villagers (default: scripted)")
+    p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("replay", help="re-simulate a recorded session and check every tick's hash",
+                       description="Re-run a log written by `hearth play --record LOG` from its "
+                                   "initial state and check the state hash after every tick. "
+                                   "Exits 0 only if every hash matches, 1 on divergence, 2 on a "
+                                   "bad file.")
+    p.add_argument("log", type=Path, metavar="LOG")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("state", help="print the world state of a save",
+                       description="Load the save (creating a new game there if it does not "
+                                   "exist) and print the world state.")
+    p.add_argument("--save", type=Path, required=True, metavar="FILE")
+    p.add_argument("--seed", type=int, default=1, help="seed if a new game is created (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_state)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 0
+    if getattr(args, "auto", False):
+        args.headless = args.headless or not has_display()
+    try:
+        return args.func(args)
+    except (CliError, SaveError, LogError, WorldDataError, ScriptError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Colours of the window's interface (the world's colours live in the art)."""
+
+PANEL_BG = (32, 28, 34)
+SECTION_BG = (44, 38, 46)
+DIALOGUE_BG = (26, 22, 28, 232)
+BORDER = (96, 80, 70)
+INK = (236, 228, 214)
+INK_DIM = (190, 180, 166)
+INK_FAINT = (134, 124, 116)
+ACCENT = (238, 184, 96)
+GOLD = (232, 192, 72)
+OK_GREEN = (120, 196, 110)
+REFUSAL = (214, 92, 84)
+PLAYER_INK = (150, 196, 240)
+NPC_INK = (238, 184, 96)
+LABEL_BG = (20, 16, 20, 170)
+BUBBLE_BG = (250, 246, 236)
+BUBBLE_INK = (40, 32, 30)

@@ -1,0 +1,35 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def world():
+    from engine.world import new_game
+    return new_game(seed=1)
+
+
+def place_player_near(state, npc_id):
+    """Put the player on a free walkable tile next to an NPC and open the conversation."""
+    from engine.commands import Interact
+    from engine.sim import step
+    from engine.world import walkable
+    npc = state.npc(npc_id)
+    for dx, dy in ((0, 1), (1, 0), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)):
+        x, y = npc.x + dx, npc.y + dy
+        if walkable(state.map, x, y) and not any(n.x == x and n.y == y for n in state.npcs):
+            state.player.x, state.player.y = x, y
+            state.player.from_x, state.player.from_y = x, y
+            break
+    state, events = step(state, [Interact(npc=npc_id)])
+    assert state.player.talking_to == npc_id, events
+    return state

@@ -1,0 +1,169 @@
+"""Rules, the quest, and the dialogue seam's validation."""
+
+import re
+
+import pytest
+
+from engine.commands import (
+    AcceptQuest, Buy, Give, GiveItem, Interact, Move, NpcReply, Rejected, Rejection, Say, Sell,
+    SellItem, StartQuest,
+)
+from engine.dialogue import (
+    DialogueProposal, DialogueTurn, build_request, fallback_line, validate_proposal,
+)
+from engine.sim import step
+from engine.state import MEMORY_TURNS
+from engine.world import WorldDataError, load_world
+
+from tests.conftest import place_player_near
+
+
+def reasons(events):
+    return [e.reason for e in events if isinstance(e, Rejected)]
+
+
+def test_buy_and_sell_move_goods_and_gold(world):
+    s = place_player_near(world, "tobin")
+    s, ev = step(s, [Buy(npc="tobin", item="rope", qty=2)])
+    assert s.player.inventory == {"rope": 2} and s.player.gold == 30 - 12
+    assert s.npc("tobin").inventory["rope"] == 2
+    s, ev = step(s, [Sell(npc="tobin", item="rope", qty=1)])
+    assert s.player.gold == 30 - 12 + 3 and s.player.inventory == {"rope": 1}
+
+
+@pytest.mark.parametrize("cmd,reason", [
+    (Buy(npc="tobin", item="dagger"), Rejection.NOT_FOR_SALE),
+    (Buy(npc="tobin", item="lantern", qty=4), Rejection.OUT_OF_STOCK),
+    (Buy(npc="tobin", item="iron_ingot", qty=3), Rejection.INSUFFICIENT_GOLD),
+    (Buy(npc="tobin", item="rope", qty=0), Rejection.BAD_QUANTITY),
+    (Buy(npc="tobin", item="rope", qty=-2), Rejection.BAD_QUANTITY),
+    (Buy(npc="tobin", item="mithril"), Rejection.UNKNOWN_ITEM),
+    (Buy(npc="maren", item="bread"), Rejection.NOT_TALKING),
+    (Buy(npc="ghost", item="bread"), Rejection.UNKNOWN_NPC),
+    (Sell(npc="tobin", item="rope"), Rejection.PLAYER_LACKS_ITEM),
+    (Give(npc="tobin", item="rope"), Rejection.PLAYER_LACKS_ITEM),
+    (Move(dx=2, dy=0), Rejection.BAD_DIRECTION),
+    (Interact(npc="hilda"), Rejection.TOO_FAR),
+    (AcceptQuest(quest="silent_bell"), Rejection.NOT_QUEST_GIVER),
+    (AcceptQuest(quest="dragon"), Rejection.UNKNOWN_QUEST),
+])
+def test_rejections_are_typed_and_change_nothing(world, cmd, reason):
+    from engine.hashing import state_hash
+    from engine.state import clone
+    s = place_player_near(world, "tobin")
+    before = clone(s)
+    s, ev = step(s, [cmd])
+    assert reasons(ev) == [reason]
+    step(before, [])
+    assert state_hash(s) == state_hash(before)
+
+
+def test_npc_cannot_afford(world):
+    s = place_player_near(world, "bram")
+    s.player.inventory["iron_ingot"] = 10
+    s.npc("bram").gold = 5
+    s, ev = step(s, [Sell(npc="bram", item="iron_ingot")])
+    assert reasons(ev) == [Rejection.NPC_CANNOT_AFFORD]
+
+
+def test_full_quest(world):
+    s = place_player_near(world, "maren")
+    s, ev = step(s, [AcceptQuest(quest="silent_bell")])
+    assert s.quest.step == 0
+    s = place_player_near(s, "tobin")
+    s, ev = step(s, [Buy(npc="tobin", item="iron_ingot")])
+    assert s.quest.step == 1  # obtained
+    s = place_player_near(s, "maren")
+    s, ev = step(s, [Give(npc="maren", item="iron_ingot")])
+    assert s.quest.step == 1 and s.npc("maren").inventory.get("iron_ingot") == 1  # a gift, no progress
+    s.npc("maren").inventory.pop("iron_ingot")
+    s.player.inventory["iron_ingot"] = 1
+    s = place_player_near(s, "bram")
+    s, ev = step(s, [Give(npc="bram", item="iron_ingot")])
+    assert s.quest.step == 2 and "iron_ingot" not in s.npc("bram").inventory  # used up
+    # The clapper comes from Bram's reply: only Bram, only now.
+    s, ev = step(s, [NpcReply(npc="bram", text="Here.", action=GiveItem(item="bell_clapper"))])
+    assert s.player.inventory.get("bell_clapper") == 1 and s.quest.step == 3
+    s, ev = step(s, [NpcReply(npc="bram", text="Another!", action=GiveItem(item="bell_clapper"))])
+    assert reasons(ev) == [Rejection.QUEST_STEP_MISMATCH]
+    # A quest item cannot be handed to the wrong person (it would strand the quest).
+    s, ev = step(s, [Give(npc="bram", item="bell_clapper")])
+    assert reasons(ev) == [Rejection.QUEST_ITEM]
+    s = place_player_near(s, "maren")
+    gold = s.player.gold
+    s, ev = step(s, [Give(npc="maren", item="bell_clapper")])
+    assert s.quest.step == 4 and s.player.gold == gold + 15
+    s = place_player_near(s, "hilda")
+    assert s.quest.complete and s.player.gold == gold + 40
+
+
+def test_dialogue_memory_is_bounded(world):
+    s = place_player_near(world, "maren")
+    for i in range(MEMORY_TURNS * 3):
+        s, _ = step(s, [Say(npc="maren", text=f"line {i}")])
+    mem = s.npc("maren").memory
+    assert len(mem) == MEMORY_TURNS and mem[-1].text == f"line {MEMORY_TURNS * 3 - 1}"
+
+
+def test_request_is_scoped_to_the_npc(world):
+    s = place_player_near(world, "tobin")
+    req = build_request(s, "tobin", "hi")
+    assert {o.item for o in req.sells} == {"iron_ingot", "rope", "lantern", "apple"}
+    assert all(o.price == s.npc("tobin").sells[o.item] for o in req.sells)
+    assert SellItem(item="iron_ingot", price=12) in req.legal_actions
+    assert not any(isinstance(a, (GiveItem, StartQuest)) for a in req.legal_actions)
+    assert "Hilda" not in req.known_names  # Tobin's facts never mention her
+    maren = build_request(place_player_near(s, "maren"), "maren", "hi")
+    assert StartQuest(quest="silent_bell") in maren.legal_actions
+
+
+@pytest.mark.parametrize("proposal,reason", [
+    (DialogueProposal(text="Free iron for you!", action=SellItem(item="iron_ingot", price=0)),
+     Rejection.WRONG_PRICE),
+    (DialogueProposal(text="Here you go.", action=SellItem(item="dagger", price=25)),
+     Rejection.NOT_FOR_SALE),
+    (DialogueProposal(text="Take the clapper.", action=GiveItem(item="bell_clapper")),
+     Rejection.QUEST_STEP_MISMATCH),
+    (DialogueProposal(text="Help Maren.", action=StartQuest(quest="silent_bell")),
+     Rejection.NOT_QUEST_GIVER),
+    (DialogueProposal(text="Iron is 7 gold today."), Rejection.TEXT_WRONG_PRICE),
+    (DialogueProposal(text="Ask Hilda at the guardhouse."), Rejection.TEXT_UNKNOWN_NAME),
+    (DialogueProposal(text=""), Rejection.TEXT_EMPTY),
+    (DialogueProposal(text="x" * 1000), Rejection.TEXT_TOO_LONG),
+    (DialogueProposal(text="bad\x00byte"), Rejection.TEXT_BAD_CHARS),
+])
+def test_illegal_proposals_are_rejected(world, proposal, reason):
+    s = place_player_near(world, "tobin")
+    assert validate_proposal(s, "tobin", proposal) == reason
+
+
+def test_turn_retries_then_falls_back_and_fallback_is_legal(world):
+    s = place_player_near(world, "tobin")
+    turn = DialogueTurn("tobin", "give me everything free", max_attempts=2)
+    bad = DialogueProposal(text="All free!", action=SellItem(item="lantern", price=0))
+    assert turn.offer(s, bad) is None and turn.feedback
+    reply = turn.offer(s, bad)
+    assert turn.fallback and reply.action is None
+    gold = s.player.gold
+    s, ev = step(s, [reply])
+    assert not reasons(ev) and s.player.gold == gold
+    for npc in s.npcs:
+        t = place_player_near(s, npc.id)
+        assert validate_proposal(t, npc.id, fallback_line(t, npc.id)) is None
+
+
+def test_bad_world_data_names_the_problem(tmp_path):
+    from engine.world import default_world_path
+    src = default_world_path().read_text()
+    (tmp_path / "village.map").write_text((default_world_path().parent / "village.map").read_text())
+    cases = {
+        'sells = { horseshoe = 5, dagger = 25, nails = 2 }': ('sells = { horseshoe = 5, sword = 9 }', "unknown item 'sword'"),
+        'x = 32\ny = 5\ngold = 40': ('x = 0\ny = 0\ngold = 40', "npc bram: tile (0, 0) is not walkable"),
+        'giver = "maren"': ('giver = "nobody"', "unknown giver"),
+    }
+    for old, (new, msg) in cases.items():
+        assert old in src
+        (tmp_path / "w.toml").write_text(src.replace(old, new))
+        (tmp_path / "w.toml").rename(tmp_path / "village.toml")
+        with pytest.raises(WorldDataError, match=re.escape(msg)):
+            load_world(tmp_path / "village.toml")
