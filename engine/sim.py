@@ -30,9 +30,10 @@ _IDLE_RADIUS = 2
 
 def step(state: WorldState, inputs: Iterable[Command] = ()) -> tuple[WorldState, list[Event]]:
     events: list[Event] = []
+    # The player's step finishes before this tick's input, so a held key walks without a pause.
+    _advance_player(state)
     for cmd in inputs:
         _apply(state, cmd, events)
-    _advance_player(state)
     _advance_npcs(state, events)
     _check_quest(state, events)
     state.tick += 1

@@ -141,6 +141,7 @@ class WorldState(Struct):
     gold_minted: int = 0
     items_minted: dict[str, int] = {}
     items_consumed: dict[str, int] = {}
+    world_name: str = ""
 
     def npc(self, npc_id: str) -> Npc | None:
         for n in self.npcs:

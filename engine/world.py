@@ -11,7 +11,7 @@ import msgspec
 
 from engine import rng
 from engine.state import (
-    Item, Npc, Player, Quest, QuestStep, ScheduleEntry, TileMap, WorldState,
+    START_HOUR, Item, Npc, Player, Quest, QuestStep, ScheduleEntry, TileMap, WorldState,
 )
 
 #: Tile code -> (name, walkable). The renderer draws each kind; the rules only read walkability.
@@ -153,11 +153,13 @@ def load_world(path: Path | str | None = None, seed: int = 0) -> WorldState:
         for e in nd.schedule:
             check_pos(f"npc {nd.id} schedule at hour {e.hour}", e.x, e.y)
         sched = sorted(nd.schedule, key=lambda e: e.hour)
+        now = [e for e in sched if e.hour <= START_HOUR]
+        activity = (now[-1] if now else sched[-1]).activity
         npcs.append(Npc(
             id=nd.id, name=nd.name, role=nd.role, persona=nd.persona, x=nd.x, y=nd.y, gold=nd.gold,
             inventory=dict(sorted(nd.inventory.items())), sells=dict(sorted(nd.sells.items())),
             buys=dict(sorted(nd.buys.items())), schedule=sched, facts=list(nd.facts), skin=nd.skin,
-            from_x=nd.x, from_y=nd.y,
+            from_x=nd.x, from_y=nd.y, activity=activity,
         ))
     if len({n.id for n in npcs}) != len(npcs):
         raise WorldDataError("npc ids must be unique")
@@ -179,6 +181,7 @@ def load_world(path: Path | str | None = None, seed: int = 0) -> WorldState:
                       from_x=p.x, from_y=p.y),
         npcs=npcs,
         quest=Quest(id=q.id, title=q.title, giver=q.giver, summary=q.summary, steps=list(q.steps)),
+        world_name=data.world.name,
     )
 
 

@@ -22,6 +22,8 @@ FACINGS = ("down", "up", "left", "right")
 #: Ground tiles that look the same mirrored: drawn flipped by position, so large areas do not
 #: show a repeating stamp.
 MIRRORABLE = frozenset({"grass", "road", "stone", "flowers", "water"})
+#: Tiles drawn as a horizontal run; where a run goes north-south the tile is turned a quarter.
+RUNS = frozenset({"fence"})
 
 _FALLBACK_TILE_COLOURS = {
     "grass": (96, 152, 74), "road": (190, 156, 106), "stone": (168, 164, 152), "floor": (166, 116, 72),
@@ -38,14 +40,19 @@ _FALLBACK_CHARACTER_COLOURS = {
 @dataclass
 class Art:
     tile_px: int
+    char_px: int
     #: Tile code (as in the map) -> its variants (index 0 unflipped; mirrored ones follow).
     tiles: dict[str, list[pygame.Surface]]
+    #: Tile code -> the tile turned to run north-south (only for kinds in ``RUNS``).
+    upright: dict[str, pygame.Surface]
     #: Character id -> facing -> sprite.
     characters: dict[str, dict[str, pygame.Surface]]
     #: Names of the images that came from the fallback painter (reported, never fatal).
     fallbacks: list[str]
 
-    def tile(self, code: str, x: int, y: int) -> pygame.Surface:
+    def tile(self, code: str, x: int, y: int, upright: bool = False) -> pygame.Surface:
+        if upright and code in self.upright:
+            return self.upright[code]
         variants = self.tiles.get(code) or self.tiles["."]
         # A fixed spatial pattern (no randomness): neighbours rarely share a variant.
         return variants[(x * 7 + y * 13 + (x * y) % 3) % len(variants)]
@@ -53,14 +60,17 @@ class Art:
     def character(self, char_id: str, facing: str) -> pygame.Surface:
         frames = self.characters.get(char_id)
         if frames is None:
-            frames = self.characters[char_id] = _fallback_character(char_id, self.tile_px)
+            frames = self.characters[char_id] = _fallback_character(char_id, self.char_px)
         return frames.get(facing) or frames["down"]
 
 
-def load_art(tile_px: int, char_ids: list[str] | tuple[str, ...] = ()) -> Art:
-    """Load every tile kind and the given characters (plus the player), scaled to ``tile_px``."""
+def load_art(tile_px: int, char_px: int | None = None, char_ids: list[str] | tuple[str, ...] = ()) -> Art:
+    """Load every tile kind scaled to ``tile_px``, and the given characters (plus the player)
+    scaled to ``char_px`` (default: the tile size)."""
+    char_px = char_px or tile_px
     fallbacks: list[str] = []
     tiles: dict[str, list[pygame.Surface]] = {}
+    upright: dict[str, pygame.Surface] = {}
     for code, (name, _walkable) in TILE_KINDS.items():
         img = _load(f"tile_{name}.png", (SOURCE_PX, SOURCE_PX))
         if img is None:
@@ -71,18 +81,20 @@ def load_art(tile_px: int, char_ids: list[str] | tuple[str, ...] = ()) -> Art:
         if name in MIRRORABLE:
             tiles[code] += [pygame.transform.flip(base, fx, fy)
                             for fx, fy in ((True, False), (False, True), (True, True))]
+        if name in RUNS:
+            upright[code] = pygame.transform.rotate(base, -90)
     characters: dict[str, dict[str, pygame.Surface]] = {}
     for char_id in dict.fromkeys(["player", *char_ids]):
         strip = _load(f"char_{char_id}.png", (SOURCE_PX * len(FACINGS), SOURCE_PX))
         if strip is None:
             fallbacks.append(f"char_{char_id}")
-            characters[char_id] = _fallback_character(char_id, tile_px)
+            characters[char_id] = _fallback_character(char_id, char_px)
             continue
         characters[char_id] = {
-            facing: _scale(strip.subsurface((i * SOURCE_PX, 0, SOURCE_PX, SOURCE_PX)), tile_px, tile_px)
+            facing: _scale(strip.subsurface((i * SOURCE_PX, 0, SOURCE_PX, SOURCE_PX)), char_px, char_px)
             for i, facing in enumerate(FACINGS)
         }
-    return Art(tile_px=tile_px, tiles=tiles, characters=characters, fallbacks=fallbacks)
+    return Art(tile_px=tile_px, char_px=char_px, tiles=tiles, upright=upright, characters=characters, fallbacks=fallbacks)
 
 
 def _load(filename: str, size: tuple[int, int]) -> pygame.Surface | None:

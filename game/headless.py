@@ -206,7 +206,7 @@ class Director:
             self._walk_from = (p.x, p.y)
             self._walk_steps = 0
         tx, ty, rng_ = target
-        if max(abs(p.x - tx), abs(p.y - ty)) <= rng_ and p.move_left == 0:
+        if max(abs(p.x - tx), abs(p.y - ty)) <= rng_ and p.move_left <= 1:
             if self._walk_steps:
                 self.out(f"[{clock(s)}] You walked from {self._walk_from} to ({p.x}, {p.y}) "
                          f"toward {a.args[0]} ({self._walk_steps} steps)")
@@ -214,8 +214,8 @@ class Director:
         if s.tick - self._started_at > GOTO_TIMEOUT_TICKS:
             self.out(f"[{clock(s)}] line {a.line}: gave up walking to {a.args[0]} (no way through)")
             return True, []
-        if p.move_left > 0:
-            return False, []
+        if p.move_left > 1:
+            return False, []  # the current step ends next tick; a Move then continues the walk
         m = s.map
         dist = distance_field(m.tiles, m.width, m.height, tx, ty)
         best, move = None, None

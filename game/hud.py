@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pygame
 
 from engine.state import TICKS_PER_HOUR, WorldState
 from game import text
 from game.palette import (
-    ACCENT, BORDER, GOLD, INK, INK_DIM, INK_FAINT, OK_GREEN, PANEL_BG, SECTION_BG,
+    ACCENT, BORDER, GOLD, INK, INK_DIM, INK_FAINT, OK_GREEN, PANEL_BG, REFUSAL, SECTION_BG,
 )
 
 #: What the swarm box says until the swarm layer reports anything.
@@ -47,13 +47,14 @@ def quest_lines(state: WorldState) -> tuple[str, str]:
     return f"Step {q.step + 1} of {len(q.steps)}", step.description
 
 
-def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldState,
-                    hint: str | None, swarm_status: Mapping[str, Any] | None) -> None:
+def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldState, hint: str | None,
+                    log: Sequence[tuple[str, bool]], swarm_status: Mapping[str, Any] | None) -> None:
+    """``log`` holds the latest notices, newest first, each with whether it was a refusal."""
     surface.fill(PANEL_BG, rect)
     pygame.draw.line(surface, BORDER, rect.topleft, rect.bottomleft, 2)
     inner = rect.inflate(-2 * _PAD, 0)
     y = rect.top + 14
-    text.draw(surface, "EMBERBROOK", (inner.left, y), 30, ACCENT)
+    text.draw(surface, (state.world_name or "Hearth").upper(), (inner.left, y), 30, ACCENT)
     y += 28
     text.draw(surface, clock_text(state), (inner.left, y), 20, INK_DIM)
     y += 26
@@ -87,13 +88,14 @@ def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldStat
     text.draw(surface, status, (inner.left, y), 20, OK_GREEN if q.complete else INK_DIM)
     y += 20
     y = text.draw_wrapped(surface, detail, pygame.Rect(inner.left, y, inner.width, 100), 20, INK,
-                          max_lines=5)
+                          max_lines=4)
     y += 8
 
     swarm_rect = pygame.Rect(inner.left, rect.bottom - SWARM_BOX_HEIGHT - _PAD, inner.width,
                              SWARM_BOX_HEIGHT)
     controls = ["Arrows / WASD  walk", "E / Space  talk", "Enter  say   Esc  leave"]
     cy = swarm_rect.top - 14 - 20 * len(controls)
+    _draw_log(surface, inner, y, cy - 36, log)
     if hint:
         text.draw(surface, text.ellipsize(hint, text.font(20), inner.width), (inner.left, cy - 28), 20,
                   GOLD)
@@ -101,6 +103,25 @@ def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldStat
         text.draw(surface, line, (inner.left, cy), 18, INK_FAINT)
         cy += 20
     draw_swarm_status(surface, swarm_rect, swarm_status if swarm_status is not None else SWARM_OFFLINE)
+
+
+def _draw_log(surface: pygame.Surface, inner: pygame.Rect, y: int, bottom: int,
+              log: Sequence[tuple[str, bool]]) -> None:
+    if bottom - y < 40:
+        return
+    y = _section(surface, inner, y, "Lately")
+    if not log:
+        text.draw(surface, "nothing yet", (inner.left, y), 18, INK_FAINT)
+        return
+    f = text.font(18)
+    for message, refusal in log:
+        lines = text.wrap(message, f, inner.width)
+        if y + 18 * len(lines) > bottom:
+            break
+        for line in lines:
+            text.draw(surface, line, (inner.left, y), 18, REFUSAL if refusal else INK_DIM)
+            y += 18
+        y += 3
 
 
 def _section(surface: pygame.Surface, inner: pygame.Rect, y: int, title: str) -> int:

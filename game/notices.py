@@ -29,6 +29,9 @@ _REASONS = {
 
 def rejection_text(ev: Rejected) -> str:
     reason = _REASONS.get(ev.reason, ev.reason.value.replace("_", " "))
+    if ev.command == "npc_reply":
+        # The line was valid when generated but the world moved on before it was committed.
+        return f"The reply did not land ({ev.reason.value.replace('_', ' ')}). Try again."
     return f"Can't {ev.command.replace('_', ' ')}: {reason}."
 
 

@@ -6,21 +6,29 @@ resort, so text renders the same on a machine with no fonts installed.
 
 from __future__ import annotations
 
-import functools
-
 import pygame
 
 Colour = tuple[int, int, int]
 
+_fonts: dict[int, pygame.font.Font] = {}
 
-@functools.lru_cache(maxsize=16)
+
 def font(size: int) -> pygame.font.Font:
     if not pygame.font.get_init():
         pygame.font.init()
+    f = _fonts.get(size)
+    if f is not None:
+        try:
+            f.get_height()
+            return f
+        except pygame.error:  # the font module was shut down and started again since
+            _fonts.clear()
     try:
-        return pygame.font.Font(None, size)
+        f = pygame.font.Font(None, size)
     except (OSError, pygame.error):
-        return pygame.font.SysFont(None, size)
+        f = pygame.font.SysFont(None, size)
+    _fonts[size] = f
+    return f
 
 
 def wrap(text: str, f: pygame.font.Font, width: int) -> list[str]:

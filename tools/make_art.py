@@ -12,6 +12,7 @@ the script again writes the same files. Run it with ``SDL_VIDEODRIVER=dummy`` wh
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -209,8 +210,6 @@ def draw_well(s: pygame.Surface, rng: random.Random) -> None:
 
 
 def _on_circle(cx: int, cy: int, r: int, degrees: int) -> tuple[int, int]:
-    import math
-
     a = math.radians(degrees)
     return round(cx + r * math.cos(a)), round(cy + r * math.sin(a))
 
@@ -291,6 +290,7 @@ class Look:
     spear: bool = False
     hood: Colour | None = None   # cloak with a hood
     bun: bool = False
+    bedroll: Colour | None = None  # a rolled blanket across the back (the traveller)
 
 
 LOOKS: dict[str, Look] = {
@@ -302,8 +302,8 @@ LOOKS: dict[str, Look] = {
                   legs=(96, 74, 50), coat=True, hat=(92, 60, 36)),
     "hilda": Look(skin=(230, 184, 148), hair=(212, 176, 96), torso=(126, 130, 138), sleeves=(126, 130, 138),
                   legs=(64, 66, 78), helmet=True, tabard=(46, 82, 168), spear=True),
-    "player": Look(skin=(232, 186, 146), hair=(96, 62, 36), torso=(200, 180, 140), sleeves=(122, 82, 48),
-                   legs=(84, 70, 56), hood=(122, 82, 48)),
+    "player": Look(skin=(232, 186, 146), hair=(96, 62, 36), torso=(200, 180, 140), sleeves=(112, 70, 38),
+                   legs=(84, 70, 56), hood=(112, 70, 38), bedroll=(186, 170, 128)),
 }
 
 
@@ -329,6 +329,8 @@ def _front(s: pygame.Surface, look: Look, back: bool) -> None:
     # cloak behind the body
     if look.hood and back:
         pygame.draw.polygon(s, look.hood, [(10, 14), (22, 14), (25, 28), (7, 28)])
+        for x0_, x1_ in ((13, 11), (19, 21)):  # folds in the cloak
+            pygame.draw.line(s, _shade(look.hood, 0.78), (x0_, 20), (x1_, 27))
     # torso
     bottom = 26 if look.coat else 24
     if look.coat:
@@ -368,6 +370,14 @@ def _front(s: pygame.Surface, look: Look, back: bool) -> None:
     if not look.skirt and not look.coat and not look.apron:
         s.fill((70, 48, 30), (x0, 21, w, 2))
     _head_front(s, look, back)
+    if look.bedroll:
+        if back:
+            pygame.draw.rect(s, look.bedroll, (7, 15, 18, 6), border_radius=3)
+            s.fill(_shade(look.bedroll, 0.75), (7, 19, 18, 1))
+            for x in (11, 20):
+                s.fill(WOOD_DARK, (x, 15, 1, 6))
+        else:
+            pygame.draw.line(s, WOOD_DARK, (12, 15), (19, 25), 2)  # the roll's strap
     if look.spear:
         _spear(s, 26)
 
@@ -432,6 +442,9 @@ def _side(s: pygame.Surface, look: Look) -> None:
         s.fill(_shade(look.boots, 0.8), (17, 28, 4, 2))
     if look.hood:
         pygame.draw.polygon(s, look.hood, [(17, 14), (23, 15), (25, 28), (16, 28)])
+    if look.bedroll:
+        pygame.draw.rect(s, look.bedroll, (19, 14, 7, 7), border_radius=3)
+        s.fill(_shade(look.bedroll, 0.75), (19, 19, 7, 1))
     if look.coat:
         pygame.draw.polygon(s, look.torso, [(x0, 15), (x0 + w, 15), (x0 + w + 1, 27), (x0 - 1, 27)])
     else:
