@@ -97,6 +97,8 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
     buys = [Offer(item=i, name=items[i].name, price=p, count=0) for i, p in sorted(npc.buys.items())]
     quest = _quest_facts(state, npc_id)
     names = {npc.name, state.player.name}
+    if state.world_name:
+        names.add(state.world_name)
     text_blob = " ".join([npc.persona, *npc.facts, *quest])
     for other in state.npcs:
         if other.name in text_blob:
@@ -147,6 +149,8 @@ def validate_proposal(state: WorldState, npc_id: str, proposal: DialogueProposal
             return Rejection.TEXT_WRONG_PRICE
     if mentions_unknown_name(state, proposal.text, req.known_names):
         return Rejection.TEXT_UNKNOWN_NAME
+    if unknown_proper_nouns(proposal.text, req):
+        return Rejection.TEXT_UNKNOWN_NAME
     if proposal.action is not None:
         return rules.check_npc_action(state, npc, proposal.action)
     return None
@@ -164,6 +168,37 @@ def mentions_unknown_name(state: WorldState, text: str, known: list[str]) -> boo
         if re.search(r"\b" + re.escape(nl) + r"s?\b", low):
             return True
     return False
+
+
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’-]*")
+_SENTENCE_RE = re.compile(r"(?:^|[.!?:;\"“(]\s*)([A-Za-z][A-Za-z'’-]*)")
+#: Capitalised words that name nobody (interjections, titles, pronouns).
+_PLAIN_CAPS = {"i", "i'm", "i'll", "i've", "i'd", "ok", "okay", "sir", "madam", "miss", "mister",
+               "lad", "lass", "friend", "traveller", "traveler", "stranger", "gods", "aye", "nay",
+               "oh", "ah", "well", "yes", "no", "hello", "welcome", "thanks", "thank", "please",
+               "hmm", "ha", "hey", "good", "fine", "sorry"}
+
+
+def unknown_proper_nouns(text: str, req: DialogueRequest) -> list[str]:
+    """Capitalised words in the middle of a sentence that name nothing in the NPC's context.
+
+    A small model invents kings, towns and rivers; the engine cannot know every English word, but it
+    does know every name this NPC may use, so a mid-sentence capital that is not one of them is
+    treated as an invented name."""
+    known_text = " ".join([req.npc_name, req.persona, *req.facts, *req.quest, *req.known_names,
+                           *(o.name for o in req.sells), *(o.name for o in req.buys)])
+    known = {w.lower() for w in _WORD_RE.findall(known_text) if w[:1].isupper()}
+    starts = {m.start(1) for m in _SENTENCE_RE.finditer(text)}
+    bad = []
+    for m in _WORD_RE.finditer(text):
+        w = m.group(0)
+        if not w[:1].isupper() or m.start() in starts or m.start() == 0:
+            continue
+        lw = w.lower().rstrip("'’s") if w.lower().endswith(("'s", "’s")) else w.lower()
+        if lw in known or lw in _PLAIN_CAPS or w.isupper() and len(w) <= 2:
+            continue
+        bad.append(w)
+    return bad
 
 
 def to_command(npc_id: str, proposal: DialogueProposal) -> NpcReply:

@@ -42,10 +42,11 @@ def load_or_new(save: Path | None, seed: int, world: Path | None = None) -> Worl
 
 
 def make_responder(voice: str):
-    if voice == "scripted":
-        from npc.scripted import ScriptedResponder
-        return ScriptedResponder()
-    raise CliError(f"unknown voice {voice!r}")
+    from game.voices import VoiceError, load_voice
+    try:
+        return load_voice(voice, say=lambda line: print(line, file=sys.stderr))
+    except VoiceError as e:
+        raise CliError(str(e)) from None
 
 
 # ---- play --------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             from assets import ASSETS_DIR
             args.script = ASSETS_DIR / "demo.script"
     state = load_or_new(args.save, args.seed, args.world)
-    responder = make_responder(args.voice)
+    responder = make_responder(args.voice or ("scripted" if headless else "auto"))
     if headless:
         return _play_headless(args, state, responder)
     from game.client import run_window
@@ -152,6 +153,60 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- talk --------------------------------------------------------------------------------------
+
+def action_json(action) -> dict | None:
+    if action is None:
+        return None
+    import msgspec
+    d = msgspec.to_builtins(action)
+    return {"type": type(action).__struct_config__.tag, **{k: v for k, v in d.items() if k != "type"}}
+
+
+def cmd_talk(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.commands import Interact, NpcSaid, Rejected
+    from engine.sim import step
+    from game.headless import Director, parse_script
+    from game.session import run_turn_sync
+
+    state = load_or_new(args.save, args.seed)
+    if state.npc(args.npc) is None:
+        raise CliError(f"unknown npc {args.npc!r} (villagers: {', '.join(n.id for n in state.npcs)})")
+    responder = make_responder(args.voice)
+    if state.player.talking_to != args.npc:
+        # Walk over by the rules (no teleporting), then open the conversation.
+        director = Director(state, responder, parse_script(f"goto {args.npc}", state),
+                            out=lambda line: None)
+        limit = state.tick + 120 * 60
+        while not director.finished and director.state.tick < limit:
+            director.run(director.state.tick + 1)
+        state = director.state
+        state, events = step(state, [Interact(npc=args.npc)])
+        refused = [e for e in events if isinstance(e, Rejected)]
+        if refused:
+            raise CliError(f"could not reach {args.npc}: {refused[0].reason.value}")
+    t0 = time.perf_counter()
+    state, turn, events = run_turn_sync(state, responder, args.npc, " ".join(args.words))
+    latency = time.perf_counter() - t0
+    committed = any(isinstance(e, NpcSaid) for e in events)
+    save_game(args.save, state)
+    out = {"npc": args.npc, "say": turn.reply.text, "action": action_json(turn.reply.action),
+           "accepted": committed and not turn.fallback, "attempts": turn.attempts,
+           "fallback": turn.fallback, "latency_s": round(latency, 3),
+           "rejections": turn.rejections, "voice": getattr(responder, "name", "?"),
+           "tick": state.tick}
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        name = state.npc(args.npc).name
+        print(f"{name}: {turn.reply.text}" + (f"  [{out['action']['type']}]" if out["action"] else ""))
+        if turn.fallback:
+            print(f"(fallback line after {turn.attempts} refused replies: {', '.join(turn.rejections)})")
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,8 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", type=Path, default=None, metavar="FILE",
                    help="load this save if it exists, and write the game to it at the end")
     p.add_argument("--world", type=Path, default=None, help="world data file (default: Emberbrook)")
-    p.add_argument("--voice", default="scripted", choices=["scripted"],
-                   help="who speaks for the villagers (default: scripted)")
+    p.add_argument("--voice", default=None, choices=["auto", "model", "scripted"],
+                   help="who speaks for the villagers: the local language model, the scripted "
+                        "lines, or auto (the model if it loads; default for the window). Headless "
+                        "runs default to scripted, which is instant and reproducible")
     p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("replay", help="re-simulate a recorded session and check every tick's hash",
@@ -193,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bad file.")
     p.add_argument("log", type=Path, metavar="LOG")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("talk", help="say something to a villager and get one reply",
+                       description="Load the save (or start a new game there), walk to the villager "
+                                   "if needed, say the words, let the local model answer within "
+                                   "what the world allows, commit what the engine accepts and write "
+                                   "the save. --json prints one object: npc, say, action, accepted, "
+                                   "attempts, fallback, latency_s.")
+    p.add_argument("--save", type=Path, required=True, metavar="FILE")
+    p.add_argument("--npc", required=True, metavar="ID", help="villager id (bram, hilda, maren, tobin)")
+    p.add_argument("--seed", type=int, default=1, help="seed if a new game is created (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--voice", default="model", choices=["model", "scripted"],
+                   help="who answers (default: the local model)")
+    p.add_argument("words", nargs="+", help="what you say")
+    p.set_defaults(func=cmd_talk)
 
     p = sub.add_parser("state", help="print the world state of a save",
                        description="Load the save (creating a new game there if it does not "

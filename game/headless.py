@@ -119,6 +119,10 @@ class Director:
         self._report(events)
         return events
 
+    @property
+    def finished(self) -> bool:
+        return self._current is None and not self.actions
+
     def run(self, ticks: int) -> WorldState:
         """Advance until ``state.tick == ticks`` (absolute), working through the script."""
         while self.state.tick < ticks:
@@ -172,7 +176,8 @@ class Director:
                 pre = [Interact(npc=a.args[0])] if p.talking_to != a.args[0] else []
                 return True, pre + [cls(npc=a.args[0], item=a.args[1], qty=qty)]
             case "accept":
-                return True, [AcceptQuest(quest=s.quest.id)]
+                # Only if the villager has not already started it in conversation.
+                return True, [] if s.quest.started else [AcceptQuest(quest=s.quest.id)]
             case "leave":
                 return True, [EndTalk()] if p.talking_to else []
         raise ScriptError(f"line {a.line}: unknown action {a.verb}")

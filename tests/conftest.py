@@ -33,3 +33,27 @@ def place_player_near(state, npc_id):
     state, events = step(state, [Interact(npc=npc_id)])
     assert state.player.talking_to == npc_id, events
     return state
+
+
+@pytest.fixture(scope="session")
+def hearth_home(tmp_path_factory):
+    """A user data directory for the whole test session (the model store, tuning records)."""
+    home = tmp_path_factory.mktemp("hearth-home")
+    old = os.environ.get("HEARTH_HOME")
+    os.environ["HEARTH_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("HEARTH_HOME", None)
+    else:
+        os.environ["HEARTH_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def model_voice(hearth_home):
+    """The real default model, imported, tuned and loaded exactly as the game does it."""
+    from game.voices import load_model_voice
+    lines = []
+    voice = load_model_voice(say=lines.append)
+    voice.tuning_log = lines
+    yield voice
+    voice.runtime.close()

@@ -1,0 +1,262 @@
+"""A thin, typed wrapper over llama.cpp's C API (through llama-cpp-python's ctypes bindings).
+
+The high-level ``Llama`` class hides the knobs Hearth needs: ``use_extra_bufts`` (the AMX/repack
+buffer types crash multi-token batches on some CPUs), several KV sequences in one context (one
+per cached persona prefix), per-request LoRA adapters, and direct access to logits for our own
+constrained sampler. Every ctypes call the rest of ``npc`` needs goes through here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp as C
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_log_cb = None
+
+
+def _silence_logs() -> None:
+    global _log_cb
+
+    @C.llama_log_callback
+    def _discard(level, text, user_data):  # llama.cpp prints a lot to stderr by default
+        return None
+
+    _log_cb = _discard  # keep a reference: the C side holds the pointer
+    C.llama_log_set(_log_cb, ctypes.c_void_p(0))
+
+
+def backend_init(quiet: bool = True) -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            if quiet:
+                _silence_logs()
+            C.llama_backend_init()
+            _backend_ready = True
+
+
+class LlamaError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    use_extra_bufts: bool = False
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_seq_max: int = 8
+    n_threads: int = 2
+    flash_attn: bool = False
+    kv_unified: bool = False
+
+
+class Model:
+    """A loaded GGUF model (weights only)."""
+
+    def __init__(self, path: Path | str, use_extra_bufts: bool = False):
+        backend_init()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LlamaError(f"model file not found: {self.path}")
+        mp = C.llama_model_default_params()
+        mp.use_extra_bufts = use_extra_bufts
+        mp.n_gpu_layers = 0
+        self.ptr = C.llama_model_load_from_file(str(self.path).encode(), mp)
+        if not self.ptr:
+            raise LlamaError(f"llama.cpp could not load {self.path} (not a GGUF model, or damaged)")
+        self.vocab = C.llama_model_get_vocab(self.ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self._pieces: list[bytes] | None = None
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(512)
+        n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        n_max = len(data) + 16
+        arr = (C.llama_token * n_max)()
+        n = C.llama_tokenize(self.vocab, data, len(data), arr, n_max, add_special, parse_special)
+        if n < 0:
+            n_max = -n
+            arr = (C.llama_token * n_max)()
+            n = C.llama_tokenize(self.vocab, data, len(data), arr, n_max, add_special, parse_special)
+        return list(arr[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    @property
+    def pieces(self) -> list[bytes]:
+        """Every token's bytes (computed once; the constrained sampler indexes it)."""
+        if self._pieces is None:
+            self._pieces = [self.piece(t) for t in range(self.n_vocab)]
+        return self._pieces
+
+    def is_eog(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+    def chat_template(self) -> str | None:
+        t = C.llama_model_chat_template(self.ptr, None)
+        return t.decode() if t else None
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            C.llama_model_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Adapter:
+    """A LoRA adapter loaded against one model."""
+
+    def __init__(self, model: Model, path: Path | str):
+        self.path = Path(path)
+        self.model = model
+        self.ptr = C.llama_adapter_lora_init(model.ptr, str(self.path).encode())
+        if not self.ptr:
+            raise LlamaError(f"llama.cpp rejected the adapter {self.path} "
+                             f"(not a LoRA GGUF for this model, or damaged)")
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            C.llama_adapter_lora_free(self.ptr)
+            self.ptr = None
+
+
+class Context:
+    """One llama.cpp context: a KV cache with ``n_seq_max`` independent sequences."""
+
+    def __init__(self, model: Model, opts: LoadOptions):
+        self.model = model
+        self.opts = opts
+        cp = C.llama_context_default_params()
+        cp.n_ctx = opts.n_ctx
+        cp.n_batch = opts.n_batch
+        cp.n_ubatch = opts.n_batch
+        cp.n_seq_max = opts.n_seq_max
+        cp.n_threads = opts.n_threads
+        cp.n_threads_batch = opts.n_threads
+        cp.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn
+                              else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cp.kv_unified = opts.kv_unified
+        cp.no_perf = True
+        self.ptr = C.llama_init_from_model(model.ptr, cp)
+        if not self.ptr:
+            raise LlamaError("llama.cpp could not create a context")
+        self.mem = C.llama_get_memory(self.ptr)
+        self.n_ctx = C.llama_n_ctx(self.ptr)
+        self.n_ctx_seq = self.n_ctx // opts.n_seq_max if not opts.kv_unified else self.n_ctx
+        self._batch = C.llama_batch_init(opts.n_batch, 0, opts.n_seq_max)
+        self._adapter: Adapter | None = None
+        self._abort = threading.Event()
+
+    # -- adapters ------------------------------------------------------------------------------
+
+    def set_adapter(self, adapter: Adapter | None, scale: float = 1.0) -> None:
+        if adapter is self._adapter:
+            return
+        if adapter is None:
+            C.llama_set_adapters_lora(self.ptr, None, 0, None)
+        else:
+            arr = (ctypes.c_void_p * 1)(adapter.ptr)
+            scales = (ctypes.c_float * 1)(scale)
+            rc = C.llama_set_adapters_lora(self.ptr, ctypes.cast(arr, type(C.llama_set_adapters_lora.argtypes[1]())), 1, scales)
+            if rc != 0:
+                raise LlamaError(f"llama.cpp refused adapter {adapter.path}")
+        self._adapter = adapter
+
+    @property
+    def adapter(self) -> Adapter | None:
+        return self._adapter
+
+    # -- KV cache ------------------------------------------------------------------------------
+
+    def seq_rm(self, seq: int, p0: int = -1, p1: int = -1) -> None:
+        C.llama_memory_seq_rm(self.mem, seq, p0, p1)
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self.mem, True)
+
+    # -- decoding ------------------------------------------------------------------------------
+
+    def decode(self, tokens: list[int], seq: int, pos0: int, logits_last: bool = True,
+               all_logits: bool = False) -> None:
+        """Feed tokens of one sequence starting at position ``pos0``, in ``n_batch`` chunks."""
+        nb = self.opts.n_batch
+        for start in range(0, len(tokens), nb):
+            chunk = tokens[start: start + nb]
+            b = self._batch
+            for i, t in enumerate(chunk):
+                b.token[i] = t
+                b.pos[i] = pos0 + start + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = all_logits or (logits_last and start + i == len(tokens) - 1)
+            b.n_tokens = len(chunk)
+            rc = C.llama_decode(self.ptr, b)
+            if rc != 0:
+                raise LlamaError(f"llama_decode failed ({rc})")
+
+    def decode_multi(self, items: list[tuple[int, int, int]]) -> None:
+        """One batch with one token for each of several sequences: (token, seq, pos)."""
+        b = self._batch
+        for i, (t, seq, pos) in enumerate(items):
+            b.token[i] = t
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = True
+        b.n_tokens = len(items)
+        rc = C.llama_decode(self.ptr, b)
+        if rc != 0:
+            raise LlamaError(f"llama_decode failed ({rc})")
+
+    def logits(self, i: int = -1) -> np.ndarray:
+        ptr = C.llama_get_logits_ith(self.ptr, i)
+        if not ptr:
+            raise LlamaError("no logits for that batch position")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    def close(self) -> None:
+        if getattr(self, "ptr", None):
+            C.llama_batch_free(self._batch)
+            C.llama_free(self.ptr)
+            self.ptr = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def quantize(src: Path | str, dst: Path | str, ftype: int, nthread: int = 2) -> None:
+    """Requantize a GGUF model (``ftype`` is a ``LLAMA_FTYPE_MOSTLY_*`` value)."""
+    backend_init()
+    qp = C.llama_model_quantize_default_params()
+    qp.nthread = nthread
+    qp.ftype = ftype
+    qp.allow_requantize = True
+    rc = C.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(qp))
+    if rc != 0:
+        raise LlamaError(f"quantizing {src} failed ({rc})")
