@@ -61,19 +61,40 @@ def cmd_play(args: argparse.Namespace) -> int:
             from assets import ASSETS_DIR
             args.script = ASSETS_DIR / "demo.script"
     state = load_or_new(args.save, args.seed, args.world)
-    responder = make_responder(args.voice or ("scripted" if headless else "auto"))
+    voice = args.voice or ("scripted" if headless else "auto")
     if headless:
-        return _play_headless(args, state, responder)
+        return _play_headless(args, state, make_responder(voice))
     from game.client import run_window
     from game.session import GameSession
+    from npc.scripted import ScriptedResponder
 
-    session = GameSession(state, responder, record=args.record is not None)
+    # The window opens at once with the scripted voice; the model loads (and, on first run, is
+    # measured) in the background and takes over from the next reply.
+    session = GameSession(state, ScriptedResponder(), record=args.record is not None)
+    if voice != "scripted":
+        session.voice_label = "scripted lines (the local model is loading)"
+        _load_voice_in_background(session, voice)
     try:
         code = run_window(session)
     finally:
         session.close()
     _finish(args, session.state, session.recorder)
     return code
+
+
+def _load_voice_in_background(session, voice: str) -> None:
+    import threading
+
+    def load() -> None:
+        from game.voices import load_voice
+        try:
+            session.set_responder(load_voice(voice, say=lambda line: print(line, file=sys.stderr)))
+        except Exception as e:
+            print(f"hearth: the local model could not be loaded ({e}); villagers keep their "
+                  f"scripted lines.", file=sys.stderr)
+            session.voice_label = "scripted lines (the local model failed to load)"
+
+    threading.Thread(target=load, name="hearth-voice-loader", daemon=True).start()
 
 
 def _play_headless(args: argparse.Namespace, state: WorldState, responder) -> int:

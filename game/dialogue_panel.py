@@ -36,7 +36,8 @@ def transcript(npc: Npc, partial: str | None) -> list[tuple[str, tuple[int, int,
 
 
 def draw_dialogue(surface: pygame.Surface, rect: pygame.Rect, state: WorldState, npc: Npc,
-                  partial: str | None, input_text: str) -> None:
+                  partial: str | None, input_text: str, speaker: str = "") -> None:
+    """``speaker`` says what renders the villagers' words (the local model, scripted lines)."""
     shade = pygame.Surface(rect.size, pygame.SRCALPHA)
     shade.fill(DIALOGUE_BG)
     surface.blit(shade, rect.topleft)
@@ -51,7 +52,8 @@ def draw_dialogue(surface: pygame.Surface, rect: pygame.Rect, state: WorldState,
     text.draw(surface, text.ellipsize(about, text.font(20), left.width - r.width - 12),
               (r.right + 12, left.top + 6), 20, INK_DIM)
     y = left.top + 30
-    text.draw(surface, f"voice: {voice_name(npc)}", (left.left, y), 18, INK_FAINT)
+    text.draw(surface, f"voice: {voice_name(npc)}" + (f"  ·  {speaker}" if speaker else ""),
+              (left.left, y), 18, INK_FAINT)
     y += 22
 
     # input line at the bottom of the left column

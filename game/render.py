@@ -146,7 +146,8 @@ def render(surface: pygame.Surface, session: GameSession, alpha: float, ui: Clie
         pending = session.pending  # read once: the responder thread may clear it
         partial = pending.partial if pending is not None and pending.turn.npc_id == talking.id else None
         panel = dialogue_rect(state)
-        draw_dialogue(surface, panel, state, talking, partial, ui.input_text)
+        draw_dialogue(surface, panel, state, talking, partial, ui.input_text,
+                      getattr(session, "voice_label", ""))
         if panel.top <= notice_top:
             notice_top = panel.bottom + 12
     _draw_notice(surface, play, notice_top, state, ui.notice)

@@ -78,6 +78,14 @@ class GameSession:
         self._request_after_say = False
         self._worker = _Worker(responder)
         self._worker.start()
+        #: Shown in the dialogue panel: what renders the villagers' words right now.
+        self.voice_label = _label(responder)
+
+    def set_responder(self, responder: Responder) -> None:
+        """Swap the voice (e.g. when the model finishes loading); takes effect from the next reply."""
+        self.responder = responder
+        self._worker.responder = responder
+        self.voice_label = _label(responder)
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -153,6 +161,11 @@ class GameSession:
     def close(self) -> None:
         self.cancel_reply()
         self._worker.jobs.put(None)
+
+
+def _label(responder: Responder) -> str:
+    name = getattr(responder, "name", "")
+    return {"model": "local model", "scripted": "scripted lines"}.get(name, name)
 
 
 def run_turn_sync(state: WorldState, responder: Responder, npc_id: str, words: str,

@@ -9,13 +9,18 @@ constrained sampler. Every ctypes call the rest of ``npc`` needs goes through he
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import llama_cpp as C
+# llama.cpp's OpenMP workers otherwise spin between tokens, taking the cores the game thread needs
+# for its frames. Must be set before the OpenMP runtime starts (i.e. before llama_cpp loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import llama_cpp as C  # noqa: E402
 
 _backend_lock = threading.Lock()
 _backend_ready = False

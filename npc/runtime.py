@@ -93,12 +93,14 @@ class Runtime:
 
     def generate(self, prompt: list[int], key: Hashable, grammar: ReplyGrammar | None = None,
                  max_tokens: int = 64, on_text: Callable[[str], None] | None = None,
-                 cancel: threading.Event | None = None, adapter: Adapter | None = None) -> GenResult:
+                 cancel: threading.Event | None = None, adapter: Adapter | None = None,
+                 stop_at_eog: bool = True) -> GenResult:
         with self._lock:
             return self._generate(prompt, (id(adapter) if adapter else None, key), grammar,
-                                  max_tokens, on_text, cancel, adapter)
+                                  max_tokens, on_text, cancel, adapter, stop_at_eog)
 
-    def _generate(self, prompt, key, grammar, max_tokens, on_text, cancel, adapter) -> GenResult:
+    def _generate(self, prompt, key, grammar, max_tokens, on_text, cancel, adapter,
+                  stop_at_eog) -> GenResult:
         t0 = time.perf_counter()
         if len(prompt) + max_tokens + 8 > self.seq_capacity:
             raise LlamaError(f"prompt of {len(prompt)} tokens does not fit the context "
@@ -154,7 +156,7 @@ class Runtime:
                 out += piece
                 gen_tokens.append(tok)
             else:
-                if self.eog[tok]:
+                if self.eog[tok] and stop_at_eog:
                     break
                 out += self.pieces[tok]
             n_gen += 1
