@@ -82,8 +82,8 @@ class _Reader:
 
     def string(self) -> str:
         n = self.scalar("<Q")
-        if n > self.size:
-            raise GGUFError("corrupt GGUF string length")
+        if n > self.size - self.f.tell():
+            raise GGUFError("truncated or corrupt GGUF header (string runs past the end)")
         return self.take(n).decode("utf-8", "replace")
 
     def value(self, vtype: int, keep: bool = True):
@@ -93,8 +93,8 @@ class _Reader:
             return self.string()
         if vtype == _ARRAY:
             itype, n = self.scalar("<I"), self.scalar("<Q")
-            if n > self.size:
-                raise GGUFError("corrupt GGUF array length")
+            if n > self.size - self.f.tell():
+                raise GGUFError("truncated or corrupt GGUF header (array runs past the end)")
             if itype in _SCALARS and not keep:
                 self.f.seek(n * struct.calcsize(_SCALARS[itype]), 1)
                 return None

