@@ -40,6 +40,7 @@ class Rejection(str, enum.Enum):
     TEXT_BAD_CHARS = "text_bad_chars"
     TEXT_UNKNOWN_NAME = "text_unknown_name"
     TEXT_WRONG_PRICE = "text_wrong_price"
+    BAD_SKIN_ID = "bad_skin_id"
 
 
 # ---- NPC actions: what a dialogue proposal may ask the engine to do ------------------------------
@@ -114,7 +115,15 @@ class NpcReply(Struct, tag="npc_reply", frozen=True):
     action: NpcAction | None = None
 
 
-Command = Move | Interact | EndTalk | Say | Buy | Sell | Give | AcceptQuest | NpcReply
+class WearSkin(Struct, tag="wear_skin", frozen=True):
+    """An NPC puts on a skin (a verified LoRA personality, by skin id) or, with None, its own voice.
+    The engine only checks the id's shape; verifying the bundle is the npc layer's job."""
+
+    npc: str
+    skin: str | None = None
+
+
+Command = Move | Interact | EndTalk | Say | Buy | Sell | Give | AcceptQuest | NpcReply | WearSkin
 
 
 # ---- Events ------------------------------------------------------------------------------------
@@ -206,10 +215,15 @@ class QuestCompleted(Struct, tag="quest_completed", frozen=True):
     quest: str
 
 
+class SkinWorn(Struct, tag="skin_worn", frozen=True):
+    npc: str
+    skin: str | None
+
+
 Event = (
     Rejected | PlayerMoved | NpcMoved | NpcActivity | TalkStarted | TalkEnded | PlayerSaid | NpcSaid
     | Traded | Gave | ItemMinted | ItemConsumed | GoldMinted | QuestStarted | QuestAdvanced
-    | QuestCompleted
+    | QuestCompleted | SkinWorn
 )
 
 command_decoder = msgspec.msgpack.Decoder(Command)

@@ -13,7 +13,7 @@ from engine.commands import (
     AcceptQuest, Buy, Command, EndTalk, Event, Gave, Give, GiveItem, GoldMinted, Interact,
     ItemConsumed, ItemMinted, Move, NpcActivity, NpcMoved, NpcReply, NpcSaid, PlayerMoved,
     PlayerSaid, QuestAdvanced, QuestCompleted, QuestStarted, Rejected, Rejection, Say, Sell,
-    SellItem, StartQuest, TalkEnded, TalkStarted, Traded, command_name,
+    SellItem, SkinWorn, StartQuest, TalkEnded, TalkStarted, Traded, WearSkin, command_name,
 )
 from engine.state import (
     MAX_SAY_CHARS, MEMORY_TURNS, NPC_MOVE_TICKS, PLAYER_MOVE_TICKS, Npc, Turn,
@@ -128,6 +128,14 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
             if why:
                 return _reject(events, cmd, why)
             _start_quest(state, events)
+        case WearSkin(npc=npc_id, skin=skin):
+            npc = state.npc(npc_id)
+            if npc is None:
+                return _reject(events, cmd, Rejection.UNKNOWN_NPC)
+            if skin is not None and not _is_skin_id(skin):
+                return _reject(events, cmd, Rejection.BAD_SKIN_ID)
+            npc.skin = skin
+            events.append(SkinWorn(npc=npc_id, skin=skin))
         case NpcReply(npc=npc_id, text=text, action=action):
             npc, why = rules.check_talking(state, npc_id)
             why = why or rules.check_line(text)
@@ -147,6 +155,10 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
                     _advance_quest(state, events)
                 case StartQuest():
                     _start_quest(state, events)
+
+
+def _is_skin_id(skin: str) -> bool:
+    return len(skin) == 64 and all(c in "0123456789abcdef" for c in skin)
 
 
 def _sell_to_player(state: WorldState, npc: Npc, item: str, qty: int, events: list[Event]) -> None:

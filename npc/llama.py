@@ -134,9 +134,11 @@ class Model:
 class Adapter:
     """A LoRA adapter loaded against one model."""
 
-    def __init__(self, model: Model, path: Path | str):
+    def __init__(self, model: Model, path: Path | str, key: str | None = None):
         self.path = Path(path)
         self.model = model
+        #: Stable name for caches (a skin id); defaults to the file path.
+        self.key = key or str(self.path)
         self.ptr = C.llama_adapter_lora_init(model.ptr, str(self.path).encode())
         if not self.ptr:
             raise LlamaError(f"llama.cpp rejected the adapter {self.path} "

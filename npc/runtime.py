@@ -80,6 +80,16 @@ class Runtime:
             toks += self.model.tokenize(text, add_special=False, parse_special=special)
         return toks
 
+    def forget_adapter(self, adapter_key: str) -> None:
+        """Drop every cached prefix computed under this adapter (call before freeing it)."""
+        with self._lock:
+            for s in self.slots:
+                if isinstance(s.key, tuple) and s.key and s.key[0] == adapter_key:
+                    self.ctx.seq_rm(s.seq)
+                    s.key, s.tokens, s.used = None, [], 0
+            if self.ctx.adapter is not None and getattr(self.ctx.adapter, "key", None) == adapter_key:
+                self.ctx.set_adapter(None)
+
     def _slot_for(self, key: Hashable) -> _Slot:
         self._clock += 1
         for s in self.slots:
@@ -94,10 +104,14 @@ class Runtime:
     def generate(self, prompt: list[int], key: Hashable, grammar: ReplyGrammar | None = None,
                  max_tokens: int = 64, on_text: Callable[[str], None] | None = None,
                  cancel: threading.Event | None = None, adapter: Adapter | None = None,
-                 stop_at_eog: bool = True) -> GenResult:
+                 adapter_key: str | None = None, stop_at_eog: bool = True) -> GenResult:
+        """``adapter_key`` names the adapter for the prefix cache (a skin id); it must be given
+        with an adapter, so a cached prefix is never reused under different weights."""
+        if adapter is not None and not adapter_key:
+            raise ValueError("an adapter needs an adapter_key for the prefix cache")
         with self._lock:
-            return self._generate(prompt, (id(adapter) if adapter else None, key), grammar,
-                                  max_tokens, on_text, cancel, adapter, stop_at_eog)
+            return self._generate(prompt, (adapter_key if adapter is not None else None, key),
+                                  grammar, max_tokens, on_text, cancel, adapter, stop_at_eog)
 
     def _generate(self, prompt, key, grammar, max_tokens, on_text, cancel, adapter,
                   stop_at_eog) -> GenResult:

@@ -167,3 +167,16 @@ def test_bad_world_data_names_the_problem(tmp_path):
         (tmp_path / "w.toml").rename(tmp_path / "village.toml")
         with pytest.raises(WorldDataError, match=re.escape(msg)):
             load_world(tmp_path / "village.toml")
+
+
+def test_wear_skin_checks_the_id_shape(world):
+    from engine.commands import SkinWorn, WearSkin
+    sid = "ab" * 32
+    s, ev = step(world, [WearSkin(npc="bram", skin=sid)])
+    assert s.npc("bram").skin == sid and ev == [SkinWorn(npc="bram", skin=sid)]
+    s, ev = step(s, [WearSkin(npc="bram", skin="../../etc/passwd")])
+    assert reasons(ev) == [Rejection.BAD_SKIN_ID] and s.npc("bram").skin == sid
+    s, ev = step(s, [WearSkin(npc="ghost", skin=sid)])
+    assert reasons(ev) == [Rejection.UNKNOWN_NPC]
+    s, ev = step(s, [WearSkin(npc="bram", skin=None)])
+    assert s.npc("bram").skin is None
