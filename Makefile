@@ -6,15 +6,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-# llama.cpp build flags, kept in this one place.
+# llama.cpp build flags, kept in this one place and chosen by measurement (tools/bench/llama_build.md).
 #  GGML_LLAMAFILE=OFF: sampled re-scoring of work done for others is exact only without the
-#  llamafile sgemm kernels (a one-pass prefill must reproduce token-by-token decode logits).
+#    llamafile sgemm kernels (a one-pass prefill must reproduce token-by-token decode logits).
+#  GGML_NATIVE=ON with AMX compiled out (x86-64): the AMX buffer type crashes llama_decode on any
+#    multi-token batch on AMX CPUs; without it the stable repack kernels (extra buffer types) run
+#    and Q4_0 prefill is 2x faster than with extra buffer types switched off at load time.
 # pip's wheel cache ignores CMAKE_ARGS, so the wheel is built into a cache directory keyed by
 # version + flags: a changed flag gets a fresh build, an unchanged one reuses the wheel.
 LLAMA_VERSION := 0.3.36
-CMAKE_ARGS := -DGGML_LLAMAFILE=OFF
+CMAKE_ARGS := -DGGML_LLAMAFILE=OFF -DGGML_NATIVE=ON
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+CMAKE_ARGS += '-DCMAKE_C_FLAGS=$(NO_AMX)' '-DCMAKE_CXX_FLAGS=$(NO_AMX)'
+endif
 WHEEL_CACHE ?= $(HOME)/.cache/hearth/wheels
-LLAMA_KEY := $(shell printf '%s|%s' '$(LLAMA_VERSION)' '$(CMAKE_ARGS)' | sha256sum | cut -c1-16)
+LLAMA_KEY := $(shell echo '$(LLAMA_VERSION) $(subst ',,$(CMAKE_ARGS))' | sha256sum | cut -c1-16)
 LLAMA_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 SMOLLM_VERSION := 0.1.2
 
@@ -42,7 +49,7 @@ $(VENV)/bin/python:
 llama-wheel: $(LLAMA_DIR)/.done
 
 $(LLAMA_DIR)/.done: | $(VENV)/bin/python
-	@echo "Building llama-cpp-python $(LLAMA_VERSION) with CMAKE_ARGS='$(CMAKE_ARGS)' (about 10 minutes, once per flag set)"
+	@echo "Building llama-cpp-python $(LLAMA_VERSION) with CMAKE_ARGS=$(CMAKE_ARGS) (about 10 minutes, once per flag set)"
 	mkdir -p $(LLAMA_DIR)
 	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-deps --no-binary llama-cpp-python \
 		--no-cache-dir -w $(LLAMA_DIR) llama-cpp-python==$(LLAMA_VERSION)

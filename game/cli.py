@@ -13,6 +13,8 @@ from engine.saves import SaveError, load_game, save_game
 from engine.state import TICKS_PER_SECOND, WorldState
 from engine.world import WorldDataError, new_game
 from game.headless import ScriptError
+from game.skin_cli import add_commands as add_skin_commands
+from npc.skins.manifest import SkinError
 
 DEFAULT_HEADLESS_TICKS = 100 * TICKS_PER_SECOND
 
@@ -294,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed if a new game is created (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_state)
+
+    add_skin_commands(sub)
     return ap
 
 
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         args.headless = args.headless or not has_display()
     try:
         return args.func(args)
-    except (CliError, SaveError, LogError, WorldDataError, ScriptError) as e:
+    except (CliError, SaveError, LogError, WorldDataError, ScriptError, SkinError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130

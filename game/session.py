@@ -46,6 +46,7 @@ class _Worker(threading.Thread):
         self.results: queue.Queue = queue.Queue()
 
     def run(self) -> None:
+        _lower_priority()
         while True:
             job = self.jobs.get()
             if job is None:
@@ -62,6 +63,17 @@ class _Worker(threading.Thread):
             except Exception as e:  # a broken voice must never take the game down
                 proposal = e
             self.results.put((pending, proposal))
+
+
+def _lower_priority() -> None:
+    """Run voices below the game thread: on Linux a thread's nice value is its own and is inherited
+    by the compute threads it starts, so llama.cpp uses every idle cycle but yields the CPU to
+    the frame loop at once."""
+    import os
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 class GameSession:

@@ -14,8 +14,10 @@ class VoiceError(Exception):
 
 def load_model_voice(say: Callable[[str], None] = print, retune: bool = False):
     """The local model: import it into the store on first run, pick the fastest stable
-    configuration (measured once per machine), load it."""
+    configuration (measured once per machine), load it, with a pool for the skins NPCs wear."""
+    from npc.adapters import AdapterPool
     from npc.runtime import Runtime
+    from npc.skins.store import SkinStore
     from npc.store import ModelStore
     from npc.tuning import choose
     from npc.voice import ModelVoice
@@ -25,7 +27,11 @@ def load_model_voice(say: Callable[[str], None] = print, retune: bool = False):
     choice = choose(store, base, force=retune, say=say)
     runtime = Runtime(store.path(choice.model), use_extra_bufts=choice.use_extra_bufts,
                       n_threads=choice.n_threads)
-    return ModelVoice(runtime)
+    # Skins are made for, and checked against, the base model; the runtime may run a
+    # requantization of it, which has the same tensor shapes and so takes the same adapters.
+    pool = AdapterPool(runtime, SkinStore(), base_model=base.blake3,
+                       base_gguf=store.path(base.blake3))
+    return ModelVoice(runtime, pool=pool, base_model=base.blake3)
 
 
 def load_voice(kind: str, say: Callable[[str], None] = print) -> Responder:

@@ -185,9 +185,9 @@ class Context:
         if adapter is None:
             C.llama_set_adapters_lora(self.ptr, None, 0, None)
         else:
-            arr = (ctypes.c_void_p * 1)(adapter.ptr)
+            arr = (C.llama_adapter_lora_p_ctypes * 1)(adapter.ptr)
             scales = (ctypes.c_float * 1)(scale)
-            rc = C.llama_set_adapters_lora(self.ptr, ctypes.cast(arr, type(C.llama_set_adapters_lora.argtypes[1]())), 1, scales)
+            rc = C.llama_set_adapters_lora(self.ptr, arr, 1, scales)
             if rc != 0:
                 raise LlamaError(f"llama.cpp refused adapter {adapter.path}")
         self._adapter = adapter

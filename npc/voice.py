@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from contextlib import ExitStack
 
 from engine.dialogue import DialogueProposal, DialogueRequest
 from npc.grammar import ReplyGrammar
+from npc.llama import Adapter
 from npc.prompt import trim_history
 from npc.responder import TextSink
 from npc.runtime import Runtime
+
+log = logging.getLogger("hearth.skins")
 
 #: Longest reply in tokens (the grammar also bounds the line to two sentences).
 MAX_REPLY_TOKENS = 56
@@ -21,11 +26,25 @@ class Cancelled(Exception):
 class ModelVoice:
     name = "model"
 
-    def __init__(self, runtime: Runtime, max_tokens: int = MAX_REPLY_TOKENS, max_chars: int = 160):
+    def __init__(self, runtime: Runtime, max_tokens: int = MAX_REPLY_TOKENS, max_chars: int = 160,
+                 pool=None, base_model: str | None = None):
+        """``pool`` (an ``npc.adapters.AdapterPool``) lets NPCs wear skins; ``base_model`` is the
+        BLAKE3 of the base model skins must be made for (the runtime may run a requantization
+        of it)."""
         self.runtime = runtime
         self.max_tokens = max_tokens
         self.max_chars = max_chars
+        self.pool = pool
+        if pool is not None and pool.base_model is None:
+            pool.base_model = base_model
         self.last = None  # the last GenResult, for measurement
+        #: Skins that could not be worn, with the reason; their NPCs speak with the base voice.
+        self.failed_skins: dict[str, str] = {}
+
+    def _skin_failed(self, skin: str, reason: str) -> None:
+        if skin not in self.failed_skins:
+            self.failed_skins[skin] = reason
+            log.warning("skin %s cannot be worn, using the base voice: %s", skin, reason)
 
     def _count(self, prompt) -> int:
         return len(self.runtime.tokenize_segments(prompt.segments))
@@ -37,8 +56,7 @@ class ModelVoice:
         prompt = trim_history(request, feedback, self._count, budget)
         tokens = self.runtime.tokenize_segments(prompt.segments)
         grammar = ReplyGrammar(request.legal_actions, min(self.max_chars, request.max_chars))
-        result = self.runtime.generate(tokens, key=(request.npc_id, request.skin), grammar=grammar,
-                                       max_tokens=self.max_tokens, on_text=on_text, cancel=cancel)
+        result = self._generate(request, tokens, grammar, on_text, cancel)
         self.last = result
         if result.cancelled:
             raise Cancelled()
@@ -46,3 +64,31 @@ class ModelVoice:
         if not grammar.done:
             action = None  # out of tokens mid-line: keep the words, drop any unfinished intent
         return DialogueProposal(text=text, action=action)
+
+    def _generate(self, request: DialogueRequest, tokens: list[int], grammar: ReplyGrammar,
+                  on_text, cancel):
+        skin = request.skin
+        if skin is None or skin in self.failed_skins:
+            return self._run(request, tokens, grammar, on_text, cancel, None, None)
+        if self.pool is None:
+            self._skin_failed(skin, "this voice has no adapter pool")
+            return self._run(request, tokens, grammar, on_text, cancel, None, None)
+        with ExitStack() as stack:
+            try:
+                adapter = stack.enter_context(self.pool.hold(skin))
+            except Exception as e:  # not installed, fails verification, refused by llama.cpp...
+                self._skin_failed(skin, str(e) or type(e).__name__)
+                return self._run(request, tokens, grammar, on_text, cancel, None, None)
+            try:
+                return self._run(request, tokens, grammar, on_text, cancel, skin, adapter)
+            except Exception as e:  # llama.cpp would not apply it: speak without it
+                self._skin_failed(skin, f"generating with it failed: {e}")
+        return self._run(request, tokens, grammar, on_text, cancel, None, None)
+
+    def _run(self, request, tokens, grammar, on_text, cancel, skin: str | None,
+             adapter: Adapter | None):
+        # The runtime keys its prefix cache by (adapter key, NPC), so a skin never reuses a
+        # prefix computed under other weights.
+        return self.runtime.generate(tokens, key=request.npc_id, grammar=grammar,
+                                     max_tokens=self.max_tokens, on_text=on_text, cancel=cancel,
+                                     adapter=adapter, adapter_key=skin)

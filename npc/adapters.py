@@ -1,0 +1,135 @@
+"""The adapter pool: installed skins loaded as llama.cpp LoRA adapters against the one base model.
+
+Each skin is verified (signature, every hash, base model, tensor shapes) before llama.cpp sees its
+adapter, loaded once, and kept until the pool is over its count or byte cap; then the least
+recently used adapter is evicted. Eviction tells the runtime to forget the adapter first, so no
+cached prefix and no active-adapter pointer outlives the weights. An adapter held for a
+generation (``hold``) is never evicted while it is in use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from npc.llama import Adapter, LlamaError, Model
+from npc.skins.bundle import verify_bundle
+from npc.skins.manifest import SkinError
+from npc.skins.store import SkinStore
+
+DEFAULT_MAX_LOADED = 8
+#: Adapter bytes kept in memory (llama.cpp holds each adapter's tensors at about file size).
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+def load_adapter(model: Model, path: Path | str, key: str) -> Adapter:
+    """llama.cpp's own load of a LoRA: the last check, after ``verify_bundle``."""
+    try:
+        return Adapter(model, path, key=key)
+    except LlamaError:
+        raise SkinError(f"{path}: llama.cpp could not load the adapter (not a LoRA for this "
+                        f"base model, or damaged)") from None
+
+
+@dataclass
+class _Loaded:
+    adapter: Adapter
+    size: int
+    pins: int = 0
+
+
+class AdapterPool:
+    def __init__(self, runtime, skin_store: SkinStore, *, base_model: str | None = None,
+                 base_gguf: Path | str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_loaded: int = DEFAULT_MAX_LOADED):
+        """``base_model`` is the BLAKE3 of the base model skins must be made for (the runtime may
+        run a requantization of it, whose file hash differs). ``base_gguf`` is the file the
+        shape checks read; by default the runtime's own model, whose shapes are the base's."""
+        if max_loaded < 1:
+            raise ValueError("max_loaded must be at least 1")
+        self.runtime = runtime
+        self.store = skin_store
+        self.base_model = base_model
+        self.base_gguf = Path(base_gguf) if base_gguf is not None else Path(runtime.model.path)
+        self.max_bytes = max_bytes
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._lock = threading.RLock()
+
+    @property
+    def loaded(self) -> list[str]:
+        """Loaded skin ids, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    @property
+    def loaded_bytes(self) -> int:
+        with self._lock:
+            return sum(e.size for e in self._loaded.values())
+
+    def get(self, skin_id: str) -> Adapter:
+        """The skin's adapter, loading (after full verification) on first use. Raises SkinError
+        naming the problem when the skin is not installed, does not verify, or llama.cpp
+        refuses it."""
+        with self._lock:
+            entry = self._loaded.get(skin_id)
+            if entry is not None:
+                self._loaded.move_to_end(skin_id)
+                return entry.adapter
+            if not self.store.is_installed(skin_id):
+                raise SkinError(f"skin {skin_id} is not installed")
+            verified = verify_bundle(self.store.path(skin_id), base_model=self.base_model,
+                                     base_gguf=self.base_gguf)
+            if verified.skin_id != skin_id:
+                raise SkinError(f"{verified.path}: holds skin {verified.skin_id}, not {skin_id}")
+            path = verified.adapter_path
+            adapter = load_adapter(self.runtime.model, path, key=skin_id)
+            self._loaded[skin_id] = _Loaded(adapter, path.stat().st_size)
+            self._evict(keep=skin_id)
+            return adapter
+
+    @contextmanager
+    def hold(self, skin_id: str) -> Iterator[Adapter]:
+        """``get``, with the adapter pinned (not evictable) until the block ends."""
+        with self._lock:
+            adapter = self.get(skin_id)
+            self._loaded[skin_id].pins += 1
+        try:
+            yield adapter
+        finally:
+            with self._lock:
+                entry = self._loaded.get(skin_id)
+                if entry is not None:
+                    entry.pins -= 1
+                self._evict()
+
+    def _evict(self, keep: str | None = None) -> None:
+        while (len(self._loaded) > self.max_loaded
+               or sum(e.size for e in self._loaded.values()) > self.max_bytes):
+            victim = next((k for k, e in self._loaded.items() if k != keep and e.pins == 0), None)
+            if victim is None:
+                return  # everything left is in use (or is the one just asked for)
+            self._unload(victim)
+
+    def _unload(self, skin_id: str) -> None:
+        entry = self._loaded.pop(skin_id)
+        # Forget first: the runtime drops prefixes cached under these weights and, if this is
+        # the active adapter, detaches it, before llama.cpp frees it.
+        self.runtime.forget_adapter(skin_id)
+        entry.adapter.close()
+
+    def evict(self, skin_id: str) -> None:
+        with self._lock:
+            if skin_id in self._loaded:
+                if self._loaded[skin_id].pins:
+                    raise SkinError(f"skin {skin_id} is in use")
+                self._unload(skin_id)
+
+    def close(self) -> None:
+        with self._lock:
+            for skin_id in list(self._loaded):
+                self._unload(skin_id)
