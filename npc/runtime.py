@@ -45,6 +45,10 @@ class GenResult:
     grammar_detours: int = 0
     #: Times even the top 64 had no acceptable token and the whole vocabulary was ranked.
     full_scans: int = 0
+    #: Time to decode the uncached part of the prompt, and tokens the grammar forced (decoded
+    #: without sampling), for per-token accounting.
+    prefill_s: float = 0.0
+    n_forced: int = 0
 
 
 @dataclass
@@ -131,6 +135,8 @@ class Runtime:
         slot.tokens = slot.tokens[:n_common]
         self.ctx.decode(prompt[n_common:], slot.seq, n_common)
         slot.tokens = list(prompt)
+        prefill_s = time.perf_counter() - t0
+        n_forced = 0
         out = bytearray()
         n_gen = 0
         ttft = None
@@ -153,6 +159,7 @@ class Runtime:
                     ftoks = self.model.tokenize(forced.decode("utf-8"), parse_special=False)
                     self.ctx.decode(ftoks, slot.seq, len(slot.tokens))
                     slot.tokens += ftoks
+                    n_forced += len(ftoks)
                     continue
             logits = self.ctx.logits(-1)
             tok = int(np.argmax(logits))
@@ -186,7 +193,7 @@ class Runtime:
         return GenResult(text=out.decode("utf-8", "replace"), raw=bytes(out), n_tokens=n_gen,
                          n_prompt=len(prompt), n_cached=n_common, ttft_s=ttft or total,
                          total_s=total, cancelled=cancelled, grammar_detours=detours,
-                         full_scans=scans)
+                         full_scans=scans, prefill_s=prefill_s, n_forced=n_forced)
 
     def _constrained_pick(self, logits: np.ndarray, grammar: ReplyGrammar,
                           banned: set[int] = frozenset()) -> tuple[int, int]:
