@@ -28,7 +28,7 @@ SMOLLM_VERSION := 0.1.2
 .PHONY: play test bench art screenshot clean llama-wheel
 
 play: $(VENV)/.play-ready
-	$(BIN)/python -m game.cli play --auto
+	$(BIN)/hearth play
 
 test: $(VENV)/.test-ready
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

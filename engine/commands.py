@@ -41,6 +41,7 @@ class Rejection(str, enum.Enum):
     TEXT_UNKNOWN_NAME = "text_unknown_name"
     TEXT_WRONG_PRICE = "text_wrong_price"
     BAD_SKIN_ID = "bad_skin_id"
+    NOT_REQUESTED = "not_requested"
 
 
 # ---- NPC actions: what a dialogue proposal may ask the engine to do ------------------------------

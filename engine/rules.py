@@ -82,11 +82,31 @@ def check_accept_quest(state: WorldState, quest_id: str) -> Rejection | None:
     return None
 
 
+#: Words that name a container or measure rather than the goods ("a mug of ale" is asked for as ale).
+_MEASURE_WORDS = {"of", "a", "an", "the", "bag", "bowl", "mug", "loaf", "coil", "pair", "piece", "cup"}
+
+
+def item_words(name: str) -> set[str]:
+    return {w for w in name.lower().split() if w not in _MEASURE_WORDS and len(w) >= 3}
+
+
+def player_asked_for(state: WorldState, npc: Npc, item: str) -> bool:
+    """Did the player's latest line to this NPC name the item? An NPC may only sell what was asked
+    for: a reply cannot take the player's gold for goods they never mentioned."""
+    last = next((t.text for t in reversed(npc.memory) if t.speaker == "player"), "")
+    words = {w.strip(".,!?;:'\"()").removesuffix("s") for w in last.lower().split()}
+    wanted = {w.removesuffix("s") for w in item_words(state.items[item].name)} | {item.lower()}
+    return bool(words & wanted) or item.replace("_", " ") in last.lower()
+
+
 def check_npc_action(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
     """May this NPC take this action right now?"""
     match action:
         case SellItem(item=item, price=price):
-            return check_buy(state, npc, item, 1, price)
+            why = check_buy(state, npc, item, 1, price)
+            if why is None and not player_asked_for(state, npc, item):
+                return Rejection.NOT_REQUESTED
+            return why
         case GiveItem(item=item):
             if item not in state.items:
                 return Rejection.UNKNOWN_ITEM

@@ -143,7 +143,7 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
                 why = rules.check_npc_action(state, npc, action)
             if why:
                 return _reject(events, cmd, why)
-            _remember(state, npc, npc_id, text)
+            _remember(state, npc, npc_id, text, action)
             events.append(NpcSaid(npc=npc_id, text=text, action=action))
             match action:
                 case SellItem(item=item):
@@ -170,8 +170,8 @@ def _sell_to_player(state: WorldState, npc: Npc, item: str, qty: int, events: li
     events.append(Traded(npc=npc.id, item=item, qty=qty, gold=price, to_player=True))
 
 
-def _remember(state: WorldState, npc: Npc, speaker: str, text: str) -> None:
-    npc.memory.append(Turn(tick=state.tick, speaker=speaker, text=text))
+def _remember(state: WorldState, npc: Npc, speaker: str, text: str, action=None) -> None:
+    npc.memory.append(Turn(tick=state.tick, speaker=speaker, text=text, action=action))
     if len(npc.memory) > MEMORY_TURNS:
         del npc.memory[: len(npc.memory) - MEMORY_TURNS]
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct, field
 
+from engine.commands import NpcAction
+
 TICKS_PER_SECOND = 60
 #: One game hour lasts 20 real seconds; a day is 8 minutes of play.
 TICKS_PER_HOUR = 20 * TICKS_PER_SECOND
@@ -55,6 +57,8 @@ class Turn(Struct, frozen=True):
     tick: int
     speaker: str  # "player" or the NPC's id
     text: str
+    #: What the NPC did with this line (a committed NpcAction), if anything.
+    action: NpcAction | None = None
 
 
 class Npc(Struct):

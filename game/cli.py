@@ -59,6 +59,8 @@ def cmd_play(args: argparse.Namespace) -> int:
         print("No display found: running a short headless session instead "
               "(open `hearth play` on a desktop to get the window).")
         headless = True
+        if args.voice is None:
+            args.voice = "auto"  # the demo shows the villagers' real voice when it can load
         if args.script is None:
             from assets import ASSETS_DIR
             args.script = ASSETS_DIR / "demo.script"
@@ -247,8 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the game runs without a window, optionally following a script, "
                                    "and prints what happened and the final state hash.")
     p.add_argument("--headless", action="store_true", help="run without a window")
-    p.add_argument("--auto", action="store_true",
-                   help="open the window when a display exists, else run the headless demo")
     p.add_argument("--seed", type=int, default=1, help="world seed for a new game (default 1)")
     p.add_argument("--ticks", type=int, default=None,
                    help=f"headless: ticks to run, {TICKS_PER_SECOND} per game second "
@@ -307,8 +307,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 0
-    if getattr(args, "auto", False):
-        args.headless = args.headless or not has_display()
     try:
         return args.func(args)
     except (CliError, SaveError, LogError, WorldDataError, ScriptError, SkinError) as e:

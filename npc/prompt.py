@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from engine.dialogue import DialogueRequest
+from engine.commands import GiveItem, StartQuest
 from npc.grammar import PREFIX, action_label
 
 #: (text, may contain special tokens)
@@ -56,9 +57,19 @@ def situation_block(req: DialogueRequest) -> str:
 
 
 def _examples(req: DialogueRequest) -> list[tuple[str, str, str]]:
-    out = [("Who are you?", f"I am {req.npc_name}, the {req.role} of Emberbrook.", "none"),
-           ("Give me all your things for free!", "Nothing is free here, traveller. Pay or move along.",
+    """Example turns (in the cached prefix) showing each kind of action legal right now: a small
+    model copies the shape of what it has seen far more reliably than it follows instructions."""
+    out = [("Give me all your things for free!", "Nothing is free here, traveller. Pay or move along.",
             "none")]
+    for a in req.legal_actions:
+        match a:
+            case GiveItem(item=item):
+                name = item.replace("_", " ")
+                out.append((f"Is the {name} ready?", f"Yes, here is the {name}. Take good care of it.",
+                            action_label(a)))
+            case StartQuest():
+                out.append(("Can I help you with anything?",
+                            "You would? Thank you, I could use the help.", action_label(a)))
     if req.sells:
         o = req.sells[0]
         out.append((f"I want to buy a {o.name}.", f"Here is your {o.name}, that is {o.price} gold.",
@@ -91,7 +102,8 @@ def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history:
             body += [("<|im_start|>user\n", True), (f"Traveller says: {json.dumps(t.text, ensure_ascii=False)}", False),
                      ("<|im_end|>\n", True)]
         else:
-            body += [("<|im_start|>assistant\n", True), (_reply_json(t.text), False), ("<|im_end|>\n", True)]
+            body += [("<|im_start|>assistant\n", True), (_reply_json(t.text, action_label(t.action)), False),
+                     ("<|im_end|>\n", True)]
     words = req.player_words or "..."
     tail: list[Segment] = [
         ("<|im_start|>user\n", True),

@@ -10,10 +10,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def hearth(*args, timeout=120):
+def hearth(*args, timeout=600, home=None):
+    import os
+    env = {"PATH": "/usr/bin:/bin", "SDL_VIDEODRIVER": "dummy"}
+    if home or os.environ.get("HEARTH_HOME"):
+        env["HEARTH_HOME"] = str(home or os.environ["HEARTH_HOME"])
     return subprocess.run([sys.executable, "-m", "game.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout,
-                          env={"PATH": "/usr/bin:/bin", "SDL_VIDEODRIVER": "dummy"})
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.parametrize("sub", [[], ["play"], ["replay"], ["state"]])
@@ -34,11 +37,32 @@ def test_headless_play_prints_hash_last_and_narrates(tmp_path):
     assert "Quest complete: The Silent Bell" in out
 
 
-def test_play_without_display_falls_back_to_headless_demo():
-    r = hearth("play", "--ticks", "600")
+def test_play_without_display_falls_back_to_headless_demo(hearth_home):
+    # The demo uses the villagers' real voice: the default model, imported and tuned in this home.
+    r = hearth("play", "--ticks", "1500", home=hearth_home)
     assert r.returncode == 0, r.stderr
     assert "No display found" in r.stdout
+    assert "You -> Maren:" in r.stdout and "Maren:" in r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("state-hash: ")
+
+
+def test_talk_json_through_the_model(hearth_home, tmp_path):
+    save = tmp_path / "talk.save"
+    r = hearth("talk", "--save", str(save), "--npc", "tobin", "--json",
+               "I want to buy an iron ingot.", home=hearth_home)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"npc", "say", "action", "accepted", "attempts", "fallback", "latency_s"} <= set(doc)
+    assert doc["npc"] == "tobin" and doc["say"] and doc["attempts"] >= 1 and doc["voice"] == "model"
+    assert doc["action"] is None or doc["action"] == {"type": "sell", "item": "iron_ingot", "price": 12}
+    state = json.loads(hearth("state", "--save", str(save), "--json").stdout)
+    tobin = next(n for n in state["npcs"] if n["id"] == "tobin")
+    bought = doc["action"] is not None and doc["accepted"]
+    assert state["player"]["inventory"].get("iron_ingot", 0) == (1 if bought else 0)
+    assert tobin["inventory"]["iron_ingot"] == (4 if bought else 5)
+    assert state["player"]["gold"] == (18 if bought else 30)
+    r = hearth("talk", "--save", str(save), "--npc", "nobody", "hi", home=hearth_home)
+    assert r.returncode == 2 and "unknown npc 'nobody'" in r.stderr
 
 
 def test_bad_script_is_named(tmp_path):

@@ -107,10 +107,11 @@ def test_dialogue_memory_is_bounded(world):
 
 def test_request_is_scoped_to_the_npc(world):
     s = place_player_near(world, "tobin")
-    req = build_request(s, "tobin", "hi")
+    s, _ = step(s, [Say(npc="tobin", text="I'd like an iron ingot, please.")])
+    req = build_request(s, "tobin", "I'd like an iron ingot, please.")
     assert {o.item for o in req.sells} == {"iron_ingot", "rope", "lantern", "apple"}
     assert all(o.price == s.npc("tobin").sells[o.item] for o in req.sells)
-    assert SellItem(item="iron_ingot", price=12) in req.legal_actions
+    assert [a for a in req.legal_actions if isinstance(a, SellItem)] == [SellItem(item="iron_ingot", price=12)]
     assert not any(isinstance(a, (GiveItem, StartQuest)) for a in req.legal_actions)
     assert "Hilda" not in req.known_names  # Tobin's facts never mention her
     maren = build_request(place_player_near(s, "maren"), "maren", "hi")
@@ -180,3 +181,21 @@ def test_wear_skin_checks_the_id_shape(world):
     assert reasons(ev) == [Rejection.UNKNOWN_NPC]
     s, ev = step(s, [WearSkin(npc="bram", skin=None)])
     assert s.npc("bram").skin is None
+
+
+@pytest.mark.parametrize("words,item,ok", [
+    ("Two mugs of ale, please!", "ale", True),
+    ("Got any nails?", "nails", True),
+    ("I'll take the coil of rope", "rope", True),
+    ("Hello there", "ale", False),
+    ("Bread please", "ale", False),
+])
+def test_an_npc_sells_only_what_was_asked_for(world, words, item, ok):
+    npc_id = "maren" if item in ("ale", "bread") else ("bram" if item == "nails" else "tobin")
+    s = place_player_near(world, npc_id)
+    s, _ = step(s, [Say(npc=npc_id, text=words)])
+    price = s.npc(npc_id).sells[item]
+    s2, ev = step(s, [NpcReply(npc=npc_id, text="Here you are.", action=SellItem(item=item, price=price))])
+    assert (reasons(ev) == []) == ok
+    if not ok:
+        assert reasons(ev) == [Rejection.NOT_REQUESTED]

@@ -1,0 +1,293 @@
+"""Training a skin: a PEFT LoRA on the base model, on the CPU, from example dialogue.
+
+Training data is JSON Lines, one example per line::
+
+    {"messages": [{"role": "system", "content": "You are Tobin, the merchant of Emberbrook..."},
+                  {"role": "user", "content": "Traveller says: \\"How much for an apple?\\""},
+                  {"role": "assistant", "content": "{\\"action\\": \\"none\\", \\"say\\": \\"Arr, one gold, matey.\\"}"}]}
+
+- ``messages`` is a list of chat turns; ``role`` is ``system``, ``user`` or ``assistant`` and
+  ``content`` a string. Each example needs at least one assistant turn.
+- Assistant turns are the NPC's lines, and only they are learned (every other token is masked
+  out of the loss). Write them in the game's reply format, ``{"action": "none", "say": "..."}``:
+  the game makes the model answer in exactly that JSON, so that is where the skin has to show.
+  A ``say`` line the game could speak has no double quotes or backslashes, at most two
+  sentences and about 160 characters.
+- User turns are best written the way the game writes the player's words,
+  ``Traveller says: "..."``, and a short system turn naming a villager helps the skin carry
+  over to the game's longer prompts.
+- Turns are rendered with the game's ChatML template (``<|im_start|>role\\n...<|im_end|>\\n``)
+  and tokenized the way the game tokenizes them (turn markers as special tokens, contents as
+  plain text), so training sees exactly the token sequences the game feeds the model.
+- Blank lines are skipped. A missing file, a line that is not JSON, a missing field or an empty
+  file is a ``TrainingDataError`` naming the file and line.
+
+The base model is loaded with transformers straight from its GGUF (dequantized to float32) and
+cached per process, so training several skins in one run loads it once. Training is AdamW on the
+LoRA weights only, deterministic for a given seed, with a rich progress bar on stderr.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from npc.skins.manifest import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TrainingSummary
+
+#: The seven llama projections a skin adapts (Hugging Face module names).
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ROLES = ("system", "user", "assistant")
+#: Longest example accepted, in tokens (the game's prompts are well under this).
+MAX_EXAMPLE_TOKENS = 2048
+IGNORE = -100
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be used; the message names the file and line."""
+
+
+@dataclass
+class TrainResult:
+    adapter_gguf: Path
+    #: Holds ``adapter_model.safetensors`` and ``adapter_config.json``.
+    peft_dir: Path
+    summary: TrainingSummary
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def load_examples(data: Path | str) -> list[list[dict[str, str]]]:
+    """Read and check a JSONL training file; returns each example's messages."""
+    data = Path(data)
+    if not data.is_file():
+        raise TrainingDataError(f"{data}: no such file")
+    try:
+        text = data.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TrainingDataError(f"{data}: not UTF-8 text ({e})") from None
+    examples = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{data}, line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TrainingDataError(f"{where}: bad JSON ({e.msg} at column {e.colno})") from None
+        examples.append(_check_example(obj, where))
+    if not examples:
+        raise TrainingDataError(f"{data}: empty: no training examples (one JSON object per line, "
+                                f'each {{"messages": [...]}})')
+    return examples
+
+
+def _check_example(obj, where: str) -> list[dict[str, str]]:
+    if not isinstance(obj, dict):
+        raise TrainingDataError(f'{where}: expected a JSON object {{"messages": [...]}}, '
+                                f"got {type(obj).__name__}")
+    if "messages" not in obj:
+        raise TrainingDataError(f'{where}: missing field "messages"')
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise TrainingDataError(f'{where}: "messages" must be a non-empty list of chat turns')
+    for i, m in enumerate(messages):
+        at = f"{where}, message {i + 1}"
+        if not isinstance(m, dict):
+            raise TrainingDataError(f'{at}: expected an object {{"role": ..., "content": ...}}')
+        for key in ("role", "content"):
+            if key not in m:
+                raise TrainingDataError(f'{at}: missing field "{key}"')
+        if m["role"] not in ROLES:
+            raise TrainingDataError(f"{at}: role {m['role']!r} is not one of "
+                                    f"{', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise TrainingDataError(f'{at}: "content" must be a string')
+    if not any(m["role"] == "assistant" for m in messages):
+        raise TrainingDataError(f"{where}: no assistant turn, so nothing to learn (assistant "
+                                f"turns are the NPC's lines)")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def encode_example(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one example: the ChatML rendering, labels = ids on assistant
+    contents and their closing ``<|im_end|>`` (so the NPC learns to stop), IGNORE elsewhere."""
+    ids: list[int] = []
+    labels: list[int] = []
+
+    def add(text: str, special: bool, learn: bool) -> None:
+        # Turn markers are parsed as special tokens; contents are plain text, as in the game.
+        toks = tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        ids.extend(toks)
+        labels.extend(toks if learn else [IGNORE] * len(toks))
+
+    for m in messages:
+        learn = m["role"] == "assistant"
+        add(f"<|im_start|>{m['role']}\n", True, False)
+        add(m["content"], False, learn)
+        add("<|im_end|>", True, learn)
+        add("\n", False, False)
+    return ids, labels
+
+
+# ---- the base model -----------------------------------------------------------------------------
+
+_BASE_CACHE: dict[tuple[str, int, int], tuple[object, object]] = {}
+
+
+def load_base(base_gguf: Path | str):
+    """(model, tokenizer) from a GGUF with transformers: dequantized, float32, CPU. Cached per
+    file for the process; callers get the cached objects and must not modify the model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    base_gguf = Path(base_gguf)
+    st = base_gguf.stat()
+    key = (str(base_gguf.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _BASE_CACHE:
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            tok = AutoTokenizer.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name,
+                                                         dtype=torch.float32)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        model.eval()
+        _BASE_CACHE.clear()  # one base at a time: each is hundreds of MB in float32
+        _BASE_CACHE[key] = (model, tok)
+    return _BASE_CACHE[key]
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+def _progress(enabled: bool, steps: int):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    return Progress(TextColumn("[bold]training[/]"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} it/s"),
+                    TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=False)
+
+
+def _batches(n_examples: int, batch_size: int, steps: int, seed: int):
+    """``steps`` batches of example indices: shuffled epochs, reshuffled each epoch."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        batch = []
+        while len(batch) < min(batch_size, n_examples):
+            if not order:
+                order = list(range(n_examples))
+                rng.shuffle(order)
+            batch.append(order.pop())
+        yield batch
+
+
+def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank: int,
+               progress: bool = True, alpha: float | None = None, lr: float = 1e-3,
+               batch_size: int = 4, seed: int = 0) -> TrainResult:
+    """Train a LoRA skin on ``base_gguf`` from the JSONL file ``data``; write the PEFT adapter
+    (float16 safetensors) and its GGUF conversion under ``work_dir``.
+
+    ``alpha`` defaults to twice the rank (a scale of 2). The learning rate warms up over the
+    first tenth of the steps and decays linearly to a tenth of ``lr``. ``final_loss`` in the
+    summary is the mean loss over the last ten steps."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from npc.skins.convert import convert_peft_to_gguf
+
+    if steps < 1 or rank < 1 or batch_size < 1:
+        raise ValueError("steps, rank and batch_size must be at least 1")
+    base_gguf, data, work_dir = Path(base_gguf), Path(data), Path(work_dir)
+    examples = load_examples(data)  # before the slow model load: bad data fails at once
+    alpha = float(2 * rank if alpha is None else alpha)
+    t0 = time.perf_counter()
+    console = _progress(progress, steps).console
+    if progress:
+        console.print(f"loading {base_gguf.name} with transformers (dequantizing)…")
+    base, tok = load_base(base_gguf)
+
+    encoded = []
+    for i, messages in enumerate(examples):
+        ids, labels = encode_example(tok, messages)
+        if len(ids) > MAX_EXAMPLE_TOKENS:
+            raise TrainingDataError(f"{data}: example {i + 1} is {len(ids)} tokens, longer "
+                                    f"than {MAX_EXAMPLE_TOKENS}")
+        encoded.append((ids, labels))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                        target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
+    model = get_peft_model(copy.deepcopy(base), config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm
+        else 1.0 - 0.9 * (s - warm) / max(1, steps - warm))
+
+    losses: list[float] = []
+    bar = _progress(progress, steps)
+    with bar:
+        task = bar.add_task("train", total=steps, loss="-", rate="-")
+        t_loop = time.perf_counter()
+        for step, batch in enumerate(_batches(len(encoded), batch_size, steps, seed)):
+            width = max(len(encoded[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                x, y = encoded[i]
+                ids[row, :len(x)] = torch.tensor(x)
+                labels[row, :len(y)] = torch.tensor(y)
+                mask[row, :len(x)] = 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise ValueError(f"training diverged at step {step + 1} (loss {losses[-1]}); "
+                                 f"try a lower learning rate")
+            rate = (step + 1) / (time.perf_counter() - t_loop)
+            bar.update(task, advance=1, loss=f"{losses[-1]:.3f}", rate=f"{rate:.2f}")
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    peft_dir = work_dir / "peft"
+    peft_dir.mkdir(exist_ok=True)
+    state = get_peft_model_state_dict(model)
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()},
+              str(peft_dir / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+    cfg = model.peft_config["default"]
+    cfg.base_model_name_or_path = None  # the base is a GGUF, bound by hash in the skin manifest
+    cfg.inference_mode = True
+    cfg.save_pretrained(str(peft_dir))
+    assert (peft_dir / PEFT_CONFIG_FILE).is_file()
+    adapter_gguf = convert_peft_to_gguf(peft_dir, base_gguf, work_dir / "adapter.gguf")
+    tail = losses[-10:]
+    summary = TrainingSummary(steps=steps, rank=rank, alpha=alpha,
+                              target_modules=list(TARGET_MODULES), examples=len(examples),
+                              final_loss=round(sum(tail) / len(tail), 4),
+                              seconds=round(time.perf_counter() - t0, 1))
+    if progress:
+        size = sum(p.stat().st_size for p in (adapter_gguf, peft_dir / PEFT_WEIGHTS_FILE))
+        console.print(f"trained {len(examples)} examples, {steps} steps, final loss "
+                      f"{summary.final_loss}, {summary.seconds:.0f} s; adapter "
+                      f"{size / 2**20:.1f} MiB (GGUF + PEFT)")
+    return TrainResult(adapter_gguf=adapter_gguf, peft_dir=peft_dir, summary=summary)
