@@ -232,6 +232,46 @@ def cmd_talk(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- model -------------------------------------------------------------------------------------
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from npc.store import ModelStore, StoreError
+    store = ModelStore()
+    try:
+        if args.model_cmd == "add":
+            done = [0]
+
+            def progress(n: int, total: int) -> None:
+                pct = 100 * n // max(1, total)
+                if pct >= done[0] + 10 or n == total:
+                    done[0] = pct
+                    print(f"  hashing {pct}%", file=sys.stderr)
+            rec = store.import_file(args.path, progress=progress)
+            print(f"{rec.blake3}  {rec.name} ({rec.architecture}, {rec.parameters / 1e6:.0f}M "
+                  f"parameters, {rec.quantization})")
+        elif args.model_cmd == "list":
+            store.ensure_default()
+            recs = store.records()
+            if args.json:
+                import msgspec
+                print(msgspec.json.encode(recs).decode())
+            else:
+                for r in recs:
+                    origin = f"derived from {r.derived_from[:12]}" if r.derived_from else r.source
+                    print(f"{r.blake3[:16]}  {r.quantization:6s} {r.parameters / 1e6:5.0f}M  "
+                          f"{r.size / 1e6:6.1f} MB  {r.name}  ({origin})")
+                print(f"store: {store.root}")
+        elif args.model_cmd == "tune":
+            from npc.tuning import choose
+            base = store.ensure_default()
+            c = choose(store, base, force=True, say=print)
+            print(f"chosen: {c.quantization} extra_bufts={int(c.use_extra_bufts)} threads={c.n_threads} "
+                  f"(prefill {c.prefill_tps} tok/s, decode {c.decode_tps} tok/s)")
+    except StoreError as e:
+        raise CliError(str(e)) from None
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who answers (default: the local model)")
     p.add_argument("words", nargs="+", help="what you say")
     p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("model", help="the local model store: add a GGUF, list, re-measure",
+                       description="Models live in a content-addressed store in your data "
+                                   "directory, each file named by its BLAKE3 hash. The default "
+                                   "model is imported from its package on first use.")
+    msub = p.add_subparsers(dest="model_cmd", metavar="ACTION", required=True)
+    q = msub.add_parser("add", help="import a GGUF model file into the store",
+                        description="Check that PATH is a GGUF base model, hash it and copy it "
+                                    "into the store; prints its id.")
+    q.add_argument("path", type=Path)
+    q = msub.add_parser("list", help="list stored models",
+                        description="List stored models: id, quantization, size, origin.")
+    q.add_argument("--json", action="store_true")
+    msub.add_parser("tune", help="re-measure llama.cpp configurations for this machine",
+                    description="Benchmark the shipped and requantized model files with and "
+                                "without llama.cpp's extra buffer types, each in its own process, "
+                                "and record the fastest stable one (done automatically once).")
+    p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("state", help="print the world state of a save",
                        description="Load the save (creating a new game there if it does not "

@@ -135,6 +135,13 @@ class ModelStore:
         tmp.write_bytes(_rec_enc.encode(rec))
         os.replace(tmp, p)
 
+    def remove(self, digest: str) -> None:
+        for p in (self._record_path(digest), self.path(digest)):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
     def verify(self, digest: str) -> bool:
         p = self.path(digest)
         return p.is_file() and hash_file(p) == digest

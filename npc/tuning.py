@@ -160,5 +160,9 @@ def choose(store: ModelStore, base: ModelRecord, threads: int | None = None, for
                            decode_tps=best.decode_tps, measured_at=time.time(), candidates=cands)
     choices[key] = choice
     _save_choices(store, choices)
+    # Requantized copies that lost are only disk weight (they can be derived again).
+    for quant, rec in files:
+        if rec.derived_from and rec.blake3 != best.model:
+            store.remove(rec.blake3)
     say(f"Chose {best.quantization} with extra_bufts={int(best.use_extra_bufts)}.")
     return choice

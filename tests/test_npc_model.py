@@ -169,3 +169,4 @@ def test_tuning_was_measured_and_recorded(model_voice, hearth_home):
     assert (choice["quantization"], choice["use_extra_bufts"]) == (best["quantization"], best["use_extra_bufts"])
     models = {p.stem for p in (hearth_home / "models").glob("*.gguf")}
     assert choice["model"] in models and choice["base"] in models
+    assert models <= {choice["model"], choice["base"]}  # losing requantizations are not kept
