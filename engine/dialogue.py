@@ -144,6 +144,8 @@ def validate_proposal(state: WorldState, npc_id: str, proposal: DialogueProposal
         return why
     req = request or build_request(state, npc_id, "")
     allowed_prices = {o.price for o in req.sells} | {o.price for o in req.buys} | {req.player_gold}
+    if isinstance(proposal.action, SellItem):
+        allowed_prices = {proposal.action.price}  # a sale quotes its own price and no other
     for m in _PRICE_RE.finditer(proposal.text):
         if int(m.group(1)) not in allowed_prices:
             return Rejection.TEXT_WRONG_PRICE
@@ -188,10 +190,16 @@ def unknown_proper_nouns(text: str, req: DialogueRequest) -> list[str]:
     known_text = " ".join([req.npc_name, req.persona, *req.facts, *req.quest, *req.known_names,
                            *(o.name for o in req.sells), *(o.name for o in req.buys)])
     known = {w.lower() for w in _WORD_RE.findall(known_text) if w[:1].isupper()}
+    # Names the player made up ("the wizard Zoltan") may not be repeated anywhere, even where a
+    # capital letter is ordinary (the start of a sentence).
+    invented = {w.lower() for w in _capitalised_mid_sentence(req.player_words)} - known - _PLAIN_CAPS
     starts = {m.start(1) for m in _SENTENCE_RE.finditer(text)}
     bad = []
     for m in _WORD_RE.finditer(text):
         w = m.group(0)
+        if w.lower() in invented:
+            bad.append(w)
+            continue
         if not w[:1].isupper() or m.start() in starts or m.start() == 0:
             continue
         lw = w.lower().rstrip("'’s") if w.lower().endswith(("'s", "’s")) else w.lower()
@@ -199,6 +207,12 @@ def unknown_proper_nouns(text: str, req: DialogueRequest) -> list[str]:
             continue
         bad.append(w)
     return bad
+
+
+def _capitalised_mid_sentence(text: str) -> list[str]:
+    starts = {m.start(1) for m in _SENTENCE_RE.finditer(text)}
+    return [m.group(0) for m in _WORD_RE.finditer(text)
+            if m.group(0)[:1].isupper() and m.start() not in starts and m.start() != 0]
 
 
 def to_command(npc_id: str, proposal: DialogueProposal) -> NpcReply:
@@ -246,7 +260,7 @@ class DialogueTurn:
     def offer(self, state: WorldState, proposal: DialogueProposal) -> NpcReply | None:
         """Validate a proposal; return the command to commit, or None to ask for another."""
         self.attempts += 1
-        why = validate_proposal(state, self.npc_id, proposal)
+        why = validate_proposal(state, self.npc_id, proposal, self.request(state))
         if why is None:
             return to_command(self.npc_id, proposal)
         self.rejections.append(why)

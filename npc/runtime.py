@@ -29,6 +29,9 @@ TOP_K_FIRST = 64
 #: A candidate that would repeat a token n-gram already in the reply is passed over (small
 #: models loop otherwise).
 NO_REPEAT_NGRAM = 3
+#: Longer n-grams of given text (the player's words, the NPC's last line) may not be copied either:
+#: a small model otherwise parrots the player or repeats itself turn after turn.
+NO_COPY_NGRAM = 4
 
 
 @dataclass
@@ -108,17 +111,19 @@ class Runtime:
     def generate(self, prompt: list[int], key: Hashable, grammar: ReplyGrammar | None = None,
                  max_tokens: int = 64, on_text: Callable[[str], None] | None = None,
                  cancel: threading.Event | None = None, adapter: Adapter | None = None,
-                 adapter_key: str | None = None, stop_at_eog: bool = True) -> GenResult:
+                 adapter_key: str | None = None, stop_at_eog: bool = True,
+                 avoid: list[list[int]] | None = None, ban: set[int] | None = None) -> GenResult:
         """``adapter_key`` names the adapter for the prefix cache (a skin id); it must be given
         with an adapter, so a cached prefix is never reused under different weights."""
         if adapter is not None and not adapter_key:
             raise ValueError("an adapter needs an adapter_key for the prefix cache")
         with self._lock:
             return self._generate(prompt, (adapter_key if adapter is not None else None, key),
-                                  grammar, max_tokens, on_text, cancel, adapter, stop_at_eog)
+                                  grammar, max_tokens, on_text, cancel, adapter, stop_at_eog,
+                                  _ngram_table(avoid or [], NO_COPY_NGRAM), frozenset(ban or ()))
 
     def _generate(self, prompt, key, grammar, max_tokens, on_text, cancel, adapter,
-                  stop_at_eog) -> GenResult:
+                  stop_at_eog, avoid_table, ban) -> GenResult:
         t0 = time.perf_counter()
         if len(prompt) + max_tokens + 8 > self.seq_capacity:
             raise LlamaError(f"prompt of {len(prompt)} tokens does not fit the context "
@@ -165,7 +170,9 @@ class Runtime:
             tok = int(np.argmax(logits))
             if grammar is not None:
                 piece = self.pieces[tok]
-                banned = _repeat_bans(gen_tokens)
+                banned = _repeat_bans(gen_tokens) | ban if grammar.phase == 1 else set()
+                if avoid_table and len(gen_tokens) >= NO_COPY_NGRAM - 1:
+                    banned |= avoid_table.get(tuple(gen_tokens[-(NO_COPY_NGRAM - 1):]), set())
                 if self.eog[tok] or not piece or tok in banned or not grammar.accepts(piece):
                     detours += 1
                     tok, full = self._constrained_pick(logits, grammar, banned)
@@ -213,6 +220,15 @@ class Runtime:
     def close(self) -> None:
         self.ctx.close()
         self.model.close()
+
+
+def _ngram_table(seqs: list[list[int]], n: int) -> dict[tuple[int, ...], set[int]]:
+    """(n-1)-gram -> tokens that would complete an n-gram found in ``seqs``."""
+    table: dict[tuple[int, ...], set[int]] = {}
+    for seq in seqs:
+        for i in range(len(seq) - n + 1):
+            table.setdefault(tuple(seq[i:i + n - 1]), set()).add(seq[i + n - 1])
+    return table
 
 
 def _repeat_bans(tokens: list[int], n: int = NO_REPEAT_NGRAM) -> set[int]:

@@ -6,7 +6,7 @@ import logging
 import threading
 from contextlib import ExitStack
 
-from engine.dialogue import DialogueProposal, DialogueRequest
+from engine.dialogue import DialogueProposal, DialogueRequest, unknown_proper_nouns
 from npc.grammar import ReplyGrammar
 from npc.llama import Adapter
 from npc.prompt import trim_history
@@ -38,6 +38,7 @@ class ModelVoice:
         if pool is not None and pool.base_model is None:
             pool.base_model = base_model
         self.last = None  # the last GenResult, for measurement
+        self._last_line: tuple[tuple, str] | None = None
         #: Skins that could not be worn, with the reason; their NPCs speak with the base voice.
         self.failed_skins: dict[str, str] = {}
 
@@ -63,6 +64,7 @@ class ModelVoice:
         text, action = grammar.result()
         if not grammar.done:
             action = None  # out of tokens mid-line: keep the words, drop any unfinished intent
+        self._last_line = ((request.npc_id, request.player_words, len(request.recent)), text)
         return DialogueProposal(text=text, action=action)
 
     def _generate(self, request: DialogueRequest, tokens: list[int], grammar: ReplyGrammar,
@@ -91,4 +93,39 @@ class ModelVoice:
         # prefix computed under other weights.
         return self.runtime.generate(tokens, key=request.npc_id, grammar=grammar,
                                      max_tokens=self.max_tokens, on_text=on_text, cancel=cancel,
-                                     adapter=adapter, adapter_key=skin)
+                                     adapter=adapter, adapter_key=skin,
+                                     avoid=self._no_copy(request), ban=self._banned_words(request))
+
+    def _retrying(self, request: DialogueRequest) -> str | None:
+        """The line this voice last proposed for this very request, if it is being asked again."""
+        last = self._last_line
+        if last is not None and last[0] == (request.npc_id, request.player_words, len(request.recent)):
+            return last[1]
+        return None
+
+    def _banned_words(self, request: DialogueRequest) -> set[int]:
+        """After a refusal for an invented name, the names in the refused line are not offered
+        again (the first token of each, with and without a leading space)."""
+        refused = self._retrying(request)
+        if not refused:
+            return set()
+        tok = self.runtime.model.tokenize
+        out: set[int] = set()
+        for word in unknown_proper_nouns(refused, request):
+            for form in (word, " " + word):
+                ids = tok(form, parse_special=False)
+                if ids:
+                    out.add(ids[0])
+        return out
+
+    def _no_copy(self, request: DialogueRequest) -> list[list[int]]:
+        """Token runs the reply may not copy: the player's words, the NPC's own last lines, and a
+        line of its that was just refused."""
+        texts = [request.player_words] + [t.text for t in request.recent[-4:]
+                                          if t.speaker != "player"]
+        refused = self._retrying(request)
+        if refused:
+            texts.append(refused)
+        tok = self.runtime.model.tokenize
+        return [tok(t, parse_special=False) for t in texts if t] + \
+               [tok(" " + t, parse_special=False) for t in texts if t]
