@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.commands import (
     AcceptQuest, Buy, EndTalk, Give, GiveItem, GoldMinted, Interact, ItemConsumed, ItemMinted, Move,
-    NpcReply, Rejected, Say, Sell, SellItem, StartQuest,
+    NpcReply, Rejected, Say, Sell, SellItem, StartQuest, WearSkin,
 )
 from engine.hashing import state_hash
 from engine.sim import step
@@ -39,6 +39,7 @@ command = st.one_of(
     st.builds(Give, npc=npc_ids, item=item_ids, qty=qty),
     st.builds(AcceptQuest, quest=st.sampled_from(["silent_bell", "other"])),
     st.builds(NpcReply, npc=npc_ids, text=text, action=action),
+    st.builds(WearSkin, npc=npc_ids, skin=st.one_of(st.none(), st.just("ab" * 32), text)),
 )
 ticks = st.lists(st.lists(command, max_size=3), min_size=1, max_size=60)
 
