@@ -72,7 +72,8 @@ def _examples(req: DialogueRequest) -> list[tuple[str, str, str]]:
                             "You would? Thank you, I could use the help.", action_label(a)))
     if req.sells:
         o = req.sells[0]
-        out.append((f"I want to buy a {o.name}.", f"Here is your {o.name}, that is {o.price} gold.",
+        # No price in the example line: a small model copies numbers from examples.
+        out.append((f"I want to buy a {o.name}.", f"Here is your {o.name}. Thank you kindly.",
                     f"sell {o.item} {o.price}"))
     return out
 

@@ -31,7 +31,7 @@ TOP_K_FIRST = 64
 NO_REPEAT_NGRAM = 3
 #: Longer n-grams of given text (the player's words, the NPC's last line) may not be copied either:
 #: a small model otherwise parrots the player or repeats itself turn after turn.
-NO_COPY_NGRAM = 4
+NO_COPY_NGRAM = 5
 
 
 @dataclass
