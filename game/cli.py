@@ -14,6 +14,8 @@ from engine.state import TICKS_PER_SECOND, WorldState
 from engine.world import WorldDataError, new_game
 from game.headless import ScriptError
 from game.skin_cli import add_commands as add_skin_commands
+from game.swarm_cli import add_commands as add_swarm_commands
+from game.swarm_cli import add_model_fetch
 from npc.skins.manifest import SkinError
 
 DEFAULT_HEADLESS_TICKS = 100 * TICKS_PER_SECOND
@@ -78,12 +80,27 @@ def cmd_play(args: argparse.Namespace) -> int:
     if voice != "scripted":
         session.voice_label = "scripted lines (the local model is loading)"
         _load_voice_in_background(session, voice)
+    swarm = None if args.no_seed else _start_swarm()
     try:
-        code = run_window(session)
+        code = run_window(session, swarm_status=swarm.status if swarm else None)
     finally:
         session.close()
+        if swarm is not None:
+            swarm.close()
     _finish(args, session.state, session.recorder)
     return code
+
+
+def _start_swarm():
+    """The swarm node that seeds the local stores while the window is open (None if the swarm
+    settings cannot be read; the game runs without it)."""
+    from game.swarm_cli import GameSwarm
+    from swarm.settings import SettingsError, load_settings
+    try:
+        return GameSwarm(load_settings()).start()
+    except SettingsError as e:
+        print(f"hearth: the swarm is off: {e}", file=sys.stderr)
+        return None
 
 
 def _load_voice_in_background(session, voice: str) -> None:
@@ -304,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who speaks for the villagers: the local language model, the scripted "
                         "lines, or auto (the model if it loads; default for the window). Headless "
                         "runs default to scripted, which is instant and reproducible")
+    p.add_argument("--no-seed", action="store_true",
+                   help="window: do not start the swarm node (no seeding of your models and "
+                        "skins while you play)")
     p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("replay", help="re-simulate a recorded session and check every tick's hash",
@@ -329,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("words", nargs="+", help="what you say")
     p.set_defaults(func=cmd_talk)
 
-    p = sub.add_parser("model", help="the local model store: add a GGUF, list, re-measure",
+    p = sub.add_parser("model", help="the local model store: add a GGUF, list, re-measure, fetch",
                        description="Models live in a content-addressed store in your data "
                                    "directory, each file named by its BLAKE3 hash. The default "
                                    "model is imported from its package on first use.")
@@ -346,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "without llama.cpp's extra buffer types, each in its own process, "
                                 "and record the fastest stable one (done automatically once).")
     p.set_defaults(func=cmd_model)
+    add_model_fetch(msub)
 
     p = sub.add_parser("state", help="print the world state of a save",
                        description="Load the save (creating a new game there if it does not "
@@ -356,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_state)
 
     add_skin_commands(sub)
+    add_swarm_commands(sub)
     return ap
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pygame
 
@@ -31,12 +31,16 @@ MOVE_KEYS: dict[int, tuple[int, int]] = {
     pygame.K_RIGHT: (1, 0), pygame.K_d: (1, 0),
 }
 SHORTCUT_HELP = "Try /buy ID, /sell ID, /give ID or /accept."
+SWARM_POLL_SECONDS = 1.0
 
 
 def run_window(session: GameSession, fps: int = 60, max_frames: int | None = None,
-               screenshot: str | Path | None = None, swarm_status: dict[str, Any] | None = None) -> int:
+               screenshot: str | Path | None = None,
+               swarm_status: dict[str, Any] | Callable[[], dict[str, Any]] | None = None) -> int:
     """Open the window and play until it is closed (or ``max_frames`` frames have been shown, after
-    which the last frame is saved to ``screenshot`` if given). Returns the exit code."""
+    which the last frame is saved to ``screenshot`` if given). Returns the exit code.
+    ``swarm_status`` is the swarm box's content, or a function returning it, asked about once a
+    second (the swarm node's thread never touches the window's state)."""
     pygame.display.init()
     pygame.font.init()
     try:
@@ -44,11 +48,16 @@ def run_window(session: GameSession, fps: int = 60, max_frames: int | None = Non
         pygame.display.set_caption(TITLE)
         pygame.key.set_repeat(400, 40)  # held Backspace keeps deleting
         ui = make_ui(session.state)
-        ui.swarm_status = swarm_status
+        poll_swarm = swarm_status if callable(swarm_status) else None
+        ui.swarm_status = None if poll_swarm else swarm_status
         loop = _InputState()
         clock = pygame.time.Clock()
         lag, last, frames = 0.0, time.perf_counter(), 0
+        swarm_polled = float("-inf")
         while True:
+            if poll_swarm is not None and last - swarm_polled >= SWARM_POLL_SECONDS:
+                swarm_polled = last
+                ui.swarm_status = poll_swarm()
             for event in pygame.event.get():
                 if event.type == pygame.QUIT:
                     return 0

@@ -12,8 +12,8 @@ from game.palette import (
     ACCENT, BORDER, GOLD, INK, INK_DIM, INK_FAINT, OK_GREEN, PANEL_BG, REFUSAL, SECTION_BG,
 )
 
-#: What the swarm box says until the swarm layer reports anything.
-SWARM_OFFLINE: dict[str, Any] = {"state": "offline", "note": "seeding starts in a later version"}
+#: What the swarm box says when no swarm node runs (`hearth play --no-seed`, or before it reports).
+SWARM_OFFLINE: dict[str, Any] = {"state": "offline", "note": "not seeding"}
 SWARM_BOX_HEIGHT = 96
 _PAD = 16
 

@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from game.swarm_cli import add_network_args
+from game.swarm_cli import add_skin_commands as add_swarm_skin_commands
 from npc.skins.manifest import SkinError
 
 #: A skin's id is shown this long where a table has no room for all 64 digits.
@@ -73,7 +75,11 @@ def cmd_install(args: argparse.Namespace) -> int:
     from npc.skins.bundle import read_signed
     from npc.skins.store import SkinStore
 
-    path = args.path
+    if args.path.startswith("magnet:"):
+        from game.swarm_cli import cmd_skin_install_magnet
+        args.magnet = args.path
+        return cmd_skin_install_magnet(args)
+    path = Path(args.path)
     if not path.is_dir():
         raise SkinError(f"{path}: not a skin bundle directory")
     signed = read_signed(path)
@@ -301,8 +307,16 @@ def add_commands(sub) -> None:
                         description="Check the bundle completely (signature, every file's "
                                     "hash and size, the adapter against its base model) and "
                                     "copy it into your skin store. Installing a skin twice "
-                                    "changes nothing.")
-    p.add_argument("path", type=Path, metavar="PATH", help="a skin bundle directory")
+                                    "changes nothing. Given a magnet link, the bundle is "
+                                    "fetched from peers through the swarm first, and installed "
+                                    "only if it verifies.")
+    p.add_argument("path", metavar="PATH_OR_MAGNET",
+                   help="a skin bundle directory, or a skin's magnet link (quote it)")
+    p.add_argument("--peer", action="append", default=None, metavar="HOST:PORT",
+                   help="magnet: also connect to this peer (repeatable)")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="magnet: give up after this long")
+    add_network_args(p)
     p.set_defaults(func=cmd_install)
 
     p = ssub.add_parser("list", help="list installed skins",
@@ -368,3 +382,5 @@ def add_commands(sub) -> None:
     p.add_argument("--license", default="CC-BY-4.0", help="license of the skin (default "
                                                           "CC-BY-4.0)")
     p.set_defaults(func=cmd_train)
+
+    add_swarm_skin_commands(ssub)

@@ -30,10 +30,12 @@ LoRA weights only, deterministic for a given seed, with a rich progress bar on s
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,27 +141,40 @@ def encode_example(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int]
 _BASE_CACHE: dict[tuple[str, int, int], tuple[object, object]] = {}
 
 
+def _cache_key(base_gguf: Path) -> tuple[str, int, int]:
+    st = base_gguf.stat()
+    return str(base_gguf.resolve()), st.st_mtime_ns, st.st_size
+
+
+def is_loaded(base_gguf: Path | str) -> bool:
+    return _cache_key(Path(base_gguf)) in _BASE_CACHE
+
+
 def load_base(base_gguf: Path | str):
     """(model, tokenizer) from a GGUF with transformers: dequantized, float32, CPU. Cached per
     file for the process; callers get the cached objects and must not modify the model."""
     import torch
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     base_gguf = Path(base_gguf)
-    st = base_gguf.stat()
-    key = (str(base_gguf.resolve()), st.st_mtime_ns, st.st_size)
+    key = _cache_key(base_gguf)
     if key not in _BASE_CACHE:
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        plain_tqdm = gguf_utils.tqdm  # its dequantizing bar ignores transformers' switch
+        gguf_utils.tqdm = functools.partial(plain_tqdm, disable=True)
         try:
             tok = AutoTokenizer.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name)
             model = AutoModelForCausalLM.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name,
                                                          dtype=torch.float32)
         finally:
+            gguf_utils.tqdm = plain_tqdm
             hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            if bars:
+                hf_logging.enable_progress_bar()
         model.eval()
         _BASE_CACHE.clear()  # one base at a time: each is hundreds of MB in float32
         _BASE_CACHE[key] = (model, tok)
@@ -194,8 +209,20 @@ def _batches(n_examples: int, batch_size: int, steps: int, seed: int):
         yield batch
 
 
+def _loss(causal, ids, mask, labels):
+    """Mean next-token cross-entropy over the learned positions. The vocabulary projection (a
+    fifth of the model) runs only where a label is learned, not over the whole context."""
+    import torch.nn.functional as F
+
+    hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+    target = labels[:, 1:]
+    learned = target != IGNORE
+    logits = causal.lm_head(hidden[learned])
+    return F.cross_entropy(logits.float(), target[learned])
+
+
 def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank: int,
-               progress: bool = True, alpha: float | None = None, lr: float = 1e-3,
+               progress: bool = True, alpha: float | None = None, lr: float = 2e-3,
                batch_size: int = 4, seed: int = 0) -> TrainResult:
     """Train a LoRA skin on ``base_gguf`` from the JSONL file ``data``; write the PEFT adapter
     (float16 safetensors) and its GGUF conversion under ``work_dir``.
@@ -215,9 +242,9 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
     examples = load_examples(data)  # before the slow model load: bad data fails at once
     alpha = float(2 * rank if alpha is None else alpha)
     t0 = time.perf_counter()
-    console = _progress(progress, steps).console
-    if progress:
-        console.print(f"loading {base_gguf.name} with transformers (dequantizing)…")
+    bar = _progress(progress, steps)
+    if progress and not is_loaded(base_gguf):
+        bar.console.print(f"loading {base_gguf.name} with transformers (dequantizing)…")
     base, tok = load_base(base_gguf)
 
     encoded = []
@@ -232,8 +259,11 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                         target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
-    model = get_peft_model(copy.deepcopy(base), config)
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in 5.x
+        warnings.simplefilter("ignore", FutureWarning)
+        model = get_peft_model(copy.deepcopy(base), config)
     model.train()
+    causal = model.get_base_model()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = max(1, steps // 10)
@@ -242,7 +272,6 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
         else 1.0 - 0.9 * (s - warm) / max(1, steps - warm))
 
     losses: list[float] = []
-    bar = _progress(progress, steps)
     with bar:
         task = bar.add_task("train", total=steps, loss="-", rate="-")
         t_loop = time.perf_counter()
@@ -256,7 +285,7 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
                 ids[row, :len(x)] = torch.tensor(x)
                 labels[row, :len(y)] = torch.tensor(y)
                 mask[row, :len(x)] = 1
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = _loss(causal, ids, mask, labels)
             loss.backward()
             opt.step()
             sched.step()
@@ -271,7 +300,7 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
     work_dir.mkdir(parents=True, exist_ok=True)
     peft_dir = work_dir / "peft"
     peft_dir.mkdir(exist_ok=True)
-    state = get_peft_model_state_dict(model)
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
     save_file({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()},
               str(peft_dir / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
     cfg = model.peft_config["default"]
@@ -287,7 +316,7 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
                               seconds=round(time.perf_counter() - t0, 1))
     if progress:
         size = sum(p.stat().st_size for p in (adapter_gguf, peft_dir / PEFT_WEIGHTS_FILE))
-        console.print(f"trained {len(examples)} examples, {steps} steps, final loss "
-                      f"{summary.final_loss}, {summary.seconds:.0f} s; adapter "
-                      f"{size / 2**20:.1f} MiB (GGUF + PEFT)")
+        bar.console.print(f"trained {len(examples)} examples, {steps} steps, final loss "
+                          f"{summary.final_loss}, {summary.seconds:.0f} s; adapter "
+                          f"{size / 2**20:.1f} MiB (GGUF + PEFT)")
     return TrainResult(adapter_gguf=adapter_gguf, peft_dir=peft_dir, summary=summary)
