@@ -38,6 +38,48 @@ def _silence_logs() -> None:
     C.llama_log_set(_log_cb, ctypes.c_void_p(0))
 
 
+class _Glibc:
+    """Allocator policy around llama.cpp's graph re-planning (glibc only; elsewhere a no-op).
+
+    After an adapter switch llama.cpp re-plans its compute graph on the next decode, freeing and
+    reallocating multi-megabyte blocks. Under glibc's sliding mmap threshold those blocks land on
+    the heap and fragment it: resident memory crept up by ~150 MiB with 64 skins worn in turn
+    (tools/bench/skins.py). During that one decode, blocks of 1 MiB or more get mappings of
+    their own, which go back to the system when the next re-plan frees them. Between re-plans
+    the thresholds are glibc's own ceilings (32 MiB mmap, 64 MiB trim), so PyTorch and numpy in
+    the same process keep reusing heap memory as they would under the sliding default (a 1 MiB
+    threshold everywhere made training ten times slower)."""
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    REPLAN, STEADY, TRIM = 1 << 20, 32 << 20, 64 << 20
+
+    def __init__(self):
+        try:
+            libc = ctypes.CDLL(None)
+            libc.gnu_get_libc_version  # noqa: B018  (AttributeError when not glibc)
+            self.mallopt = libc.mallopt
+        except (OSError, AttributeError):
+            self.mallopt = None
+        self.lock = threading.Lock()
+        self.steady_set = False
+
+    def replan(self, call):
+        if self.mallopt is None:
+            return call()
+        with self.lock:
+            if not self.steady_set:
+                self.mallopt(self.M_TRIM_THRESHOLD, self.TRIM)
+                self.steady_set = True
+            self.mallopt(self.M_MMAP_THRESHOLD, self.REPLAN)
+            try:
+                return call()
+            finally:
+                self.mallopt(self.M_MMAP_THRESHOLD, self.STEADY)
+
+
+_glibc = _Glibc()
+
+
 def backend_init(quiet: bool = True) -> None:
     global _backend_ready
     with _backend_lock:
@@ -175,6 +217,8 @@ class Context:
         self.n_ctx_seq = self.n_ctx // opts.n_seq_max if not opts.kv_unified else self.n_ctx
         self._batch = C.llama_batch_init(opts.n_batch, 0, opts.n_seq_max)
         self._adapter: Adapter | None = None
+        #: The adapter set changed, so llama.cpp re-plans its graph on the next decode.
+        self._replan = False
         self._abort = threading.Event()
 
     # -- adapters ------------------------------------------------------------------------------
@@ -191,6 +235,7 @@ class Context:
             if rc != 0:
                 raise LlamaError(f"llama.cpp refused adapter {adapter.path}")
         self._adapter = adapter
+        self._replan = True
 
     @property
     def adapter(self) -> Adapter | None:
@@ -206,6 +251,12 @@ class Context:
 
     # -- decoding ------------------------------------------------------------------------------
 
+    def _llama_decode(self, batch) -> int:
+        if self._replan:  # this decode re-plans the graph for the new adapter set
+            self._replan = False
+            return _glibc.replan(lambda: C.llama_decode(self.ptr, batch))
+        return C.llama_decode(self.ptr, batch)
+
     def decode(self, tokens: list[int], seq: int, pos0: int, logits_last: bool = True,
                all_logits: bool = False) -> None:
         """Feed tokens of one sequence starting at position ``pos0``, in ``n_batch`` chunks."""
@@ -220,7 +271,7 @@ class Context:
                 b.seq_id[i][0] = seq
                 b.logits[i] = all_logits or (logits_last and start + i == len(tokens) - 1)
             b.n_tokens = len(chunk)
-            rc = C.llama_decode(self.ptr, b)
+            rc = self._llama_decode(b)
             if rc != 0:
                 raise LlamaError(f"llama_decode failed ({rc})")
 
@@ -234,7 +285,7 @@ class Context:
             b.seq_id[i][0] = seq
             b.logits[i] = True
         b.n_tokens = len(items)
-        rc = C.llama_decode(self.ptr, b)
+        rc = self._llama_decode(b)
         if rc != 0:
             raise LlamaError(f"llama_decode failed ({rc})")
 

@@ -384,6 +384,7 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x.astype(np.float64), y.astype(np.float64))[0, 1])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5.x
 def test_llama_cpp_matches_pytorch_and_needs_the_qk_permutation(hf, base, tmp_path):
     from peft import PeftModel
 

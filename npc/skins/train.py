@@ -8,9 +8,10 @@ Training data is JSON Lines, one example per line::
 
 - ``messages`` is a list of chat turns; ``role`` is ``system``, ``user`` or ``assistant`` and
   ``content`` a string. Each example needs at least one assistant turn.
-- Assistant turns are the NPC's lines, and only they are learned (every other token is masked
-  out of the loss). Write them in the game's reply format, ``{"action": "none", "say": "..."}``:
-  the game makes the model answer in exactly that JSON, so that is where the skin has to show.
+- Assistant turns are the NPC's lines, and only they (with the ``<|im_end|>`` closing each, so
+  the NPC learns to stop) are learned: every other token is masked out of the loss. Write them
+  in the game's reply format, ``{"action": "none", "say": "..."}``: the game makes the model
+  answer in exactly that JSON, so that is where the skin has to show.
   A ``say`` line the game could speak has no double quotes or backslashes, at most two
   sentences and about 160 characters.
 - User turns are best written the way the game writes the player's words,
@@ -123,7 +124,8 @@ def encode_example(tokenizer, messages: list[dict[str, str]]) -> tuple[list[int]
 
     def add(text: str, special: bool, learn: bool) -> None:
         # Turn markers are parsed as special tokens; contents are plain text, as in the game.
-        toks = tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+        toks = tokenizer(text, add_special_tokens=False,
+                         split_special_tokens=not special)["input_ids"]
         ids.extend(toks)
         labels.extend(toks if learn else [IGNORE] * len(toks))
 
