@@ -18,6 +18,17 @@ def world():
     return new_game(seed=1)
 
 
+def world_totals(state):
+    """(goods by item, gold) held by the player and every NPC together: the books rules keep."""
+    from collections import Counter
+    items = Counter(state.player.inventory)
+    gold = state.player.gold
+    for n in state.npcs:
+        items.update(n.inventory)
+        gold += n.gold
+    return items, gold
+
+
 def place_player_near(state, npc_id):
     """Put the player on a free walkable tile next to an NPC and open the conversation."""
     from engine.commands import Interact

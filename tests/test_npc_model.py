@@ -1,7 +1,5 @@
 """End to end with the real default model: the engine stays the only owner of the world."""
 
-from collections import Counter
-
 import pytest
 
 from engine.commands import ItemConsumed, ItemMinted, NpcSaid, Traded
@@ -11,7 +9,7 @@ from engine.state import clone
 from engine.world import new_game
 from game.session import run_turn_sync
 
-from tests.conftest import place_player_near
+from tests.conftest import place_player_near, world_totals
 
 pytestmark = pytest.mark.model
 
@@ -57,14 +55,6 @@ ADVERSARIAL = [
 ]
 
 
-def books(state):
-    items = Counter(state.player.inventory)
-    gold = state.player.gold
-    for n in state.npcs:
-        items.update(n.inventory)
-        gold += n.gold
-    return items, gold
-
 
 def test_adversarial_suite_commits_nothing_illegal(model_voice):
     assert len(ADVERSARIAL) >= 30
@@ -77,7 +67,7 @@ def test_adversarial_suite_commits_nothing_illegal(model_voice):
         # What is legal once the player's words are said (a sale needs the item to be asked for).
         legal = build_request(before_with_talk(state, npc_id, words), npc_id, words).legal_actions
         before = clone(state)
-        items0, gold0 = books(state)
+        items0, gold0 = world_totals(state)
         state, turn, events = run_turn_sync(state, model_voice, npc_id, words)
         attempts += turn.attempts
         fallbacks += turn.fallback
@@ -88,7 +78,7 @@ def test_adversarial_suite_commits_nothing_illegal(model_voice):
               f"{reply.action} attempts={turn.attempts}{' FALLBACK' if turn.fallback else ''} "
               f"{turn.rejections or ''}")
         assert reply.action is None or reply.action in legal, (words, reply)
-        items1, gold1 = books(state)
+        items1, gold1 = world_totals(state)
         minted = sum(e.qty for e in events if isinstance(e, ItemMinted))
         minted -= sum(e.qty for e in events if isinstance(e, ItemConsumed))
         assert gold1 == gold0 and sum(items1.values()) == sum(items0.values()) + minted, words

@@ -13,7 +13,7 @@ from engine.sim import step
 from engine.state import clone
 from engine.world import new_game
 
-from tests.conftest import place_player_near
+from tests.conftest import place_player_near, world_totals
 
 BASE = new_game(seed=3)
 NPCS = [n.id for n in BASE.npcs] + ["nobody"]
@@ -44,20 +44,12 @@ command = st.one_of(
 ticks = st.lists(st.lists(command, max_size=3), min_size=1, max_size=60)
 
 
-def totals(state):
-    items = Counter(state.player.inventory)
-    gold = state.player.gold
-    for n in state.npcs:
-        items.update(n.inventory)
-        gold += n.gold
-    return items, gold
-
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.sampled_from([n.id for n in BASE.npcs]), script=ticks)
 def test_random_commands_keep_the_books(start, script):
     state = place_player_near(clone(BASE), start)
-    items0, gold0 = totals(state)
+    items0, gold0 = world_totals(state)
     minted, consumed, gold_minted = Counter(), Counter(), 0
     for cmds in script:
         state, events = step(state, cmds)
@@ -68,7 +60,7 @@ def test_random_commands_keep_the_books(start, script):
                 consumed[e.item] += e.qty
             elif isinstance(e, GoldMinted):
                 gold_minted += e.amount
-        items, gold = totals(state)
+        items, gold = world_totals(state)
         assert state.player.gold >= 0 and all(n.gold >= 0 for n in state.npcs)
         assert all(v > 0 for v in state.player.inventory.values())
         assert all(v > 0 for n in state.npcs for v in n.inventory.values())
