@@ -21,7 +21,9 @@ NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 CMAKE_ARGS += '-DCMAKE_C_FLAGS=$(NO_AMX)' '-DCMAKE_CXX_FLAGS=$(NO_AMX)'
 endif
 WHEEL_CACHE ?= $(HOME)/.cache/hearth/wheels
-LLAMA_KEY := $(shell echo '$(LLAMA_VERSION) $(subst ',,$(CMAKE_ARGS))' | sha256sum | cut -c1-16)
+# Source patches applied to the llama-cpp-python sdist before building (tools/llama/patches/README.md).
+LLAMA_PATCHES := $(sort $(wildcard tools/llama/patches/*.patch))
+LLAMA_KEY := $(shell (echo '$(LLAMA_VERSION) $(subst ',,$(CMAKE_ARGS))'; cat $(LLAMA_PATCHES)) | sha256sum | cut -c1-16)
 LLAMA_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 SMOLLM_VERSION := 0.1.2
 
@@ -49,10 +51,15 @@ $(VENV)/bin/python:
 llama-wheel: $(LLAMA_DIR)/.done
 
 $(LLAMA_DIR)/.done: | $(VENV)/bin/python
-	@echo "Building llama-cpp-python $(LLAMA_VERSION) with CMAKE_ARGS=$(CMAKE_ARGS) (about 10 minutes, once per flag set)"
-	mkdir -p $(LLAMA_DIR)
-	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-deps --no-binary llama-cpp-python \
-		--no-cache-dir -w $(LLAMA_DIR) llama-cpp-python==$(LLAMA_VERSION)
+	@echo "Building llama-cpp-python $(LLAMA_VERSION) with CMAKE_ARGS=$(CMAKE_ARGS) and patches: $(notdir $(LLAMA_PATCHES)) (about 10 minutes, once per flag and patch set)"
+	rm -rf $(LLAMA_DIR) && mkdir -p $(LLAMA_DIR)/src
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: -d $(LLAMA_DIR)/src llama-cpp-python==$(LLAMA_VERSION)
+	tar -xzf $(LLAMA_DIR)/src/llama_cpp_python-$(LLAMA_VERSION).tar.gz -C $(LLAMA_DIR)/src
+	for p in $(abspath $(LLAMA_PATCHES)); do \
+		(cd $(LLAMA_DIR)/src/llama_cpp_python-$(LLAMA_VERSION) && git apply --verbose "$$p") || exit 1; done
+	CMAKE_ARGS="$(CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-deps --no-cache-dir \
+		-w $(LLAMA_DIR) $(LLAMA_DIR)/src/llama_cpp_python-$(LLAMA_VERSION)
+	rm -rf $(LLAMA_DIR)/src
 	touch $@
 
 $(VENV)/.play-ready: pyproject.toml $(LLAMA_DIR)/.done | $(VENV)/bin/python

@@ -21,8 +21,12 @@ from npc.skins.bundle import verify_bundle
 from npc.skins.manifest import SkinError
 from npc.skins.store import SkinStore
 
-DEFAULT_MAX_LOADED = 8
-#: Adapter bytes kept in memory (llama.cpp holds each adapter's tensors at about file size).
+#: Adapters kept loaded. With Hearth's llama.cpp patch (tools/llama/patches/) a loaded adapter
+#: costs its tensors and nothing more: graph bookkeeping and the cost of switching follow the
+#: adapter in use, not the number loaded (tools/bench/skins.py measures both with 64 loaded).
+DEFAULT_MAX_LOADED = 64
+#: Adapter bytes kept in memory (llama.cpp holds each adapter's tensors at about file size),
+#: the cap that usually binds: about 100 demo-sized skins.
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
