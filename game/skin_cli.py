@@ -14,6 +14,7 @@ from pathlib import Path
 from game.swarm_cli import add_network_args
 from game.swarm_cli import add_skin_commands as add_swarm_skin_commands
 from npc.skins.manifest import SkinError
+from npc.skins.train import DEFAULT_RANK
 
 #: A skin's id is shown this long where a table has no room for all 64 digits.
 SHORT = 16
@@ -245,8 +246,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SkinError(f"--royalty {args.royalty} is not between 0 and 1")
     if args.royalty > 0 and args.parent is None:
         raise SkinError("--royalty is the share passed to the parent skin: give --parent too")
-    if args.steps < 1 or args.rank < 1:
+    if args.steps < 1 or (args.rank is not None and args.rank < 1):
         raise SkinError("--steps and --rank must be at least 1")
+    if args.from_scratch and args.parent is None:
+        raise SkinError("--from-scratch only means something for a remix: give --parent too")
 
     models = ModelStore()
     base = models.get(args.base) if args.base else models.ensure_default()
@@ -259,18 +262,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         if parent.manifest.base_model != base.blake3:
             raise SkinError(f"parent skin {parent.manifest.name} was made for base model "
                             f"{_short(parent.manifest.base_model)}…, not {_short(base.blake3)}…")
+        if not args.from_scratch:  # its weights are the starting point: check them first
+            from npc.skins.bundle import verify_bundle
+            verify_bundle(parent.path, base_model=base.blake3, base_gguf=base_path)
+    init_from = parent.path if parent is not None and not args.from_scratch else None
+    rank = args.rank if args.rank is not None or init_from is not None else DEFAULT_RANK
     try:
         from npc.skins.train import train_lora
     except ImportError as e:
         raise SkinError(f"training needs the creator tools (pip install 'hearth[train]'): "
                         f"{e}") from None
     identity = load_or_create_identity()
+    start = (f"starting from {parent.manifest.name}'s weights" if init_from is not None
+             else f"rank {rank}, from scratch")
     _note(f"training {args.name!r} on {base.name} ({_short(base.blake3)}…): {args.steps} steps, "
-          f"rank {args.rank}")
+          f"{start}")
     with tempfile.TemporaryDirectory(prefix="hearth-train-") as work:
         try:
             result = train_lora(base_path, args.data, Path(work), steps=args.steps,
-                                rank=args.rank, progress=True)
+                                rank=rank, progress=True, init_from=init_from)
         except (ValueError, OSError) as e:
             raise SkinError(f"training failed: {e}") from None
         skin_id = create_bundle(
@@ -372,12 +382,16 @@ def add_commands(sub) -> None:
                    help="base model hash or prefix in the model store (default: the default "
                         "model)")
     p.add_argument("--parent", default=None, metavar="SKIN_ID",
-                   help="the installed skin this one remixes")
+                   help="the installed skin this one remixes: training starts from its "
+                        "weights (and keeps its rank), and the new skin names it as parent")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="with --parent: train fresh weights, naming the parent only as lineage")
     p.add_argument("--royalty", type=float, default=0.0, metavar="R",
                    help="share (0 to 1) of each payment for this skin passed to the parent "
                         "(default 0)")
     p.add_argument("--steps", type=int, default=100, help="training steps (default 100)")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--rank", type=int, default=None,
+                   help=f"LoRA rank (default {DEFAULT_RANK}; a remix keeps its parent's)")
     p.add_argument("--description", default="", metavar="TEXT", help="what the skin is like")
     p.add_argument("--license", default="CC-BY-4.0", help="license of the skin (default "
                                                           "CC-BY-4.0)")

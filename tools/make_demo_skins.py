@@ -4,7 +4,8 @@ Each skin is trained with ``npc.skins.train.train_lora`` on the default base mod
 loaded once for all of them), converted to a GGUF LoRA, and bundled with ``create_bundle`` into
 ``assets/skins/bundles/<dir>/``, signed by the public demo creator key in
 ``assets/skins/demo-creator.key`` and bound to the default base model's BLAKE3. A skin with a
-``parent`` is made after its parent and names the parent's skin id (a remix, with its royalty).
+``parent`` is made after its parent, starts training from the parent's weights (as
+``hearth skin train --parent`` does) and names the parent's skin id (a remix, with its royalty).
 
     python tools/make_demo_skins.py                 # every demo skin
     python tools/make_demo_skins.py pirate grump    # just these (a remix needs its parent's bundle)
@@ -27,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from nacl.signing import SigningKey  # noqa: E402
 
-from npc.skins.bundle import create_bundle, read_signed  # noqa: E402
+from npc.skins.bundle import create_bundle, verify_bundle  # noqa: E402
 from npc.skins.identity import Identity  # noqa: E402
-from npc.skins.train import train_lora  # noqa: E402
+from npc.skins.train import DEFAULT_RANK, train_lora  # noqa: E402
 from npc.store import ModelStore  # noqa: E402
 
 SKINS_DIR = ROOT / "assets" / "skins"
@@ -38,7 +39,6 @@ KEY_FILE = SKINS_DIR / "demo-creator.key"
 #: Enough for the catchphrase to carry over to the game's prompts on held-out lines (measured by
 #: tests/test_skin_training.py); more only costs CPU time.
 STEPS = 40
-RANK = 8
 
 
 def demo_skins() -> list[dict]:
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("only", nargs="*", metavar="DIR", help="skins to make (default: all)")
     ap.add_argument("--steps", type=int, default=STEPS)
-    ap.add_argument("--rank", type=int, default=RANK)
+    ap.add_argument("--rank", type=int, default=DEFAULT_RANK,
+                    help="rank of skins without a parent (a remix keeps its parent's)")
     args = ap.parse_args(argv)
     unknown = set(args.only) - {s["dir"] for s in skins}
     if unknown:
@@ -74,13 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     todo = sorted((s for s in skins if not args.only or s["dir"] in args.only),
                   key=lambda s: "parent" in s)
     for skin in todo:
-        parent_id = None
+        parent_id = parent_dir = None
         if "parent" in skin:
-            parent_id = read_signed(BUNDLES_DIR / skin["parent"]).skin_id
+            parent_dir = BUNDLES_DIR / skin["parent"]
+            parent_id = verify_bundle(parent_dir, base_model=base.blake3,
+                                      base_gguf=base_path).skin_id
         out = BUNDLES_DIR / skin["dir"]
         with tempfile.TemporaryDirectory(prefix=f"demo-skin-{skin['dir']}-") as work:
             result = train_lora(base_path, SKINS_DIR / skin["data"], Path(work),
-                                steps=args.steps, rank=args.rank, progress=True)
+                                steps=args.steps, rank=None if parent_dir else args.rank,
+                                progress=True, init_from=parent_dir)
             if out.exists():
                 shutil.rmtree(out)
             skin_id = create_bundle(

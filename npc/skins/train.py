@@ -42,6 +42,10 @@ from pathlib import Path
 
 from npc.skins.manifest import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TrainingSummary
 
+#: LoRA rank of a new skin. Rank 4 on all seven projections of SmolLM2-135M is 1.2 M
+#: parameters: a bundle of about 5 MB (float16 GGUF + float16 PEFT copy), enough to carry a
+#: catchphrase and a style (tests/test_skin_training.py measures it).
+DEFAULT_RANK = 4
 #: The seven llama projections a skin adapts (Hugging Face module names).
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ROLES = ("system", "user", "assistant")
@@ -223,21 +227,57 @@ def _loss(causal, ids, mask, labels):
     return F.cross_entropy(logits.float(), target[learned])
 
 
-def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank: int,
+def parent_lora(peft_dir: Path | str) -> tuple[int, float, list[str]]:
+    """(rank, alpha, target modules) of a parent skin's PEFT adapter, which a remix starts
+    from; ValueError naming the problem when it is not a LoRA this trainer can continue."""
+    peft_dir = Path(peft_dir)
+    try:
+        cfg = json.loads((peft_dir / PEFT_CONFIG_FILE).read_text(encoding="utf-8"))
+        rank, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+        targets = sorted(cfg["target_modules"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{peft_dir / PEFT_CONFIG_FILE}: not a usable PEFT LoRA config "
+                         f"({e})") from None
+    if not (peft_dir / PEFT_WEIGHTS_FILE).is_file():
+        raise ValueError(f"{peft_dir}: no {PEFT_WEIGHTS_FILE}")
+    if rank < 1 or not set(targets) <= set(TARGET_MODULES):
+        raise ValueError(f"{peft_dir}: rank {rank}, targets {targets}: a remix can only "
+                         f"continue a LoRA of rank >= 1 on {', '.join(TARGET_MODULES)}")
+    return rank, alpha, targets
+
+
+def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank: int | None,
                progress: bool = True, alpha: float | None = None, lr: float = 2e-3,
-               batch_size: int = 4, seed: int = 0) -> TrainResult:
+               batch_size: int = 4, seed: int = 0,
+               init_from: Path | str | None = None) -> TrainResult:
     """Train a LoRA skin on ``base_gguf`` from the JSONL file ``data``; write the PEFT adapter
     (float16 safetensors) and its GGUF conversion under ``work_dir``.
 
     ``alpha`` defaults to twice the rank (a scale of 2). The learning rate warms up over the
     first tenth of the steps and decays linearly to a tenth of ``lr``. ``final_loss`` in the
-    summary is the mean loss over the last ten steps."""
+    summary is the mean loss over the last ten steps.
+
+    ``init_from`` is a parent skin's PEFT directory (a remix): training starts from the parent's
+    LoRA weights instead of from scratch, with the parent's rank, alpha and target modules
+    (``rank``/``alpha`` may be None or must match them)."""
     import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save_file
+    from peft import (LoraConfig, get_peft_model, get_peft_model_state_dict,
+                      set_peft_model_state_dict)
+    from safetensors.torch import load_file, save_file
 
     from npc.skins.convert import convert_peft_to_gguf
 
+    targets = list(TARGET_MODULES)
+    if init_from is not None:
+        p_rank, p_alpha, targets = parent_lora(init_from)
+        if rank is not None and rank != p_rank:
+            raise ValueError(f"a remix starts from its parent's weights and keeps its rank "
+                             f"({p_rank}), not {rank}")
+        if alpha is not None and float(alpha) != p_alpha:
+            raise ValueError(f"a remix keeps its parent's alpha ({p_alpha}), not {alpha}")
+        rank, alpha = p_rank, p_alpha
+    if rank is None:
+        raise ValueError("rank is needed when not starting from a parent")
     if steps < 1 or rank < 1 or batch_size < 1:
         raise ValueError("steps, rank and batch_size must be at least 1")
     base_gguf, data, work_dir = Path(base_gguf), Path(data), Path(work_dir)
@@ -260,10 +300,22 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
 
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                        target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
+                        target_modules=targets, task_type="CAUSAL_LM")
     with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in 5.x
         warnings.simplefilter("ignore", FutureWarning)
         model = get_peft_model(copy.deepcopy(base), config)
+    if init_from is not None:
+        start = {k: v.to(torch.float32)
+                 for k, v in load_file(str(Path(init_from) / PEFT_WEIGHTS_FILE)).items()}
+        expected = get_peft_model_state_dict(model, save_embedding_layers=False)
+        if set(start) != set(expected) or any(start[k].shape != expected[k].shape
+                                               for k in expected):
+            raise ValueError(f"{init_from}: the parent's LoRA tensors do not fit this base "
+                             f"model ({len(start)} tensors, {len(expected)} expected)")
+        result = set_peft_model_state_dict(model, start)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{init_from}: parent tensors not used: "
+                             f"{sorted(result.unexpected_keys)[:3]}")
     model.train()
     causal = model.get_base_model()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -313,7 +365,7 @@ def train_lora(base_gguf: Path, data: Path, work_dir: Path, *, steps: int, rank:
     adapter_gguf = convert_peft_to_gguf(peft_dir, base_gguf, work_dir / "adapter.gguf")
     tail = losses[-10:]
     summary = TrainingSummary(steps=steps, rank=rank, alpha=alpha,
-                              target_modules=list(TARGET_MODULES), examples=len(examples),
+                              target_modules=list(targets), examples=len(examples),
                               final_loss=round(sum(tail) / len(tail), 4),
                               seconds=round(time.perf_counter() - t0, 1))
     if progress:
