@@ -66,10 +66,16 @@ def cmd_play(args: argparse.Namespace) -> int:
         if args.script is None:
             from assets import ASSETS_DIR
             args.script = ASSETS_DIR / "demo.script"
+    fresh = args.save is None or not args.save.exists()
     state = load_or_new(args.save, args.seed, args.world)
     voice = args.voice or ("scripted" if headless else "auto")
+    # A new game played with the local model dresses the villagers in the shipped skins.
+    dress = fresh and not args.no_skins and voice != "scripted"
     if headless:
-        return _play_headless(args, state, make_responder(voice))
+        responder = make_responder(voice)
+        if dress and _speaks_with_model(responder):
+            state = _dress(state)
+        return _play_headless(args, state, responder)
     from game.client import run_window
     from game.session import GameSession
     from npc.scripted import ScriptedResponder
@@ -79,7 +85,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     session = GameSession(state, ScriptedResponder(), record=args.record is not None)
     if voice != "scripted":
         session.voice_label = "scripted lines (the local model is loading)"
-        _load_voice_in_background(session, voice)
+        _load_voice_in_background(session, voice, dress=dress)
     swarm = None if args.no_seed else _start_swarm()
     try:
         code = run_window(session, swarm_status=swarm.status if swarm else None)
@@ -103,17 +109,49 @@ def _start_swarm():
         return None
 
 
-def _load_voice_in_background(session, voice: str) -> None:
+def _note(line: str) -> None:
+    print(f"hearth: {line}", file=sys.stderr)
+
+
+def _speaks_with_model(responder) -> bool:
+    from npc.scripted import ScriptedResponder
+    return not isinstance(responder, ScriptedResponder)
+
+
+def _dress(state: WorldState) -> WorldState:
+    """Step the shipped skins onto a new game's villagers (see game/village_skins.py)."""
+    from engine.commands import Rejected
+    from engine.sim import step
+    from game.village_skins import dress_villagers
+    commands = dress_villagers(state, say=_note)
+    if commands:
+        state, events = step(state, commands)
+        for e in events:
+            if isinstance(e, Rejected):
+                _note(f"a demo skin was refused: {e.reason.value}")
+    return state
+
+
+def _load_voice_in_background(session, voice: str, dress: bool = False) -> None:
     import threading
 
     def load() -> None:
         from game.voices import load_voice
         try:
-            session.set_responder(load_voice(voice, say=lambda line: print(line, file=sys.stderr)))
+            responder = load_voice(voice, say=lambda line: print(line, file=sys.stderr))
         except Exception as e:
             print(f"hearth: the local model could not be loaded ({e}); villagers keep their "
                   f"scripted lines.", file=sys.stderr)
             session.voice_label = "scripted lines (the local model failed to load)"
+            return
+        if dress and _speaks_with_model(responder):
+            from game.village_skins import dress_villagers
+            try:
+                for cmd in dress_villagers(session.state, say=_note):
+                    session.post(cmd)
+            except Exception as e:  # the villagers keep their base voice
+                _note(f"the demo skins could not be set up: {e}")
+        session.set_responder(responder)
 
     threading.Thread(target=load, name="hearth-voice-loader", daemon=True).start()
 
@@ -321,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="who speaks for the villagers: the local language model, the scripted "
                         "lines, or auto (the model if it loads; default for the window). Headless "
                         "runs default to scripted, which is instant and reproducible")
+    p.add_argument("--no-skins", action="store_true",
+                   help="a new game's villagers keep the base model's voice instead of wearing "
+                        "the demo skins Hearth ships (a loaded save keeps what it has)")
     p.add_argument("--no-seed", action="store_true",
                    help="window: do not start the swarm node (no seeding of your models and "
                         "skins while you play)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 from engine.commands import Command, Event, NpcReply, Say
@@ -84,6 +85,7 @@ class GameSession:
         self.recorder = Recorder(state) if record else None
         self.max_attempts = max_attempts
         self._inputs: list[Command] = []
+        self._posted: deque[Command] = deque()  # from other threads
         self.pending: PendingReply | None = None
         self.completed: list[CompletedTurn] = []
         self.responder_errors: list[str] = []
@@ -102,8 +104,12 @@ class GameSession:
     # -- input ---------------------------------------------------------------------------------
 
     def queue(self, cmd: Command) -> None:
-        """Queue a command for the next tick."""
+        """Queue a command for the next tick (from the game thread)."""
         self._inputs.append(cmd)
+
+    def post(self, cmd: Command) -> None:
+        """Queue a command for the next tick from another thread."""
+        self._posted.append(cmd)
 
     def talk(self, npc_id: str, words: str) -> None:
         """The player says ``words`` to the NPC they are talking to; the reply is generated in the
@@ -123,6 +129,8 @@ class GameSession:
 
     def tick(self) -> list[Event]:
         self._collect_replies()
+        while self._posted:
+            self._inputs.append(self._posted.popleft())
         cmds, self._inputs = self._inputs, []
         if self.recorder is not None:
             self.state, events = self.recorder.step(self.state, cmds)
