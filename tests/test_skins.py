@@ -696,8 +696,8 @@ def test_cli_train_bundles_and_signs_what_the_trainer_made(base, hearth_home, tm
         peft_dir: Path
         summary: TrainingSummary
 
-    def train_lora(base_gguf, data, work_dir, *, steps, rank, progress=True):
-        calls.update(base_gguf=base_gguf, data=data, steps=steps, rank=rank)
+    def train_lora(base_gguf, data, work_dir, *, steps, rank, progress=True, init_from=None):
+        calls.update(base_gguf=base_gguf, data=data, steps=steps, rank=rank, init_from=init_from)
         return Result(write_adapter(work_dir / "a.gguf", base[2], rank=rank),
                       write_peft(work_dir / "peft", rank=rank),
                       TrainingSummary(steps=steps, rank=rank, final_loss=1.25, examples=1))
@@ -713,7 +713,7 @@ def test_cli_train_bundles_and_signs_what_the_trainer_made(base, hearth_home, tm
     captured = capsys.readouterr()
     assert code == 0, captured.err
     sid = captured.out.strip()
-    assert calls == {"base_gguf": base[1], "data": data, "steps": 3, "rank": 2}
+    assert calls == {"base_gguf": base[1], "data": data, "steps": 3, "rank": 2, "init_from": None}
     v = verify_bundle(out, base_model=base[0].blake3, base_gguf=base[1])
     assert v.skin_id == sid and v.manifest.name == "Quiet Smith"
     assert v.manifest.training.final_loss == 1.25 and v.manifest.description == "few words"
