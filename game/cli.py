@@ -320,8 +320,9 @@ def cmd_model(args: argparse.Namespace) -> int:
             from npc.tuning import choose
             base = store.ensure_default()
             c = choose(store, base, force=True, say=print)
-            print(f"chosen: {c.quantization} extra_bufts={int(c.use_extra_bufts)} threads={c.n_threads} "
-                  f"(prefill {c.prefill_tps} tok/s, decode {c.decode_tps} tok/s)")
+            print(f"chosen: {c.quantization} extra_bufts={int(c.use_extra_bufts)} "
+                  f"threads={c.n_threads} (decode) / {c.n_threads_batch or c.n_threads} (prefill): "
+                  f"prefill {c.prefill_tps} tok/s, decode {c.decode_tps} tok/s")
     except StoreError as e:
         raise CliError(str(e)) from None
     return 0

@@ -26,7 +26,7 @@ def load_model_voice(say: Callable[[str], None] = print, retune: bool = False):
     base = store.ensure_default()
     choice = choose(store, base, force=retune, say=say)
     runtime = Runtime(store.path(choice.model), use_extra_bufts=choice.use_extra_bufts,
-                      n_threads=choice.n_threads)
+                      n_threads=choice.n_threads, n_threads_batch=choice.n_threads_batch)
     # Skins are made for, and checked against, the base model; the runtime may run a
     # requantization of it, which has the same tensor shapes and so takes the same adapters.
     pool = AdapterPool(runtime, SkinStore(), base_model=base.blake3,

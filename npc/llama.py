@@ -16,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-# llama.cpp's OpenMP workers otherwise spin between tokens, taking the cores the game thread needs
-# for its frames. Must be set before the OpenMP runtime starts (i.e. before llama_cpp loads).
+# How llama.cpp's OpenMP workers wait (read once, when the OpenMP runtime starts, i.e. before
+# llama_cpp loads). Left to spin, they take the cores the game thread needs for its frames between
+# tokens; told to sleep at once (spin 0), every per-node barrier inside a token costs a futex
+# round trip, which made 2-thread decode 3-8x slower than 1 thread. A short spin keeps barriers
+# cheap and lets workers sleep soon after a decode ends (tools/bench/threads.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import llama_cpp as C  # noqa: E402
 
@@ -101,6 +105,8 @@ class LoadOptions:
     n_batch: int = 512
     n_seq_max: int = 8
     n_threads: int = 2
+    #: Threads for multi-token batches (prefill); 0: as ``n_threads``.
+    n_threads_batch: int = 0
     flash_attn: bool = False
     kv_unified: bool = False
 
@@ -204,7 +210,7 @@ class Context:
         cp.n_ubatch = opts.n_batch
         cp.n_seq_max = opts.n_seq_max
         cp.n_threads = opts.n_threads
-        cp.n_threads_batch = opts.n_threads
+        cp.n_threads_batch = opts.n_threads_batch or opts.n_threads
         cp.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if opts.flash_attn
                               else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cp.kv_unified = opts.kv_unified
@@ -240,6 +246,10 @@ class Context:
     @property
     def adapter(self) -> Adapter | None:
         return self._adapter
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        """Threads for single-token decodes and for multi-token batches, from the next decode on."""
+        C.llama_set_n_threads(self.ptr, n_threads, n_threads_batch)
 
     # -- KV cache ------------------------------------------------------------------------------
 

@@ -20,10 +20,9 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-import llama_cpp as C
-
 from npc.grammar import ReplyGrammar
-from npc.llama import Adapter, Context, LlamaError, LoadOptions, Model
+# llama_cpp through npc.llama, whose OpenMP settings must be in place before the library loads.
+from npc.llama import Adapter, C, Context, LlamaError, LoadOptions, Model
 
 TOP_K_FIRST = 64
 #: A candidate that would repeat a token n-gram already in the reply is passed over (small
@@ -64,10 +63,11 @@ class _Slot:
 
 class Runtime:
     def __init__(self, model_path: Path | str, use_extra_bufts: bool = False, n_threads: int = 2,
-                 n_ctx: int = 8192, n_slots: int = 8, n_batch: int = 512):
+                 n_ctx: int = 8192, n_slots: int = 8, n_batch: int = 512, n_threads_batch: int = 0):
         self.model = Model(model_path, use_extra_bufts=use_extra_bufts)
         self.opts = LoadOptions(use_extra_bufts=use_extra_bufts, n_ctx=n_ctx, n_batch=n_batch,
-                                n_seq_max=n_slots, n_threads=n_threads)
+                                n_seq_max=n_slots, n_threads=n_threads,
+                                n_threads_batch=n_threads_batch)
         self.ctx = Context(self.model, self.opts)
         self.slots = [_Slot(seq=i) for i in range(n_slots)]
         self._clock = 0

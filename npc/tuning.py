@@ -3,12 +3,14 @@
 Candidates are the shipped quantization and requantized copies (Q4_0, Q8_0), each loaded with and
 without llama.cpp's extra buffer types (the AMX/repack kernels, which crash multi-token batches
 on some CPUs). Each candidate runs in its own subprocess (``npc.probe``), so a crash only rules
-that candidate out. The choice is recorded per (base model, llama.cpp build, CPU) and reused.
+that candidate out, and is measured at several thread counts. Decoding (a token at a time, for
+as long as a line takes) runs beside the game thread, so its thread count leaves one core to the
+game; prefill (a short burst) may use every core. The choice is recorded per (base model,
+llama.cpp build, CPU) and reused.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -25,8 +27,15 @@ from npc.store import ModelRecord, ModelStore
 #: Latency of a typical turn: uncached prompt tokens and spoken tokens.
 TURN_PREFILL_TOKENS = 120
 TURN_DECODE_TOKENS = 40
-PROBE_TIMEOUT_S = 180
+PROBE_TIMEOUT_S = 240
+#: Bumped when what is measured changes, so older records are measured again.
+TUNING_VERSION = 2
 REQUANT = {"Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+
+
+class Speed(msgspec.Struct):
+    prefill_tps: float = 0.0
+    decode_tps: float = 0.0
 
 
 class Candidate(msgspec.Struct):
@@ -35,8 +44,12 @@ class Candidate(msgspec.Struct):
     model: str
     ok: bool
     error: str | None = None
+    #: At the thread counts chosen for each phase.
     prefill_tps: float = 0.0
     decode_tps: float = 0.0
+    decode_threads: int = 0
+    batch_threads: int = 0
+    by_threads: dict[int, Speed] = {}
 
     @property
     def turn_s(self) -> float:
@@ -56,11 +69,35 @@ class RuntimeChoice(msgspec.Struct):
     decode_tps: float
     measured_at: float
     candidates: list[Candidate] = []
+    #: Threads for prefill batches (``n_threads`` is for decoding); 0 in older records: the same.
+    n_threads_batch: int = 0
+
+
+def thread_counts(cores: int) -> list[int]:
+    """Thread counts worth measuring on ``cores`` cores (at most 8 are used)."""
+    n = max(1, min(cores, 8))
+    return sorted({1, max(1, n - 1), n})
+
+
+def pick_threads(by_threads: dict[int, Speed], cores: int) -> tuple[int, int]:
+    """(decode threads, prefill threads): the fastest measured count for each phase, decoding on
+    at most all cores but one so the game thread keeps a core to itself while a line is spoken."""
+    decode_max = max(1, min(cores, 8) - 1)
+    usable = {t: s for t, s in by_threads.items() if s.prefill_tps > 0 and s.decode_tps > 0}
+    if not usable:
+        raise ValueError("no thread count was measured")
+    dec = [t for t in usable if t <= decode_max] or [min(usable)]
+    return (max(dec, key=lambda t: (usable[t].decode_tps, -t)),
+            max(usable, key=lambda t: (usable[t].prefill_tps, -t)))
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("s" if n != 1 else "")
 
 
 def build_signature() -> str:
     """What the measurement depends on: the llama.cpp build and features, and the CPU."""
-    import llama_cpp
+    from npc.llama import C as llama_cpp  # after npc.llama's OpenMP settings
     info = llama_cpp.llama_print_system_info()
     info = info.decode() if isinstance(info, bytes) else str(info)
     cpu = platform.processor() or ""
@@ -92,11 +129,12 @@ def _save_choices(store: ModelStore, choices: dict[str, RuntimeChoice]) -> None:
     os.replace(tmp, p)
 
 
-def probe(path: Path, use_extra_bufts: bool, threads: int) -> tuple[bool, str | None, dict]:
+def probe(path: Path, use_extra_bufts: bool,
+          threads: list[int]) -> tuple[bool, str | None, dict[int, Speed]]:
     env = dict(os.environ)
     try:
         r = subprocess.run([sys.executable, "-m", "npc.probe", str(path), "--extra-bufts",
-                            str(int(use_extra_bufts)), "--threads", str(threads)],
+                            str(int(use_extra_bufts)), "--threads", ",".join(map(str, threads))],
                            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env,
                            cwd=str(Path(__file__).resolve().parent.parent))
     except subprocess.TimeoutExpired:
@@ -106,8 +144,9 @@ def probe(path: Path, use_extra_bufts: bool, threads: int) -> tuple[bool, str | 
     if r.returncode != 0:
         return False, (r.stderr.strip().splitlines() or ["failed"])[-1][:200], {}
     try:
-        return True, None, json.loads(r.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+        return True, None, msgspec.json.decode(r.stdout.strip().splitlines()[-1],
+                                               type=dict[int, Speed])
+    except (msgspec.DecodeError, msgspec.ValidationError, IndexError):
         return False, "unreadable probe output", {}
 
 
@@ -115,7 +154,7 @@ def requantized(store: ModelStore, base: ModelRecord, quant: str) -> ModelRecord
     for rec in store.records():
         if rec.derived_from == base.blake3 and rec.quantization == quant:
             return rec
-    import llama_cpp
+    from npc.llama import C as llama_cpp
     from npc.llama import quantize
     tmp = store.root / f".{base.blake3}.{quant}.partial"
     quantize(store.path(base.blake3), tmp, getattr(llama_cpp, REQUANT[quant]))
@@ -125,8 +164,10 @@ def requantized(store: ModelStore, base: ModelRecord, quant: str) -> ModelRecord
 
 def choose(store: ModelStore, base: ModelRecord, threads: int | None = None, force: bool = False,
            say: Callable[[str], None] = lambda s: None) -> RuntimeChoice:
-    threads = threads or max(1, min(os.cpu_count() or 2, 8))
-    key = blake3.blake3(f"{base.blake3}|{threads}|{build_signature()}".encode()).hexdigest()[:32]
+    cores = threads or os.cpu_count() or 2
+    counts = thread_counts(cores)
+    key = blake3.blake3(f"{base.blake3}|{cores}|{TUNING_VERSION}|{build_signature()}"
+                        .encode()).hexdigest()[:32]
     choices = _load_choices(store)
     if not force and key in choices and store.path(choices[key].model).is_file():
         return choices[key]
@@ -141,14 +182,21 @@ def choose(store: ModelStore, base: ModelRecord, threads: int | None = None, for
     cands: list[Candidate] = []
     for quant, rec in files:
         for extra in (False, True):
-            ok, err, m = probe(store.path(rec.blake3), extra, threads)
+            ok, err, by = probe(store.path(rec.blake3), extra, counts)
             c = Candidate(quantization=quant, use_extra_bufts=extra, model=rec.blake3, ok=ok,
-                          error=err, prefill_tps=m.get("prefill_tps", 0.0),
-                          decode_tps=m.get("decode_tps", 0.0))
+                          error=err, by_threads=by)
+            if ok:
+                try:
+                    c.decode_threads, c.batch_threads = pick_threads(by, cores)
+                    c.prefill_tps = by[c.batch_threads].prefill_tps
+                    c.decode_tps = by[c.decode_threads].decode_tps
+                except ValueError as e:
+                    c.ok, c.error = False, str(e)
             cands.append(c)
             say(f"  {quant:5s} extra_bufts={int(extra)}: " + (
-                f"prefill {c.prefill_tps:6.1f} tok/s, decode {c.decode_tps:5.1f} tok/s, "
-                f"turn {c.turn_s:.2f}s" if ok else f"unusable: {err}"))
+                f"prefill {c.prefill_tps:6.1f} tok/s ({_threads(c.batch_threads)}), decode "
+                f"{c.decode_tps:5.1f} tok/s ({_threads(c.decode_threads)}), turn {c.turn_s:.2f}s"
+                if c.ok else f"unusable: {c.error}"))
     usable = [c for c in cands if c.ok]
     if not usable:
         raise RuntimeError("no llama.cpp configuration ran on this machine: "
@@ -156,13 +204,15 @@ def choose(store: ModelStore, base: ModelRecord, threads: int | None = None, for
     best = min(usable, key=lambda c: c.turn_s)
     choice = RuntimeChoice(key=key, base=base.blake3, model=best.model,
                            quantization=best.quantization, use_extra_bufts=best.use_extra_bufts,
-                           n_threads=threads, prefill_tps=best.prefill_tps,
-                           decode_tps=best.decode_tps, measured_at=time.time(), candidates=cands)
+                           n_threads=best.decode_threads, n_threads_batch=best.batch_threads,
+                           prefill_tps=best.prefill_tps, decode_tps=best.decode_tps,
+                           measured_at=time.time(), candidates=cands)
     choices[key] = choice
     _save_choices(store, choices)
     # Requantized copies that lost are only disk weight (they can be derived again).
     for quant, rec in files:
         if rec.derived_from and rec.blake3 != best.model:
             store.remove(rec.blake3)
-    say(f"Chose {best.quantization} with extra_bufts={int(best.use_extra_bufts)}.")
+    say(f"Chose {best.quantization} with extra_bufts={int(best.use_extra_bufts)}, "
+        f"{best.decode_threads} decode / {best.batch_threads} prefill threads.")
     return choice

@@ -1,5 +1,7 @@
 """End to end with the real default model: the engine stays the only owner of the world."""
 
+import os
+
 import pytest
 
 from engine.commands import ItemConsumed, ItemMinted, NpcSaid, Traded
@@ -161,6 +163,15 @@ def test_tuning_was_measured_and_recorded(model_voice, hearth_home):
     best = min((c for c in choice["candidates"] if c["ok"]),
                key=lambda c: 120 / c["prefill_tps"] + 40 / c["decode_tps"])
     assert (choice["quantization"], choice["use_extra_bufts"]) == (best["quantization"], best["use_extra_bufts"])
+    # Threads per phase come from the measurements at each count: prefill at the fastest count,
+    # decoding at the fastest that leaves the game thread a core.
+    by = {int(t): s for t, s in best["by_threads"].items()}
+    cores = min(os.cpu_count() or 2, 8)
+    assert set(by) == {1, max(1, cores - 1), cores}
+    assert choice["n_threads_batch"] == max(by, key=lambda t: by[t]["prefill_tps"])
+    assert choice["n_threads"] == max((t for t in by if t <= max(1, cores - 1)),
+                                      key=lambda t: by[t]["decode_tps"])
+    assert choice["decode_tps"] == by[choice["n_threads"]]["decode_tps"]
     models = {p.stem for p in (hearth_home / "models").glob("*.gguf")}
     assert choice["model"] in models and choice["base"] in models
     assert models <= {choice["model"], choice["base"]}  # losing requantizations are not kept

@@ -27,11 +27,10 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 import numpy as np  # noqa: E402
 
-import llama_cpp as C  # noqa: E402
-
 from engine.dialogue import build_request  # noqa: E402
 from engine.world import new_game  # noqa: E402
 from npc.grammar import ReplyGrammar  # noqa: E402
+from npc.llama import C  # noqa: E402  (llama_cpp, after the game's OpenMP settings)
 from npc.prompt import build_prompt  # noqa: E402
 
 UTTERANCES = [
@@ -79,7 +78,8 @@ def main() -> int:
     voice = load_model_voice(say=lambda s: print(s, file=sys.stderr))
     rt = voice.runtime
     print(f"model file {rt.model.path.name}  extra_bufts={rt.opts.use_extra_bufts} "
-          f"threads={rt.opts.n_threads}")
+          f"threads={rt.opts.n_threads} (decode) / {rt.opts.n_threads_batch or rt.opts.n_threads} "
+          f"(prefill)")
 
     from tests.conftest import place_player_near
     state = new_game(seed=1)
