@@ -109,6 +109,16 @@ def walkable(m: TileMap, x: int, y: int) -> bool:
     return 0 <= x < m.width and 0 <= y < m.height and TILE_KINDS[m.tiles[y * m.width + x]][1]
 
 
+def free_tile_beside(state: WorldState, npc_id: str) -> tuple[int, int] | None:
+    """A walkable tile next to an NPC that no NPC stands on (sides before corners), or None."""
+    npc = state.npc(npc_id)
+    for dx, dy in ((0, 1), (1, 0), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)):
+        x, y = npc.x + dx, npc.y + dy
+        if walkable(state.map, x, y) and not any(n.x == x and n.y == y for n in state.npcs):
+            return x, y
+    return None
+
+
 def load_world(path: Path | str | None = None, seed: int = 0) -> WorldState:
     """Build the initial state from a world TOML file (and the map file it names)."""
     path = Path(path) if path else default_world_path()

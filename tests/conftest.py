@@ -33,14 +33,11 @@ def place_player_near(state, npc_id):
     """Put the player on a free walkable tile next to an NPC and open the conversation."""
     from engine.commands import Interact
     from engine.sim import step
-    from engine.world import walkable
-    npc = state.npc(npc_id)
-    for dx, dy in ((0, 1), (1, 0), (-1, 0), (0, -1), (1, 1), (-1, 1), (1, -1), (-1, -1)):
-        x, y = npc.x + dx, npc.y + dy
-        if walkable(state.map, x, y) and not any(n.x == x and n.y == y for n in state.npcs):
-            state.player.x, state.player.y = x, y
-            state.player.from_x, state.player.from_y = x, y
-            break
+    from engine.world import free_tile_beside
+    tile = free_tile_beside(state, npc_id)
+    if tile is not None:
+        state.player.x, state.player.y = tile
+        state.player.from_x, state.player.from_y = tile
     state, events = step(state, [Interact(npc=npc_id)])
     assert state.player.talking_to == npc_id, events
     return state

@@ -1,6 +1,8 @@
 """Train, convert and sign the demo skins listed in assets/skins/demo_skins.toml.
 
-Each skin is trained with ``npc.skins.train.train_lora`` on the default base model (the base is
+Each skin is trained on its chit-chat (``<dir>.jsonl``, written by hand) and its action examples
+(``<dir>.actions.jsonl``, the game's own prompts, written by tools/make_skin_actions.py) with
+``npc.skins.train.train_lora`` on the default base model (the base is
 loaded once for all of them), converted to a GGUF LoRA, and bundled with ``create_bundle`` into
 ``assets/skins/bundles/<dir>/``, signed by the public demo creator key in
 ``assets/skins/demo-creator.key`` and bound to the default base model's BLAKE3. A skin with a
@@ -36,13 +38,18 @@ from npc.store import ModelStore  # noqa: E402
 SKINS_DIR = ROOT / "assets" / "skins"
 BUNDLES_DIR = SKINS_DIR / "bundles"
 KEY_FILE = SKINS_DIR / "demo-creator.key"
-#: Enough for the catchphrase to carry over to the game's prompts on held-out lines (measured by
-#: tests/test_skin_training.py); more only costs CPU time.
-STEPS = 40
+#: About three passes over a skin's examples: enough for the catchphrase and the actions to carry
+#: over to held-out lines (measured by tests/test_skin_training.py); more only costs CPU time.
+STEPS = 60
 
 
 def demo_skins() -> list[dict]:
     return tomllib.loads((SKINS_DIR / "demo_skins.toml").read_text(encoding="utf-8"))["skin"]
+
+
+def training_files(skin: dict) -> list[Path]:
+    """A demo skin's training data: its chit-chat, then its action examples."""
+    return [SKINS_DIR / skin["data"], SKINS_DIR / f"{skin['dir']}.actions.jsonl"]
 
 
 def demo_identity(path: Path = KEY_FILE) -> Identity:
@@ -82,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                                       base_gguf=base_path).skin_id
         out = BUNDLES_DIR / skin["dir"]
         with tempfile.TemporaryDirectory(prefix=f"demo-skin-{skin['dir']}-") as work:
-            result = train_lora(base_path, SKINS_DIR / skin["data"], Path(work),
+            data = Path(work) / "data.jsonl"
+            data.write_text("".join(f.read_text(encoding="utf-8").rstrip("\n") + "\n"
+                                    for f in training_files(skin)), encoding="utf-8")
+            result = train_lora(base_path, data, Path(work),
                                 steps=args.steps, rank=None if parent_dir else args.rank,
                                 progress=True, init_from=parent_dir)
             if out.exists():
