@@ -579,7 +579,7 @@ def test_skins_keep_the_villagers_actions(demo_voice):
     clapper at that quest step and Maren still takes the offered help (the reply grammar offers
     the action; whether to take it is the model's choice). A 135M model misses some: each skin
     must take at least 3 of the 10, and the skins together at least half, and at least three
-    quarters of the base voice's rate. Skins trained on chit-chat alone took 0-2 of 10."""
+    quarters of the base voice's rate. Skins trained on chit-chat alone took 0-1 of 10."""
     from engine.commands import Say
     from engine.dialogue import build_request
     from engine.sim import step
