@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     skins = demo_skins()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("only", nargs="*", metavar="DIR", help="skins to make (default: all)")
-    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--steps", type=int, default=STEPS,
+                    help="training steps of skins that set no `steps` of their own")
     ap.add_argument("--rank", type=int, default=DEFAULT_RANK,
                     help="rank of skins without a parent (a remix keeps its parent's)")
     args = ap.parse_args(argv)
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             data.write_text("".join(f.read_text(encoding="utf-8").rstrip("\n") + "\n"
                                     for f in training_files(skin)), encoding="utf-8")
             result = train_lora(base_path, data, Path(work),
-                                steps=args.steps, rank=None if parent_dir else args.rank,
+                                steps=skin.get("steps", args.steps),
+                                rank=None if parent_dir else args.rank,
                                 progress=True, init_from=parent_dir)
             if out.exists():
                 shutil.rmtree(out)
