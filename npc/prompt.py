@@ -78,8 +78,14 @@ def _examples(req: DialogueRequest) -> list[tuple[str, str, str]]:
     return out
 
 
-def _reply_json(text: str, action: str = "none") -> str:
+def reply_json(text: str, action: str = "none") -> str:
+    """An NPC turn as the game writes it (and the reply grammar reads it)."""
     return json.dumps({"action": action, "say": text}, ensure_ascii=False)
+
+
+def player_turn(words: str) -> str:
+    """The player's words as a user turn's content."""
+    return f"Traveller says: {json.dumps(words, ensure_ascii=False)}"
 
 
 def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history: int = 8) -> Prompt:
@@ -89,7 +95,7 @@ def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history:
     # Two fixed example turns: a small model copies their shape (short, in character, JSON).
     for said, reply, action in _examples(req):
         head += [("<|im_start|>user\n", True), (f"Traveller says: {json.dumps(said)}", False),
-                 ("<|im_end|>\n<|im_start|>assistant\n", True), (_reply_json(reply, action), False),
+                 ("<|im_end|>\n<|im_start|>assistant\n", True), (reply_json(reply, action), False),
                  ("<|im_end|>\n", True)]
     history = list(req.recent)
     # The player's current words are already the newest remembered turn: render them once.
@@ -100,15 +106,15 @@ def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history:
     body: list[Segment] = []
     for t in history:
         if t.speaker == "player":
-            body += [("<|im_start|>user\n", True), (f"Traveller says: {json.dumps(t.text, ensure_ascii=False)}", False),
+            body += [("<|im_start|>user\n", True), (player_turn(t.text), False),
                      ("<|im_end|>\n", True)]
         else:
-            body += [("<|im_start|>assistant\n", True), (_reply_json(t.text, action_label(t.action)), False),
+            body += [("<|im_start|>assistant\n", True), (reply_json(t.text, action_label(t.action)), False),
                      ("<|im_end|>\n", True)]
     words = req.player_words or "..."
     tail: list[Segment] = [
         ("<|im_start|>user\n", True),
-        (f"Traveller says: {json.dumps(words, ensure_ascii=False)}" + (f"\n({feedback})" if feedback else ""), False),
+        (player_turn(words) + (f"\n({feedback})" if feedback else ""), False),
         ("<|im_end|>\n<|im_start|>assistant\n", True),
         (PREFIX, False),
     ]

@@ -162,9 +162,9 @@ def requantized(store: ModelStore, base: ModelRecord, quant: str) -> ModelRecord
                              derived_from=base.blake3, move=True)
 
 
-def choose(store: ModelStore, base: ModelRecord, threads: int | None = None, force: bool = False,
+def choose(store: ModelStore, base: ModelRecord, cores: int | None = None, force: bool = False,
            say: Callable[[str], None] = lambda s: None) -> RuntimeChoice:
-    cores = threads or os.cpu_count() or 2
+    cores = cores or os.cpu_count() or 2
     counts = thread_counts(cores)
     key = blake3.blake3(f"{base.blake3}|{cores}|{TUNING_VERSION}|{build_signature()}"
                         .encode()).hexdigest()[:32]

@@ -30,7 +30,7 @@ from engine.sim import step  # noqa: E402
 from engine.state import clone  # noqa: E402
 from engine.world import free_tile_beside, new_game  # noqa: E402
 from npc.grammar import action_label  # noqa: E402
-from npc.prompt import persona_block, situation_block  # noqa: E402
+from npc.prompt import persona_block, player_turn, reply_json, situation_block  # noqa: E402
 
 SKINS_DIR = ROOT / "assets" / "skins"
 #: Player lines for the examples. The tests ask with other words (tests/test_skin_training.py).
@@ -66,9 +66,8 @@ def example(state, npc: str, words: str, line: str, want: str) -> dict:
         raise SystemExit(f"{npc} cannot {want!r} after {words!r} (legal: {sorted(actions)})")
     return {"messages": [
         {"role": "system", "content": persona_block(req) + "\n" + situation_block(req)},
-        {"role": "user", "content": f"Traveller says: {json.dumps(words, ensure_ascii=False)}"},
-        {"role": "assistant", "content": json.dumps({"action": want, "say": line},
-                                                    ensure_ascii=False)},
+        {"role": "user", "content": player_turn(words)},
+        {"role": "assistant", "content": reply_json(line, want)},
     ]}
 
 
