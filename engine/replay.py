@@ -13,7 +13,7 @@ import msgspec
 
 from engine.commands import Command
 from engine.hashing import state_digest
-from engine.saves import atomic_write
+from common.files import atomic_write
 from engine.sim import step
 from engine.state import WorldState, clone
 

@@ -6,12 +6,11 @@ Loading validates the format, the version and the state hash, and names what is 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import msgspec
 
+from common.files import atomic_write
 from engine.hashing import state_hash
 from engine.state import WorldState
 
@@ -38,30 +37,6 @@ class _Header(msgspec.Struct):
 _enc = msgspec.msgpack.Encoder()
 _header_dec = msgspec.msgpack.Decoder(_Header)
 _save_dec = msgspec.msgpack.Decoder(SaveFile)
-
-
-def atomic_write(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def encode_save(state: WorldState) -> bytes:
