@@ -80,7 +80,8 @@ def wait_until(cond, seconds: float, what: str):
 def mesh(*ns):
     """Each node learns every other as a DHT node (loopback: no router, no public network)."""
     for a in ns:
-        a.add_dht_nodes([b.endpoint for b in ns if b is not a])
+        others = [parse_endpoint(b.endpoint) for b in ns if b is not a]
+        a.session.call(lambda ses: [ses.add_dht_node(n) for n in others])
     for a in ns:
         wait_until(lambda: a.dht_node_count() >= 1, 10, "the DHT to connect")
 

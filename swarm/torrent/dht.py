@@ -1,4 +1,4 @@
-"""The DHT: joining it through known nodes, and BEP44 mutable items (put and get)."""
+"""The DHT: how many nodes this node knows, and BEP44 mutable items (put and get)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 import libtorrent as lt
 
 from swarm.index import INDEX_SALT, SignedItem, expanded_secret
-from swarm.settings import parse_endpoint
 from swarm.torrent.errors import SwarmError
 from swarm.torrent.session import DHT_NODES_METRIC, Session
 
@@ -23,12 +22,6 @@ def node_count(session: Session) -> int:
             return int(a.values[DHT_NODES_METRIC])
         return None
     return session.expect(lambda ses: ses.post_session_stats(), match, STATS_TIMEOUT)
-
-
-def add_nodes(session: Session, endpoints: list[str]) -> None:
-    """Tell the DHT about nodes (``HOST:PORT``) to join through."""
-    nodes = [parse_endpoint(e) for e in endpoints]
-    session.call(lambda ses: [ses.add_dht_node(n) for n in nodes])
 
 
 def put_item(session: Session, seed: bytes, value: bytes, salt: bytes = INDEX_SALT,

@@ -45,12 +45,6 @@ class SwarmNode:
         """Save every torrent's resume data and shut the session down."""
         self.session.close(timeout)
 
-    def __enter__(self) -> SwarmNode:
-        return self if self.session.started else self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     @property
     def running(self) -> bool:
         return self.session.running
@@ -104,9 +98,6 @@ class SwarmNode:
 
     def dht_node_count(self) -> int:
         return dht.node_count(self.session)
-
-    def add_dht_nodes(self, endpoints: list[str]) -> None:
-        dht.add_nodes(self.session, endpoints)
 
     def put_item(self, seed: bytes, value: bytes, salt: bytes = INDEX_SALT,
                  timeout: float = dht.DHT_ITEM_TIMEOUT) -> tuple[int, int]:

@@ -135,10 +135,6 @@ class Session:
         atexit.unregister(self.close)
 
     @property
-    def started(self) -> bool:
-        return self._thread is not None
-
-    @property
     def running(self) -> bool:
         return self._thread is not None and not self._stopping.is_set() \
             and not self._stopped.is_set()
