@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pygame
 
@@ -18,6 +18,7 @@ from engine.state import MAX_SAY_CHARS, TICKS_PER_SECOND, WorldState
 from game.notices import describe
 from game.render import ClientUi, make_ui, nearest_npc, render, window_size
 from game.session import GameSession
+from game.swarm_box import SwarmBox
 
 __all__ = ["run_window", "render", "parse_shortcut", "MAX_CATCH_UP_TICKS"]
 
@@ -36,7 +37,7 @@ SWARM_POLL_SECONDS = 1.0
 
 def run_window(session: GameSession, fps: int = 60, max_frames: int | None = None,
                screenshot: str | Path | None = None,
-               swarm_status: dict[str, Any] | Callable[[], dict[str, Any]] | None = None) -> int:
+               swarm_status: SwarmBox | Callable[[], SwarmBox] | None = None) -> int:
     """Open the window and play until it is closed (or ``max_frames`` frames have been shown, after
     which the last frame is saved to ``screenshot`` if given). Returns the exit code.
     ``swarm_status`` is the swarm box's content, or a function returning it, asked about once a

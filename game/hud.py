@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import pygame
 
@@ -11,9 +11,13 @@ from game import text
 from game.palette import (
     ACCENT, BORDER, GOLD, INK, INK_DIM, INK_FAINT, OK_GREEN, PANEL_BG, REFUSAL, SECTION_BG,
 )
+from game.swarm_box import SwarmBox
 
-#: What the swarm box says when no swarm node runs (`hearth play --no-seed`, or before it reports).
-SWARM_OFFLINE: dict[str, Any] = {"state": "offline", "note": "not seeding"}
+if TYPE_CHECKING:
+    from swarm.torrent import SwarmStatus
+
+#: What the swarm box says when the window has no swarm node (`hearth play --no-seed`).
+NO_SWARM_NOTE = "not seeding"
 SWARM_BOX_HEIGHT = 96
 _PAD = 16
 
@@ -48,7 +52,7 @@ def quest_lines(state: WorldState) -> tuple[str, str]:
 
 
 def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldState, hint: str | None,
-                    log: Sequence[tuple[str, bool]], swarm_status: Mapping[str, Any] | None) -> None:
+                    log: Sequence[tuple[str, bool]], swarm_status: SwarmBox | None) -> None:
     """``log`` holds the latest notices, newest first, each with whether it was a refusal."""
     surface.fill(PANEL_BG, rect)
     pygame.draw.line(surface, BORDER, rect.topleft, rect.bottomleft, 2)
@@ -102,7 +106,7 @@ def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldStat
     for line in controls:
         text.draw(surface, line, (inner.left, cy), 18, INK_FAINT)
         cy += 20
-    draw_swarm_status(surface, swarm_rect, swarm_status if swarm_status is not None else SWARM_OFFLINE)
+    draw_swarm_status(surface, swarm_rect, swarm_status)
 
 
 def _draw_log(surface: pygame.Surface, inner: pygame.Rect, y: int, bottom: int,
@@ -131,23 +135,66 @@ def _section(surface: pygame.Surface, inner: pygame.Rect, y: int, title: str) ->
     return y + 18
 
 
-def draw_swarm_status(surface: pygame.Surface, rect: pygame.Rect, status: Mapping[str, Any]) -> None:
-    """The swarm box. ``status`` has a ``state`` ("offline", "seeding", ...), an optional ``note``,
-    and any further keys, shown as ``key: value`` lines (peers, credits, jobs, ...)."""
+class SwarmBoxText(NamedTuple):
+    """The swarm box in words: a state, whether to light the dot, a note and detail lines."""
+
+    state: str
+    online: bool
+    note: str | None
+    lines: list[str]
+
+
+def swarm_box_text(box: SwarmBox | None) -> SwarmBoxText:
+    """``box`` None: the window has no swarm node, or it has not reported yet."""
+    if box is None:
+        return SwarmBoxText("offline", False, NO_SWARM_NOTE, [])
+    if box.failed:
+        return SwarmBoxText("error", False, box.note, [])
+    node = box.node
+    if node is None:
+        return SwarmBoxText("off", False, box.note, [])
+    if not node.running:
+        return SwarmBoxText("offline", False, box.note, [])
+    state = "fetching" if node.fetching else ("seeding" if node.seeded else "idle")
+    return SwarmBoxText(state, True, box.note, [
+        f"peers: {node.peers}, DHT nodes: {node.dht_nodes}",
+        f"rates: up {rate_text(node.upload_rate)}, down {rate_text(node.download_rate)}",
+        f"sharing: {sharing_text(node)}",
+    ])
+
+
+def rate_text(bytes_per_second: float) -> str:
+    """A transfer rate in decimal units (1 KB = 1000 bytes)."""
+    n = float(bytes_per_second)
+    for unit in ("B/s", "KB/s"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B/s" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} MB/s"
+
+
+def sharing_text(node: SwarmStatus) -> str:
+    """What is seeded, counted by kind: ``2 models, 1 skin``."""
+    kinds = [s.ref.kind for s in node.seeded]
+    counts = [(k, kinds.count(k)) for k in ("model", "skin") if k in kinds]
+    return ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in counts) or "nothing yet"
+
+
+def draw_swarm_status(surface: pygame.Surface, rect: pygame.Rect, box: SwarmBox | None) -> None:
+    """The swarm box: the state with a dot lit while the node runs, the note, then detail lines
+    as far as they fit."""
     pygame.draw.rect(surface, SECTION_BG, rect, border_radius=6)
     pygame.draw.rect(surface, BORDER, rect, 2, border_radius=6)
-    state = str(status.get("state", "unknown"))
-    online = state not in ("offline", "unknown", "error")
+    shown = swarm_box_text(box)
     x, y = rect.left + 12, rect.top + 10
-    pygame.draw.circle(surface, OK_GREEN if online else INK_FAINT, (x + 5, y + 8), 5)
-    text.draw(surface, f"Swarm: {state}", (x + 16, y), 22, INK)
+    pygame.draw.circle(surface, OK_GREEN if shown.online else INK_FAINT, (x + 5, y + 8), 5)
+    text.draw(surface, f"Swarm: {shown.state}", (x + 16, y), 22, INK)
     y += 24
     inner = pygame.Rect(x, y, rect.width - 24, rect.bottom - y - 6)
-    note = status.get("note")
-    if note:
-        y = text.draw_wrapped(surface, f"({note})", inner, 18, INK_DIM, max_lines=2)
-    for key, value in status.items():
-        if key in ("state", "note") or y > rect.bottom - 20:
-            continue
-        text.draw(surface, text.ellipsize(f"{key}: {value}", text.font(18), inner.width), (x, y), 18, INK_DIM)
+    if shown.note:
+        y = text.draw_wrapped(surface, f"({shown.note})", inner, 18, INK_DIM, max_lines=2)
+    for line in shown.lines:
+        if y > rect.bottom - 20:
+            break
+        text.draw(surface, text.ellipsize(line, text.font(18), inner.width), (x, y), 18, INK_DIM)
         y += 18

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import pygame
 
@@ -21,6 +20,7 @@ from game.dialogue_panel import draw_dialogue
 from game.hud import draw_side_panel
 from game.palette import BUBBLE_BG, BUBBLE_INK, INK, LABEL_BG, REFUSAL, SECTION_BG
 from game.session import GameSession
+from game.swarm_box import SwarmBox
 
 TILE_PX = 24
 #: Characters are drawn a little larger than a tile (feet on the tile, head over the row above),
@@ -50,7 +50,7 @@ class ClientUi:
     notice: Notice | None = None
     #: The latest notices, newest last, for the side panel's log.
     log: deque[Notice] = field(default_factory=lambda: deque(maxlen=LOG_LENGTH))
-    swarm_status: dict[str, Any] | None = None
+    swarm_status: SwarmBox | None = None
     _map_cache: tuple[str, pygame.Surface] | None = field(default=None, repr=False)
 
     def notify(self, message: str, tick: int, refusal: bool = False) -> None:

@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.files import blake3_file as hash_file
+from game.swarm_box import SwarmBox
 from npc.skins.manifest import MANIFEST_FILE, SIGNATURE_FILE, SkinError
-from swarm.content import Content, ContentError, ContentRef, hash_file, parse_magnet
+from swarm.content import Content, ContentError, ContentRef, parse_magnet
 from swarm.settings import SettingsError, SwarmSettings, load_settings, parse_endpoints, parse_rate
 
 #: The skin index is put again this often while seeding (DHT nodes drop items after ~2 hours).
@@ -150,7 +152,7 @@ def fetch_limits() -> dict[str, int]:
 
 
 def start_node(settings: SwarmSettings):
-    from swarm.node import SwarmNode
+    from swarm.torrent import SwarmNode
     return SwarmNode(settings, state_dir()).start()
 
 
@@ -173,7 +175,7 @@ def fetch_with_progress(node, magnet: str, dest: Path, peers: list[str],
     from rich.progress import (
         BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
     )
-    from swarm.node import FetchProgress
+    from swarm.torrent import FetchProgress
 
     m = parse_magnet(magnet)
     label = m.ref.short if m.ref else (m.name or m.key[:16])
@@ -512,16 +514,12 @@ class GameSwarm:
                 ok = False
             delay = REPUBLISH_SECONDS if ok else RETRY_SECONDS
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SwarmBox:
         if self._error:
-            return {"state": "error", "note": self._error}
+            return SwarmBox(note=self._error, failed=True)
         if self.node is None:
-            return {"state": "off", "note": self._note or "not started"}
-        st = self.node.status()
-        if self._note:
-            st = {"state": st.get("state", "offline"), "note": self._note,
-                  **{k: v for k, v in st.items() if k != "state"}}
-        return st
+            return SwarmBox(note=self._note or "not started")
+        return SwarmBox(self.node.status(), self._note)
 
     def close(self) -> None:
         self._closed.set()

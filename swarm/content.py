@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
-import blake3
 import libtorrent as lt
+
+from common.files import blake3_file
 
 KINDS = ("model", "skin")
 CREATOR = "Hearth"
@@ -173,14 +174,6 @@ def parse_magnet(uri: str) -> Magnet:
     return Magnet(uri=uri, name=name, ref=ContentRef.from_name(name), key=key)
 
 
-def hash_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 #: Checks downloaded content against its reference; raises ContentError naming what failed.
 Verifier = Callable[[ContentRef, Path], None]
 
@@ -189,7 +182,7 @@ def verify_model_file(ref: ContentRef, path: Path) -> None:
     """A model is one file whose BLAKE3 is its content id."""
     if not path.is_file():
         raise ContentError(f"{path}: the downloaded model is not a single file")
-    digest = hash_file(path)
+    digest = blake3_file(path)
     if digest != ref.id:
         raise ContentError(f"{path.name}: BLAKE3 mismatch: the content hashes to "
                            f"{digest[:16]}…, its name promises {ref.id[:16]}… (the torrent "

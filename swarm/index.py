@@ -132,8 +132,3 @@ def expanded_secret(seed: bytes) -> bytes:
     h[31] &= 63
     h[31] |= 64
     return bytes(h)
-
-
-def target(public_key: bytes, salt: bytes = INDEX_SALT) -> bytes:
-    """The DHT key the item is stored under."""
-    return hashlib.sha1(public_key + salt).digest()

@@ -1,5 +1,5 @@
-"""The swarm node's settings: one Struct, read from ``swarm.toml`` in the platformdirs config
-directory and overridable on the command line.
+"""The swarm node's settings: one Struct, read from ``swarm.toml`` in Hearth's config directory
+(``common.paths.config_dir``) and overridable on the command line.
 
 ```toml
 listen = "0.0.0.0:6881"           # where peers and DHT nodes reach this node
@@ -17,13 +17,13 @@ nodes it is given and to the peers those lead to.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
 from pathlib import Path
 
 import msgspec
-import platformdirs
+
+from common.paths import config_dir
 
 CONFIG_FILE = "swarm.toml"
 DEFAULT_PORT = 6881
@@ -71,10 +71,6 @@ class SwarmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def listen_host(self) -> str:
         return parse_endpoint(self.listen, allow_zero=True)[0]
 
-    @property
-    def listen_port(self) -> int:
-        return parse_endpoint(self.listen, allow_zero=True)[1]
-
 
 _ENDPOINT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.\-]+)):(?P<port>\d{1,5})$")
 
@@ -108,12 +104,6 @@ def parse_rate(text: str) -> int:
         raise SettingsError(f"{text!r} is not a rate (e.g. 0, 512K, 8M)")
     scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m[2].lower()]
     return int(float(m[1]) * scale)
-
-
-def config_dir() -> Path:
-    """Where ``swarm.toml`` lives (override with HEARTH_CONFIG_DIR, e.g. for tests)."""
-    env = os.environ.get("HEARTH_CONFIG_DIR")
-    return Path(env) if env else Path(platformdirs.user_config_dir("hearth", appauthor=False))
 
 
 def load_settings(path: Path | None = None, **overrides) -> SwarmSettings:

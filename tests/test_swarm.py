@@ -21,13 +21,13 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from swarm.content import Content, ContentError, ContentRef, hash_file, make_torrent, parse_magnet
+from common.files import blake3_file
+from swarm.content import Content, ContentError, ContentRef, make_torrent, parse_magnet
 from swarm.index import (
-    INDEX_SALT, SignedItem, SkinIndexError, decode_index, encode_index, entry_for, target,
-    verify_item,
+    INDEX_SALT, SignedItem, SkinIndexError, decode_index, encode_index, entry_for, verify_item,
 )
-from swarm.node import FetchInterrupted, SwarmNode, session_settings
-from swarm.settings import SettingsError, SwarmSettings, load_settings, parse_rate
+from swarm.settings import SettingsError, SwarmSettings, load_settings, parse_endpoint, parse_rate
+from swarm.torrent import FetchInterrupted, SwarmNode, session_settings
 from test_skins import base, ident, make_bundle  # noqa: F401  (fixtures and the bundle builder)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +57,7 @@ def fake_model(d: Path, size: int, seed: int = 0) -> Path:
     tmp = d / "incoming"
     tmp.write_bytes(os.urandom(size) if seed == 0 else
                     hashlib.shake_256(seed.to_bytes(8, "big")).digest(size))
-    digest = hash_file(tmp)
+    digest = blake3_file(tmp)
     path = d / f"{digest}.gguf"
     tmp.rename(path)
     return path
@@ -80,7 +80,8 @@ def wait_until(cond, seconds: float, what: str):
 def mesh(*ns):
     """Each node learns every other as a DHT node (loopback: no router, no public network)."""
     for a in ns:
-        a.add_dht_nodes([b.endpoint for b in ns if b is not a])
+        others = [parse_endpoint(b.endpoint) for b in ns if b is not a]
+        a.session.call(lambda ses: [ses.add_dht_node(n) for n in others])
     for a in ns:
         wait_until(lambda: a.dht_node_count() >= 1, 10, "the DHT to connect")
 
@@ -99,7 +100,7 @@ def test_settings_load_toml_and_overrides(tmp_path):
     cfg.write_text('listen = "127.0.0.1:7000"\nbootstrap = ["127.0.0.1:7001"]\n'
                    'upload_limit = 1000\nseeding = false\n')
     s = load_settings(cfg, listen="127.0.0.1:0", download_limit=parse_rate("8M"))
-    assert (s.listen_host, s.listen_port, s.bootstrap) == ("127.0.0.1", 0, ["127.0.0.1:7001"])
+    assert (s.listen, s.bootstrap) == ("127.0.0.1:0", ["127.0.0.1:7001"])
     assert (s.upload_limit, s.download_limit, s.seeding) == (1000, 8 * MB, False)
     with pytest.raises(SettingsError, match="HOST:PORT"):
         load_settings(cfg, bootstrap=["nowhere"])
@@ -158,11 +159,11 @@ def test_four_nodes_share_a_model_and_a_skin_found_through_the_dht(nodes, tmp_pa
     for i in range(3):
         got = results[i, magnets[0]]
         assert got.path.name == f"hearth-model-{model.stem}.gguf"
-        assert hash_file(got.path) == model.stem and got.hash_failures == 0
+        assert blake3_file(got.path) == model.stem and got.hash_failures == 0
         skin = results[i, magnets[1]]
         assert verify_bundle(skin.path).skin_id == skin_id
         assert not list((tmp_path / f"out{i}").glob(".hearth-partial-*"))
-    up = seeder.torrent_stats(ContentRef("model", model.stem))["uploaded"]
+    up = seeder.torrent_stats(ContentRef("model", model.stem)).uploaded
     print(f"seeder uploaded {up / model.stat().st_size:.2f} copies of the model for 3 fetchers")
 
 
@@ -231,7 +232,7 @@ def test_an_interrupted_fetch_resumes_without_starting_over(nodes, tmp_path):
 
     again = nodes("fetcher")  # same state directory: finds the resume data
     got = again.fetch(magnet, tmp_path / "out", peers=[seeder.endpoint], timeout=60)
-    assert hash_file(got.path) == model.stem
+    assert blake3_file(got.path) == model.stem
     assert got.downloaded < model.stat().st_size - 4 * MB, \
         f"downloaded {got.downloaded} bytes again after having {had}"
 
@@ -263,7 +264,7 @@ def test_fetch_refuses_what_it_cannot_verify(nodes, tmp_path):
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(lt.bencode(ct.generate()))
     atp.save_path = str(plain.parent)
-    seeder._call(lambda ses: ses.add_torrent(atp))
+    seeder.session.call(lambda ses: ses.add_torrent(atp))
     magnet = lt.make_magnet_uri(atp.ti).split("&dn=")[0]  # no name: known only from metadata
     with pytest.raises(ContentError, match="not Hearth content"):
         fetcher.fetch(magnet, tmp_path / "out", peers=[seeder.endpoint], timeout=20)
@@ -271,6 +272,11 @@ def test_fetch_refuses_what_it_cannot_verify(nodes, tmp_path):
 
 
 # ---- the skin index (BEP44) ----------------------------------------------------------------------
+
+def target(public_key: bytes, salt: bytes = INDEX_SALT) -> bytes:
+    """BEP44: the DHT key a mutable item is stored under."""
+    return hashlib.sha1(public_key + salt).digest()
+
 
 def _krpc(sock, addr, query: bytes, args: dict) -> dict:
     sock.sendto(lt.bencode({b"t": b"hx", b"y": b"q", b"q": query, b"a": args}), addr)
@@ -320,7 +326,7 @@ def test_skin_index_is_read_back_and_tampering_is_refused(nodes, tmp_path):
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(5)
     try:
-        addr = ("127.0.0.1", b.listen_port)
+        addr = parse_endpoint(b.endpoint)
         got = _krpc(sock, addr, b"get", {b"id": os.urandom(20), b"target": target(pk)})
         token = got[b"r"][b"token"]
         assert got[b"r"][b"v"] == value
@@ -430,14 +436,15 @@ def test_cli_fetch_of_mislabelled_content_exits_2_and_leaves_nothing(nodes, tmp_
 def test_window_polls_the_swarm_status(tmp_path, world, base, monkeypatch):
     from game.client import run_window
     from game.session import GameSession
+    from game.swarm_box import SwarmBox
     from game.swarm_cli import GameSwarm
     from npc.scripted import ScriptedResponder
 
+    rec, _, _ = base
     # The game's node seeds the local stores (here: the default model) in the background.
     swarm = GameSwarm(SwarmSettings(listen="127.0.0.1:0", loopback=True)).start()
     try:
-        wait_until(lambda: "model" in swarm.status().get("sharing", ""), 20,
-                   "the default model to be seeded")
+        wait_until(lambda: swarm.status().node.seeded, 20, "the default model to be seeded")
         calls = []
 
         def status():
@@ -446,19 +453,23 @@ def test_window_polls_the_swarm_status(tmp_path, world, base, monkeypatch):
         session = GameSession(world, ScriptedResponder())
         try:
             assert run_window(session, max_frames=3, swarm_status=status) == 0
-            assert run_window(session, max_frames=2, swarm_status={"state": "offline"}) == 0
+            assert run_window(session, max_frames=2, swarm_status=SwarmBox(note="not seeding")) == 0
         finally:
             session.close()
     finally:
         swarm.close()
-    assert calls and calls[0]["state"] == "seeding" and "peers" in calls[0] and "rates" in calls[0]
+    node = calls[0].node
+    assert node.running and not node.fetching and node.peers == 0
+    model = ContentRef("model", rec.blake3)
+    assert [s.progress for s in node.seeded if s.ref == model] == [1.0]
     off = GameSwarm(SwarmSettings(listen="127.0.0.1:0", loopback=True, seeding=False)).start()
-    assert off.status()["state"] == "off" and off.node is None
+    assert off.status() == SwarmBox(note="seeding is switched off (swarm.toml)")
+    assert off.node is None
 
 
 def test_a_restarted_seeder_uses_its_resume_data_and_hashes_nothing(nodes, tmp_path,
                                                                     monkeypatch):
-    import swarm.node
+    import swarm.torrent.seeding
     model = fake_model(tmp_path / "store", 4 * MB)
     first = SwarmNode(SwarmSettings(listen="127.0.0.1:0", loopback=True), tmp_path / "state")
     magnet = first.start().seed(model_of(model)).magnet
@@ -470,7 +481,7 @@ def test_a_restarted_seeder_uses_its_resume_data_and_hashes_nothing(nodes, tmp_p
 
     def no_hashing(*a, **kw):
         raise AssertionError("the content was hashed again")
-    monkeypatch.setattr(swarm.node, "make_torrent", no_hashing)
+    monkeypatch.setattr(swarm.torrent.seeding, "make_torrent", no_hashing)
     again = SwarmNode(SwarmSettings(listen="127.0.0.1:0", loopback=True), tmp_path / "state")
     try:
         assert again.start().seed(model_of(model)).magnet == magnet

@@ -29,9 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from swarm.content import Content, ContentRef, hash_file  # noqa: E402
-from swarm.node import SwarmNode  # noqa: E402
+from common.files import blake3_file  # noqa: E402
+from swarm.content import Content, ContentRef  # noqa: E402
 from swarm.settings import SwarmSettings, parse_rate  # noqa: E402
+from swarm.torrent import SwarmNode  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -91,7 +92,7 @@ def run_http(path: Path, peers: int, rate: int, work: Path) -> tuple[float, list
         try:
             with urllib.request.urlopen(url, timeout=120) as r, out.open("wb") as f:
                 shutil.copyfileobj(r, f, CHUNK)
-            if hash_file(out) != path.stem:
+            if blake3_file(out) != path.stem:
                 errors.append(f"client {i}: BLAKE3 mismatch")
         except OSError as e:
             errors.append(f"client {i}: {e}")
@@ -138,7 +139,7 @@ def run_swarm(path: Path, peers: int, rate: int, work: Path) -> tuple[float, lis
             t.join(600)
         if errors:
             raise SystemExit("swarm run failed: " + "; ".join(errors))
-        uploaded = seeder.torrent_stats(ref)["uploaded"]
+        uploaded = seeder.torrent_stats(ref).uploaded
         return uploaded / path.stat().st_size, times
     finally:
         for n in [seeder, *downloaders]:
@@ -157,7 +158,7 @@ def main() -> int:
     try:
         incoming = work / "incoming"
         incoming.write_bytes(os.urandom(size))
-        path = work / "store" / f"{hash_file(incoming)}.gguf"
+        path = work / "store" / f"{blake3_file(incoming)}.gguf"
         path.parent.mkdir()
         incoming.rename(path)
         print(f"file: {size / 2**20:.0f} MiB, {args.peers} downloaders, every uploader capped at "
