@@ -124,10 +124,6 @@ class ModelStore:
             except FileNotFoundError:
                 pass
 
-    def verify(self, digest: str) -> bool:
-        p = self.path(digest)
-        return p.is_file() and blake3_file(p) == digest
-
     # -- the default base model ----------------------------------------------------------------
 
     def default_source(self) -> Path:

@@ -37,8 +37,6 @@ from npc.skins.manifest import (
 #: rank-16 LoRA on every projection of SmolLM2-135M is about 20 MiB in f32 per copy, and a
 #: bundle holds two copies (GGUF and PEFT).
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
-#: The llama projection weights a LoRA usually targets.
-LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 #: ggml tensor types an adapter may use: type -> (elements per block, bytes per block).
 _GGML_SIZES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),

@@ -95,12 +95,6 @@ class SkinStore:
         fsync_dir(self.root)  # a removed skin stays removed after a crash
         shutil.rmtree(aside, ignore_errors=True)
 
-    def remove(self, skin_id: str) -> None:
-        path = self.path(skin_id)
-        if not path.is_dir():
-            raise SkinError(f"skin {skin_id} is not installed")
-        self._discard(path)
-
     # -- finding --------------------------------------------------------------------------------
 
     def _read(self, skin_id: str) -> InstalledSkin:
@@ -204,13 +198,4 @@ class SkinStore:
                 remaining -= share
             split.append((m.creator, skin.skin_id, share))
         return split
-
-
-def split_amount(split: list[tuple[str, str, Fraction]], amount: int) -> list[int]:
-    """Whole units of a payment per entry of a royalty split: each share rounded down, the units
-    rounding leaves over going to the original (the last entry), so the parts sum to ``amount``."""
-    parts = [int(share * amount) for _, _, share in split]
-    if parts:
-        parts[-1] += amount - sum(parts)
-    return parts
 
