@@ -514,7 +514,8 @@ def test_pool_evicts_least_recently_used_and_forgets_first(runtime, three_skins,
     assert live[s1].ptr is None and live[s0].ptr and live[s2].ptr
     # Under a byte cap that fits one adapter, a held adapter is still never evicted.
     pool.max_loaded = 1
-    pool.get(s0)  # s2 goes
+    with pool.hold(s0):  # on release the pool shrinks to one: s2, the least recent, goes
+        pass
     pool.max_loaded = 2
     pool.max_bytes = pool.loaded_bytes * 2 - 1
     with pool.hold(s0):
