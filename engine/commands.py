@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 
-import msgspec
 from msgspec import Struct
 
 
@@ -226,10 +225,6 @@ Event = (
     | Traded | Gave | ItemMinted | ItemConsumed | GoldMinted | QuestStarted | QuestAdvanced
     | QuestCompleted | SkinWorn
 )
-
-command_decoder = msgspec.msgpack.Decoder(Command)
-command_json_decoder = msgspec.json.Decoder(Command)
-
 
 def command_name(cmd: Command) -> str:
     return type(cmd).__struct_config__.tag  # type: ignore[return-value]

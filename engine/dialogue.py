@@ -12,7 +12,7 @@ import re
 from msgspec import Struct
 
 from engine import rules
-from engine.commands import GiveItem, NpcAction, NpcReply, Rejection, SellItem, StartQuest
+from engine.commands import NpcAction, NpcReply, Rejection, SellItem
 from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Turn, WorldState
 
 
@@ -51,17 +51,6 @@ class DialogueRequest(Struct, frozen=True):
 class DialogueProposal(Struct, frozen=True):
     text: str
     action: NpcAction | None = None
-
-
-def describe_action(state: WorldState, action: NpcAction) -> str:
-    match action:
-        case SellItem(item=item, price=price):
-            return f"sell one {state.items[item].name} for {price} gold"
-        case GiveItem(item=item):
-            return f"hand over the {state.items[item].name}"
-        case StartQuest(quest=q):
-            return f"ask the traveller for help ({state.quest.title})"
-    return "nothing"
 
 
 def _quest_facts(state: WorldState, npc_id: str) -> list[str]:

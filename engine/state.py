@@ -7,7 +7,7 @@ is self-contained, and the state hash covers everything a rule can read.
 from __future__ import annotations
 
 import msgspec
-from msgspec import Struct, field
+from msgspec import Struct
 
 from engine.commands import NpcAction
 
@@ -181,5 +181,5 @@ def add_items(inv: dict[str, int], item: str, qty: int) -> None:
 
 __all__ = [
     "TICKS_PER_SECOND", "TICKS_PER_HOUR", "Item", "TileMap", "ScheduleEntry", "Turn", "Npc", "Player",
-    "QuestStep", "Quest", "WorldState", "clone", "add_items", "field",
+    "QuestStep", "Quest", "WorldState", "clone", "add_items",
 ]

@@ -54,8 +54,8 @@ def _swarm_errors(func):
 # ---- settings and the stores -------------------------------------------------------------------
 
 def state_dir() -> Path:
-    from npc.store import hearth_home
-    return hearth_home() / "swarm"
+    from common.paths import data_dir
+    return data_dir() / "swarm"
 
 
 def settings_from_args(args: argparse.Namespace, **fixed) -> SwarmSettings:

@@ -126,13 +126,6 @@ class AdapterPool:
         self.runtime.forget_adapter(skin_id)
         entry.adapter.close()
 
-    def evict(self, skin_id: str) -> None:
-        with self._lock:
-            if skin_id in self._loaded:
-                if self._loaded[skin_id].pins:
-                    raise SkinError(f"skin {skin_id} is in use")
-                self._unload(skin_id)
-
     def close(self) -> None:
         with self._lock:
             for skin_id in list(self._loaded):

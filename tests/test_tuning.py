@@ -36,3 +36,14 @@ def test_probe_names_bad_thread_counts(threads):
     r = subprocess.run([sys.executable, "-m", "npc.probe", "model.gguf", "--threads", threads],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--threads takes positive thread counts" in r.stderr
+
+
+def test_choices_are_recorded_whole(tmp_path):
+    from npc.store import ModelStore
+    from npc.tuning import RuntimeChoice, _load_choices, _save_choices
+    store = ModelStore(tmp_path)
+    choice = RuntimeChoice(key="k", base="b", model="m", quantization="Q4_0", use_extra_bufts=False,
+                           n_threads=1, prefill_tps=1.0, decode_tps=1.0, measured_at=0.0)
+    _save_choices(store, {"k": choice})
+    assert _load_choices(store) == {"k": choice}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "runtime-choice.json"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from common.files import atomic_copy, atomic_write, blake3_file, fsync_dir
 from npc.gguf_info import GGUFError, GGUFInfo, TensorInfo, read_gguf
 from npc.skins.identity import Identity
 from npc.skins.manifest import (
@@ -31,14 +32,11 @@ from npc.skins.manifest import (
     SIGNATURE_BYTES, SIGNATURE_FILE, FileEntry, SkinError, SkinManifest, TrainingSummary,
     canonical_bytes, decode_manifest, skin_id,
 )
-from npc.store import hash_file
 
 #: Largest bundle accepted, counted from the manifest's sizes before anything is hashed. A
 #: rank-16 LoRA on every projection of SmolLM2-135M is about 20 MiB in f32 per copy, and a
 #: bundle holds two copies (GGUF and PEFT).
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
-#: The llama projection weights a LoRA usually targets.
-LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 #: ggml tensor types an adapter may use: type -> (elements per block, bytes per block).
 _GGML_SIZES = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
@@ -160,7 +158,7 @@ def _check_files(bundle: Path, manifest: SkinManifest) -> None:
                             f"file has {st.st_size}")
     for entry in manifest.files:
         path = bundle / entry.path
-        digest = hash_file(path)
+        digest = blake3_file(path)
         if digest != entry.blake3:
             raise SkinError(f"{path}: hash mismatch: BLAKE3 {digest[:16]}…, the manifest says "
                             f"{entry.blake3[:16]}… (damaged or altered)")
@@ -299,27 +297,6 @@ def verify_bundle(path: Path | str, base_model: str | None = None,
 
 # ---- creation ---------------------------------------------------------------------------------
 
-def _copy_in(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-    with dst.open("rb") as f:
-        os.fsync(f.fileno())
-
-
-def _write(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_bundle(out_dir: Path | str, *, name: str, description: str,
                   adapter_gguf: Path | str, peft_dir: Path | str, base_model: str,
                   identity: Identity, parent: str | None = None, royalty: float = 0.0,
@@ -355,8 +332,8 @@ def create_bundle(out_dir: Path | str, *, name: str, description: str,
         files = []
         for role, src in sources.items():
             dst = tmp / _ROLE_NAMES[role]
-            _copy_in(src, dst)
-            files.append(FileEntry(path=dst.name, blake3=hash_file(dst),
+            atomic_copy(src, dst)
+            files.append(FileEntry(path=dst.name, blake3=blake3_file(dst),
                                    size=dst.stat().st_size, role=role))
         manifest = SkinManifest(
             name=name.strip(), description=description, creator=identity.public_hex,
@@ -364,10 +341,11 @@ def create_bundle(out_dir: Path | str, *, name: str, description: str,
             created=int(time.time()), training=training or TrainingSummary(), files=files)
         data = canonical_bytes(manifest)
         decode_manifest(data, "the new manifest")  # Struct() does not check constraints; decoding does
-        _write(tmp / MANIFEST_FILE, data)
-        _write(tmp / SIGNATURE_FILE, identity.sign(data))
+        atomic_write(tmp / MANIFEST_FILE, data)
+        atomic_write(tmp / SIGNATURE_FILE, identity.sign(data))
         verified = verify_bundle(tmp, base_model=base_model, base_gguf=base_gguf)
-        fsync_dir(tmp)
+        # Every file and the temp directory's entries are durable (the atomic writes fsync
+        # both), so the rename publishes a complete bundle.
         try:
             os.rename(tmp, out)  # replaces an empty directory, fails on anything else
         except OSError as e:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from common.files import fsync_dir
+from common.paths import data_dir
 from npc.skins.manifest import SkinError
-from npc.store import hearth_home
 
 KEY_FILE = "creator.ed25519"
 SEED_BYTES = 32
@@ -34,7 +35,7 @@ class Identity:
 
 
 def identity_path(home: Path | None = None) -> Path:
-    return (home or hearth_home()) / "identity" / KEY_FILE
+    return (home or data_dir()) / "identity" / KEY_FILE
 
 
 def _from_seed(seed: bytes, path: Path) -> Identity:
@@ -71,9 +72,5 @@ def load_or_create_identity(home: Path | None = None) -> Identity:
             pass
     finally:
         os.unlink(tmp)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
     return _read(path)

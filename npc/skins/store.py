@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from npc.skins.bundle import VerifiedSkin, fsync_dir, read_signed, verify_bundle
+from common.files import atomic_copy, fsync_dir
+from common.paths import data_dir
+from npc.skins.bundle import VerifiedSkin, read_signed, verify_bundle
 from npc.skins.manifest import MANIFEST_FILE, SIGNATURE_FILE, SkinError, SkinManifest
-from npc.store import hearth_home
 
 _SKIN_ID = re.compile(r"^[0-9a-f]{64}$")
 #: Shortest prefix accepted in place of a full skin id.
@@ -44,8 +45,9 @@ def is_skin_id(text: str) -> bool:
 
 class SkinStore:
     def __init__(self, root: Path | None = None):
-        """``root`` is the Hearth home (default: ``hearth_home()``); skins live in ``skins/``."""
-        self.root = (root or hearth_home()) / "skins"
+        """``root`` is the Hearth data directory (default: ``common.paths.data_dir()``); skins
+        live in ``skins/``."""
+        self.root = (root or data_dir()) / "skins"
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, skin_id: str) -> Path:
@@ -71,14 +73,11 @@ class SkinStore:
         try:
             names = [MANIFEST_FILE, SIGNATURE_FILE] + [f.path for f in verified.manifest.files]
             for name in names:
-                shutil.copyfile(verified.path / name, tmp / name)
-                with (tmp / name).open("rb") as f:
-                    os.fsync(f.fileno())
+                atomic_copy(verified.path / name, tmp / name)  # fsyncs the file and ``tmp``
             # Check the copy, not the source: the source may have changed since it was verified.
             again = verify_bundle(tmp, base_model=base_model, base_gguf=base_gguf)
             if again.skin_id != verified.skin_id:
                 raise SkinError(f"{path}: the bundle changed while it was being installed")
-            fsync_dir(tmp)
             try:
                 os.rename(tmp, dest)
             except OSError:
@@ -93,13 +92,8 @@ class SkinStore:
     def _discard(self, path: Path) -> None:
         aside = Path(tempfile.mkdtemp(prefix=".discard-", dir=self.root))
         os.rename(path, aside / "old")
+        fsync_dir(self.root)  # a removed skin stays removed after a crash
         shutil.rmtree(aside, ignore_errors=True)
-
-    def remove(self, skin_id: str) -> None:
-        path = self.path(skin_id)
-        if not path.is_dir():
-            raise SkinError(f"skin {skin_id} is not installed")
-        self._discard(path)
 
     # -- finding --------------------------------------------------------------------------------
 
@@ -204,13 +198,4 @@ class SkinStore:
                 remaining -= share
             split.append((m.creator, skin.skin_id, share))
         return split
-
-
-def split_amount(split: list[tuple[str, str, Fraction]], amount: int) -> list[int]:
-    """Whole units of a payment per entry of a royalty split: each share rounded down, the units
-    rounding leaves over going to the original (the last entry), so the parts sum to ``amount``."""
-    parts = [int(share * amount) for _, _, share in split]
-    if parts:
-        parts[-1] += amount - sum(parts)
-    return parts
 
