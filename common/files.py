@@ -19,6 +19,18 @@ import blake3
 Progress = Callable[[int, int], None]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: What a plain ``open(path, "w")`` would create: temp files start at 0o600, and a replaced file
+#: should not lose group/other read access just because it was written atomically. (Read once:
+#: setting the umask to read it is not thread-safe.)
+DEFAULT_MODE = 0o666 & ~_umask()
+
+
 def fsync_dir(path: Path | str) -> None:
     """Make the directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
@@ -33,12 +45,11 @@ def fsync_file(path: Path | str) -> None:
         os.fsync(f.fileno())
 
 
-def _replace_with_temp(path: Path, fill: Callable[[int, str], None], mode: int | None) -> None:
+def _replace_with_temp(path: Path, fill: Callable[[int, str], None], mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        os.fchmod(fd, mode)
         fill(fd, tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -50,10 +61,11 @@ def _replace_with_temp(path: Path, fill: Callable[[int, str], None], mode: int |
     fsync_dir(path.parent)
 
 
-def atomic_write(path: Path | str, data: bytes, *, mode: int | None = None) -> None:
+def atomic_write(path: Path | str, data: bytes, *, mode: int = DEFAULT_MODE) -> None:
     """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync dir).
 
-    ``mode`` sets the permission bits before any byte is written (e.g. 0o600 for a secret key)."""
+    ``mode`` sets the permission bits before any byte is written (e.g. 0o600 for a secret key;
+    by default what the umask allows a new file)."""
     def fill(fd: int, _tmp: str) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,7 +80,7 @@ def atomic_copy(src: Path | str, dst: Path | str) -> None:
         os.close(fd)
         shutil.copyfile(src, tmp)
         fsync_file(tmp)
-    _replace_with_temp(Path(dst), fill, None)
+    _replace_with_temp(Path(dst), fill, DEFAULT_MODE)
 
 
 def blake3_file(path: Path | str, progress: Progress | None = None, chunk: int = 1 << 22) -> str:

@@ -76,3 +76,13 @@ def test_the_directories_follow_their_environment_variables(tmp_path, monkeypatc
     monkeypatch.delenv("HEARTH_HOME")
     monkeypatch.delenv("HEARTH_CONFIG_DIR")
     assert data_dir().name == "hearth" and config_dir().name == "hearth"
+
+
+def test_replaced_files_get_the_mode_a_plain_write_would(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    atomic_write(tmp_path / "a", b"x")
+    atomic_copy(plain, tmp_path / "b")
+    want = stat.S_IMODE(plain.stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == want
+    assert stat.S_IMODE((tmp_path / "b").stat().st_mode) == want
