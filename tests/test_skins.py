@@ -675,7 +675,7 @@ def test_cli_train_refuses_bad_input_before_training(tmp_path, hearth_home):
     data.write_text('{"user": "hi", "npc": "hello"}\n')
     r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "o"),
                "--royalty", "0.5", home=hearth_home)
-    assert r.returncode == 2 and "--parent" in r.stderr
+    assert r.returncode == 2 and "give a parent" in r.stderr
     r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "o"),
                "--parent", "ab" * 32, home=hearth_home)
     assert r.returncode == 2 and "no installed skin" in r.stderr and "Traceback" not in r.stderr

@@ -129,7 +129,7 @@ def test_torrent_names_carry_the_content_id(tmp_path):
 # ---- the swarm -----------------------------------------------------------------------------------
 
 def test_four_nodes_share_a_model_and_a_skin_found_through_the_dht(nodes, tmp_path, base, ident):
-    from game.swarm_cli import skin_content, verify_skin
+    from game.swarm_bridge import skin_content, verify_skin
     from npc.skins.bundle import verify_bundle
 
     model = fake_model(tmp_path / "store", 50 * MB)
@@ -430,7 +430,7 @@ def test_cli_fetch_of_mislabelled_content_exits_2_and_leaves_nothing(nodes, tmp_
 def test_window_polls_the_swarm_status(tmp_path, world, base, monkeypatch):
     from game.client import run_window
     from game.session import GameSession
-    from game.swarm_cli import GameSwarm
+    from game.window_swarm import GameSwarm
     from npc.scripted import ScriptedResponder
 
     # The game's node seeds the local stores (here: the default model) in the background.
