@@ -209,10 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Everything that can be checked is checked before the slow part (training).
     if args.from_scratch and args.parent is None:
         raise CliError("--from-scratch only means something for a remix: give --parent too")
-    load_examples(args.data)
     parent = SkinStore().get(args.parent) if args.parent is not None else None
     check_new_bundle(args.out, name=args.name, royalty=args.royalty,
                      parent=parent.skin_id if parent else None)
+    load_examples(args.data)
 
     models = ModelStore()
     base = models.get(args.base) if args.base else models.ensure_default()

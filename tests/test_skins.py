@@ -706,7 +706,8 @@ def test_cli_train_bundles_and_signs_what_the_trainer_made(base, hearth_home, tm
                         types.SimpleNamespace(train_lora=train_lora))
     monkeypatch.setenv("HEARTH_HOME", str(hearth_home))
     data = tmp_path / "d.jsonl"
-    data.write_text('{"user": "hi", "npc": "hello"}\n')
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, '
+                    '{"role": "assistant", "content": "hello"}]}\n')
     out = tmp_path / "bundle"
     code = main(["skin", "train", "--data", str(data), "--name", "Quiet Smith", "--out", str(out),
                  "--steps", "3", "--rank", "2", "--description", "few words"])
