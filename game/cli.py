@@ -27,8 +27,8 @@ from npc.store import StoreError
 from swarm.content import ContentError
 from swarm.settings import SettingsError
 
-#: What the libraries raise when what was asked of them cannot be done (a bad file, an unknown
-#: id, a failed download...): their message is the whole story, so no traceback is shown.
+#: What the layers below the command line raise when what was asked cannot be done (a bad file,
+#: an unknown id, a failed download...): the message is the whole story, so no traceback is shown.
 LIBRARY_ERRORS = (SaveError, LogError, WorldDataError, ScriptError, VoiceError, SkinError,
                   TrainingDataError, StoreError, GGUFError, ContentError, SettingsError)
 
