@@ -1,6 +1,12 @@
-"""Short lines telling the player what just happened (or why it did not), from a tick's events."""
+"""Short lines telling the player what just happened (or why it did not).
+
+In the window they come from a tick's events (``describe``); on the command line every progress
+line, note and warning goes through ``note``, to stderr, so stdout holds only a command's result.
+"""
 
 from __future__ import annotations
+
+import sys
 
 from engine.commands import (
     Event, Gave, GoldMinted, QuestAdvanced, QuestCompleted, QuestStarted, Rejected, Rejection, Traded,
@@ -66,3 +72,8 @@ def describe(state: WorldState, ev: Event) -> tuple[str, bool] | None:
         case GoldMinted(amount=amount):
             return f"Reward: {amount} gold.", False
     return None
+
+
+def note(line: str) -> None:
+    """Tell the person at the command line ``line`` (on stderr, at once)."""
+    print(line, file=sys.stderr, flush=True)

@@ -4,17 +4,17 @@ wearing skins."""
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from game.swarm_cli import add_network_args
+from game.cli_error import CliError
+from game.notices import note
+from game.play_cli import load_or_new
+from game.swarm_cli import add_network_args, cmd_skin_install_magnet
 from game.swarm_cli import add_skin_commands as add_swarm_skin_commands
-from npc.skins.manifest import SkinError
-from npc.skins.train import DEFAULT_RANK
+from npc.skins.train import DEFAULT_RANK, load_examples
 
 #: A skin's id is shown this long where a table has no room for all 64 digits.
 SHORT = 16
@@ -22,23 +22,6 @@ SHORT = 16
 
 def _short(digest: str | None) -> str:
     return digest[:SHORT] if digest else "-"
-
-
-def _note(msg: str) -> None:
-    print(msg, file=sys.stderr)
-
-
-def _skin_errors(func):
-    """Turn the lower layers' errors into SkinError, which `hearth` prints without a traceback."""
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        from npc.gguf_info import GGUFError
-        from npc.store import StoreError
-        try:
-            return func(args)
-        except (StoreError, GGUFError) as e:
-            raise SkinError(str(e)) from None
-    return wrapper
 
 
 def _default_base():
@@ -50,7 +33,6 @@ def _default_base():
 
 # ---- hearth id ---------------------------------------------------------------------------------
 
-@_skin_errors
 def cmd_id(args: argparse.Namespace) -> int:
     from npc.skins.identity import identity_path, load_or_create_identity
     existed = identity_path().exists()
@@ -71,18 +53,14 @@ def cmd_id(args: argparse.Namespace) -> int:
 
 # ---- hearth skin install / list / verify ---------------------------------------------------------
 
-@_skin_errors
 def cmd_install(args: argparse.Namespace) -> int:
     from npc.skins.bundle import read_signed
     from npc.skins.store import SkinStore
 
     if args.path.startswith("magnet:"):
-        from game.swarm_cli import cmd_skin_install_magnet
         args.magnet = args.path
         return cmd_skin_install_magnet(args)
     path = Path(args.path)
-    if not path.is_dir():
-        raise SkinError(f"{path}: not a skin bundle directory")
     signed = read_signed(path)
     models, default = _default_base()
     base_file = models.path(signed.manifest.base_model)
@@ -92,12 +70,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     name = signed.manifest.name
     print(f"{'already installed' if already else 'installed'}: {name} {skin_id}")
     if signed.manifest.base_model != default.blake3:
-        _note(f"note: this skin was made for base model {_short(signed.manifest.base_model)}…, "
-              f"not the default model {_short(default.blake3)}…; villagers cannot wear it "
-              f"with the default model")
+        note(f"note: this skin was made for base model {_short(signed.manifest.base_model)}…, "
+             f"not the default model {_short(default.blake3)}…; villagers cannot wear it "
+             f"with the default model")
     if not base_file.is_file():
-        _note("note: its base model is not in your model store, so its tensor shapes were "
-              "not checked")
+        note("note: its base model is not in your model store, so its tensor shapes were "
+             "not checked")
     return 0
 
 
@@ -109,7 +87,6 @@ def _skin_json(skin) -> dict:
             "size": skin.size, "path": str(skin.path)}
 
 
-@_skin_errors
 def cmd_list(args: argparse.Namespace) -> int:
     from npc.skins.store import SkinStore
     skins = SkinStore().list()
@@ -128,7 +105,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-@_skin_errors
 def cmd_verify(args: argparse.Namespace) -> int:
     from npc.skins.bundle import verify_bundle
     from npc.skins.store import SkinStore
@@ -136,12 +112,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     models, base = _default_base()
     base_gguf = models.path(base.blake3)
     target = Path(args.target)
-    if target.is_dir():
+    if target.exists():
         verified = verify_bundle(target, base_model=base.blake3, base_gguf=base_gguf)
-    elif target.exists():
-        raise SkinError(f"{target}: not a skin bundle directory")
     elif os.sep in args.target or "/" in args.target:
-        raise SkinError(f"{target}: no such bundle directory")
+        raise CliError(f"{target}: no such bundle directory")
     else:
         verified = SkinStore().verify(args.target, base_model=base.blake3, base_gguf=base_gguf)
     print(verified.skin_id)
@@ -150,19 +124,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 # ---- hearth skin wear --------------------------------------------------------------------------
 
-@_skin_errors
 def cmd_wear(args: argparse.Namespace) -> int:
     from engine.commands import Rejected, WearSkin
-    from engine.saves import load_game, save_game
+    from engine.saves import save_game
     from engine.sim import step
-    from engine.world import new_game
     from npc.skins.store import SkinStore
 
-    state = load_game(args.save) if args.save.exists() else new_game(args.seed)
+    state = load_or_new(args.save, args.seed)
     npc = state.npc(args.npc)
     if npc is None:
-        raise SkinError(f"unknown npc {args.npc!r} "
-                        f"(villagers: {', '.join(n.id for n in state.npcs)})")
+        raise CliError(f"unknown npc {args.npc!r} "
+                       f"(villagers: {', '.join(n.id for n in state.npcs)})")
     if args.skin.lower() == "none":
         skin_id, label = None, "its own voice"
     else:
@@ -173,7 +145,7 @@ def cmd_wear(args: argparse.Namespace) -> int:
     state, events = step(state, [WearSkin(npc=args.npc, skin=skin_id)])
     refused = [e for e in events if isinstance(e, Rejected)]
     if refused:
-        raise SkinError(f"the world refused: {refused[0].reason.value}")
+        raise CliError(f"the world refused: {refused[0].reason.value}")
     save_game(args.save, state)
     print(f"{npc.name} now speaks with {label}")
     print(f"saved: {args.save}")
@@ -186,7 +158,6 @@ def _percent(share) -> str:
     return f"{float(share) * 100:.2f}%"
 
 
-@_skin_errors
 def cmd_lineage(args: argparse.Namespace) -> int:
     from npc.skins.store import SkinStore
 
@@ -229,67 +200,56 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 # ---- hearth skin train -------------------------------------------------------------------------
 
-@_skin_errors
 def cmd_train(args: argparse.Namespace) -> int:
-    from npc.skins.bundle import create_bundle
+    from npc.skins.bundle import check_new_bundle, create_bundle
     from npc.skins.identity import load_or_create_identity
     from npc.skins.store import SkinStore
     from npc.store import ModelStore
 
-    if not args.data.is_file():
-        raise SkinError(f"{args.data}: no such file")
-    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
-        raise SkinError(f"{args.out}: already exists (choose a new directory for the bundle)")
-    if not args.name.strip():
-        raise SkinError("--name must not be empty")
-    if not 0.0 <= args.royalty <= 1.0:
-        raise SkinError(f"--royalty {args.royalty} is not between 0 and 1")
-    if args.royalty > 0 and args.parent is None:
-        raise SkinError("--royalty is the share passed to the parent skin: give --parent too")
-    if args.steps < 1 or (args.rank is not None and args.rank < 1):
-        raise SkinError("--steps and --rank must be at least 1")
+    # Everything that can be checked is checked before the slow part (training).
     if args.from_scratch and args.parent is None:
-        raise SkinError("--from-scratch only means something for a remix: give --parent too")
+        raise CliError("--from-scratch only means something for a remix: give --parent too")
+    parent = SkinStore().get(args.parent) if args.parent is not None else None
+    check_new_bundle(args.out, name=args.name, royalty=args.royalty,
+                     parent=parent.skin_id if parent else None)
+    load_examples(args.data)
 
     models = ModelStore()
     base = models.get(args.base) if args.base else models.ensure_default()
     if base.derived_from:  # a requantization: train on, and bind the skin to, the original
         base = models.get(base.derived_from)
     base_path = models.path(base.blake3)
-    parent = None
-    if args.parent is not None:
-        parent = SkinStore().get(args.parent)
+    if parent is not None:
         if parent.manifest.base_model != base.blake3:
-            raise SkinError(f"parent skin {parent.manifest.name} was made for base model "
-                            f"{_short(parent.manifest.base_model)}…, not {_short(base.blake3)}…")
+            raise CliError(f"parent skin {parent.manifest.name} was made for base model "
+                           f"{_short(parent.manifest.base_model)}…, not {_short(base.blake3)}…")
         if not args.from_scratch:  # its weights are the starting point: check them first
             from npc.skins.bundle import verify_bundle
             verify_bundle(parent.path, base_model=base.blake3, base_gguf=base_path)
     init_from = parent.path if parent is not None and not args.from_scratch else None
     rank = args.rank if args.rank is not None or init_from is not None else DEFAULT_RANK
-    try:
-        from npc.skins.train import train_lora
-    except ImportError as e:
-        raise SkinError(f"training needs the creator tools (pip install 'hearth[train]'): "
-                        f"{e}") from None
+    from npc.skins.train import train_lora
     identity = load_or_create_identity()
     start = (f"starting from {parent.manifest.name}'s weights" if init_from is not None
              else f"rank {rank}, from scratch")
-    _note(f"training {args.name!r} on {base.name} ({_short(base.blake3)}…): {args.steps} steps, "
-          f"{start}")
+    note(f"training {args.name!r} on {base.name} ({_short(base.blake3)}…): {args.steps} steps, "
+         f"{start}")
     with tempfile.TemporaryDirectory(prefix="hearth-train-") as work:
         try:
             result = train_lora(base_path, args.data, Path(work), steps=args.steps,
                                 rank=rank, progress=True, init_from=init_from)
+        except ImportError as e:  # torch and peft are imported when training starts
+            raise CliError(f"training needs the creator tools (pip install 'hearth[train]'): "
+                           f"{e}") from None
         except (ValueError, OSError) as e:
-            raise SkinError(f"training failed: {e}") from None
+            raise CliError(f"training failed: {e}") from None
         skin_id = create_bundle(
             args.out, name=args.name, description=args.description,
             adapter_gguf=result.adapter_gguf, peft_dir=result.peft_dir, base_model=base.blake3,
             identity=identity, parent=parent.skin_id if parent else None, royalty=args.royalty,
             license=args.license, training=result.summary, base_gguf=base_path)
-    _note(f"wrote {args.out}, signed by {_short(identity.public_hex)}… "
-          f"(`hearth skin install {args.out}` to use it)")
+    note(f"wrote {args.out}, signed by {_short(identity.public_hex)}… "
+         f"(`hearth skin install {args.out}` to use it)")
     print(skin_id)
     return 0
 

@@ -1,10 +1,17 @@
-"""Choosing who speaks for the villagers: the local model, or the scripted voice."""
+"""Choosing who speaks for the villagers: the local model, or the scripted voice; and, for a new
+game the model speaks for, the shipped skins its villagers wear.
+
+``voice_for_play`` is the one way a game gets its voice, in the window (on a background thread,
+while the scripted voice stands in) and headless alike.
+"""
 
 from __future__ import annotations
 
-import sys
 from typing import Callable
 
+from engine.commands import WearSkin
+from engine.state import WorldState
+from game.notices import note
 from npc.responder import Responder
 
 
@@ -34,9 +41,11 @@ def load_model_voice(say: Callable[[str], None] = print, retune: bool = False):
     return ModelVoice(runtime, pool=pool, base_model=base.blake3)
 
 
-def load_voice(kind: str, say: Callable[[str], None] = print) -> Responder:
+def load_voice(kind: str, say: Callable[[str], None] = note) -> Responder:
+    """``scripted``, ``model`` (VoiceError if it cannot load) or ``auto`` (the model, else the
+    scripted voice)."""
+    from npc.scripted import ScriptedResponder
     if kind == "scripted":
-        from npc.scripted import ScriptedResponder
         return ScriptedResponder()
     if kind in ("model", "auto"):
         try:
@@ -44,8 +53,25 @@ def load_voice(kind: str, say: Callable[[str], None] = print) -> Responder:
         except Exception as e:
             if kind == "model":
                 raise VoiceError(f"the local model could not be loaded: {e}") from e
-            print(f"hearth: the local model could not be loaded ({e}); villagers use their "
-                  f"scripted lines instead.", file=sys.stderr)
-            from npc.scripted import ScriptedResponder
+            note(f"hearth: the local model could not be loaded ({e}); villagers use their "
+                 f"scripted lines instead.")
             return ScriptedResponder()
     raise VoiceError(f"unknown voice {kind!r} (model, scripted or auto)")
+
+
+def voice_for_play(kind: str, state: WorldState,
+                   dress: bool) -> tuple[Responder, list[WearSkin]]:
+    """The voice ``kind`` for the game ``state`` and, when ``dress`` is asked for (a new game)
+    and the model speaks, the ``WearSkin`` commands putting the shipped skins on its villagers
+    (see game/village_skins.py). Progress and problems are noted on stderr; skins that cannot be
+    set up leave the villagers their base voice."""
+    from npc.scripted import ScriptedResponder
+    responder = load_voice(kind)
+    if not dress or isinstance(responder, ScriptedResponder):
+        return responder, []
+    from game.village_skins import dress_villagers
+    try:
+        return responder, dress_villagers(state, say=lambda line: note(f"hearth: {line}"))
+    except Exception as e:  # the villagers keep their base voice
+        note(f"hearth: the demo skins could not be set up: {e}")
+        return responder, []

@@ -676,7 +676,7 @@ def test_cli_train_refuses_bad_input_before_training(tmp_path, hearth_home):
     data.write_text('{"user": "hi", "npc": "hello"}\n')
     r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "o"),
                "--royalty", "0.5", home=hearth_home)
-    assert r.returncode == 2 and "--parent" in r.stderr
+    assert r.returncode == 2 and "give a parent" in r.stderr
     r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "o"),
                "--parent", "ab" * 32, home=hearth_home)
     assert r.returncode == 2 and "no installed skin" in r.stderr and "Traceback" not in r.stderr
@@ -707,7 +707,8 @@ def test_cli_train_bundles_and_signs_what_the_trainer_made(base, hearth_home, tm
                         types.SimpleNamespace(train_lora=train_lora))
     monkeypatch.setenv("HEARTH_HOME", str(hearth_home))
     data = tmp_path / "d.jsonl"
-    data.write_text('{"user": "hi", "npc": "hello"}\n')
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, '
+                    '{"role": "assistant", "content": "hello"}]}\n')
     out = tmp_path / "bundle"
     code = main(["skin", "train", "--data", str(data), "--name", "Quiet Smith", "--out", str(out),
                  "--steps", "3", "--rank", "2", "--description", "few words"])

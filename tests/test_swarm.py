@@ -130,7 +130,7 @@ def test_torrent_names_carry_the_content_id(tmp_path):
 # ---- the swarm -----------------------------------------------------------------------------------
 
 def test_four_nodes_share_a_model_and_a_skin_found_through_the_dht(nodes, tmp_path, base, ident):
-    from game.swarm_cli import skin_content, verify_skin
+    from game.swarm_bridge import skin_content, verify_skin
     from npc.skins.bundle import verify_bundle
 
     model = fake_model(tmp_path / "store", 50 * MB)
@@ -395,7 +395,7 @@ def test_cli_seed_fetch_install_publish_browse(tmp_path, base, ident, hearth_hom
         r = hearth("model", "fetch", magnets["model"], *net, home=fresh)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(rec.blake3)
-        assert hash_file(ModelStore(fresh).path(rec.blake3)) == rec.blake3
+        assert blake3_file(ModelStore(fresh).path(rec.blake3)) == rec.blake3
         r = hearth("skin", "install", magnets["skin"], *net, home=fresh)
         assert r.returncode == 0, r.stderr
         assert f"installed: Gruff Smith {skin_id}" in r.stdout
@@ -437,7 +437,7 @@ def test_window_polls_the_swarm_status(tmp_path, world, base, monkeypatch):
     from game.client import run_window
     from game.session import GameSession
     from game.swarm_box import SwarmBox
-    from game.swarm_cli import GameSwarm
+    from game.window_swarm import GameSwarm
     from npc.scripted import ScriptedResponder
 
     rec, _, _ = base

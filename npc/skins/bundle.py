@@ -297,16 +297,11 @@ def verify_bundle(path: Path | str, base_model: str | None = None,
 
 # ---- creation ---------------------------------------------------------------------------------
 
-def create_bundle(out_dir: Path | str, *, name: str, description: str,
-                  adapter_gguf: Path | str, peft_dir: Path | str, base_model: str,
-                  identity: Identity, parent: str | None = None, royalty: float = 0.0,
-                  license: str = "CC-BY-4.0", training: TrainingSummary | None = None,
-                  base_gguf: Path | str | None = None) -> str:
-    """Copy an adapter (GGUF and PEFT forms) into a new signed bundle at ``out_dir`` and return
-    its skin id. The bundle is assembled in a temp directory beside ``out_dir`` and renamed into
-    place, so ``out_dir`` is either absent or complete."""
+def check_new_bundle(out_dir: Path | str, *, name: str, royalty: float = 0.0,
+                     parent: str | None = None) -> None:
+    """The checks ``create_bundle`` makes before any work, for callers that have slow work to do
+    first (training the adapter)."""
     out = Path(out_dir)
-    adapter_gguf, peft_dir = Path(adapter_gguf), Path(peft_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SkinError(f"{out}: already exists (choose a new directory for the bundle)")
     if not name.strip():
@@ -317,6 +312,19 @@ def create_bundle(out_dir: Path | str, *, name: str, description: str,
         raise SkinError(f"parent {parent!r} is not a skin id (64 hex digits)")
     if royalty > 0 and parent is None:
         raise SkinError("a royalty flows to the parent skin: give a parent, or a royalty of 0")
+
+
+def create_bundle(out_dir: Path | str, *, name: str, description: str,
+                  adapter_gguf: Path | str, peft_dir: Path | str, base_model: str,
+                  identity: Identity, parent: str | None = None, royalty: float = 0.0,
+                  license: str = "CC-BY-4.0", training: TrainingSummary | None = None,
+                  base_gguf: Path | str | None = None) -> str:
+    """Copy an adapter (GGUF and PEFT forms) into a new signed bundle at ``out_dir`` and return
+    its skin id. The bundle is assembled in a temp directory beside ``out_dir`` and renamed into
+    place, so ``out_dir`` is either absent or complete."""
+    out = Path(out_dir)
+    adapter_gguf, peft_dir = Path(adapter_gguf), Path(peft_dir)
+    check_new_bundle(out, name=name, royalty=royalty, parent=parent)
     sources = {"adapter_gguf": adapter_gguf, "peft_weights": peft_dir / PEFT_WEIGHTS_FILE,
                "peft_config": peft_dir / PEFT_CONFIG_FILE}
     for src in sources.values():
