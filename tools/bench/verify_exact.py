@@ -9,7 +9,8 @@ the worker computed while generating, one step at a time and perhaps several seq
 16 prompts of 40 tokens (varied text) each generate 64 tokens greedily. A configuration is a
 model file (Q4_0 / Q4_1 / Q8_0 requantized from the default SmolLM2-135M, as ``npc.tuning`` makes
 them), extra buffer types (the repacked CPU kernels) on or off, flash attention, threads, and
-optionally a demo skin's LoRA adapter. Per configuration:
+optionally a demo skin's LoRA adapter ("xbuft": extra buffer types on; which tensors they repack
+depends on the CPU). Per configuration:
 
 - decode: what a worker computes. Per batch: the prompts of ``width`` sequences in one
   llama_batch (logits for each prompt's last token), then one token per sequence per batch, each
@@ -17,7 +18,7 @@ optionally a demo skin's LoRA adapter. Per configuration:
   greedily and is the reference; wider batches are fed the reference tokens (so positions line
   up), and "argmax agree" then says whether free-running greedy would have produced them.
 - prefill: what the verifier computes. Per sequence, prompt + output[:-1] in one llama_batch,
-  logits at the 64 positions that predict the output.
+  logits at the 64 positions that predict the output (one row puts 4 sequences in one batch).
 
 Compared per row: sequences whose 64 logit vectors are bit-identical, the largest absolute logit
 difference, and claimed tokens that are the argmax of the checking logits (of 1024).
@@ -60,17 +61,20 @@ N_BATCH = 512
 TEXTS = [
     "The lighthouse keeper climbed the spiral stairs every evening at dusk, counting each of the "
     "two hundred steps aloud, because his father had done the same and the sea, he believed, "
-    "was listening.",
+    "was listening, and that one night it would answer him.",
     "def merge_sorted(a, b):\n    out = []\n    i = j = 0\n    while i < len(a) and j < len(b):\n"
     "        if a[i] <= b[j]:\n            out.append(a[i]); i += 1\n        else:\n",
     "Preheat the oven to 180 degrees. Whisk two eggs with a cup of sugar until pale, fold in the "
     "flour and a pinch of salt, then pour the batter into a buttered tin and bake for forty",
     "Q: What causes the seasons on Earth?\nA: The seasons are caused by the tilt of the Earth's "
-    "axis relative to its orbit around the Sun, which changes how directly sunlight",
+    "axis relative to its orbit around the Sun, which changes how directly sunlight "
+    "reaches each hemisphere over the course of a year",
     "Dear Ms. Alvarez,\n\nThank you for your letter of the fourteenth regarding the delayed "
-    "shipment. We have investigated the matter with our warehouse in Rotterdam and found that",
+    "shipment. We have investigated the matter with our warehouse in Rotterdam and found that "
+    "the pallets were",
     "In 1848 a wave of revolutions swept across Europe, beginning in Sicily and spreading to "
-    "France, the German states, the Austrian Empire and beyond. Historians still debate why",
+    "France, the German states, the Austrian Empire and beyond. Historians still debate why "
+    "the uprisings spread so quickly",
     "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: Rough winds "
     "do shake the darling buds of May, And summer's lease hath all too short a date;",
     '{"id": 4821, "name": "Ember Valley Farm", "location": {"lat": 51.47, "lon": -0.21}, '
@@ -78,11 +82,14 @@ TEXTS = [
     "To solve 3x + 7 = 22, subtract seven from both sides to get 3x = 15, then divide both sides "
     "by three, giving x = 5. Now consider the quadratic x^2 - 5x + 6 = 0, which factors",
     "Player: Have you seen the blacksmith today?\nInnkeeper: Not since the storm rolled in. He "
-    "said something about the old mine road and a debt he meant to settle before",
+    "said something about the old mine road and a debt he meant to settle before the "
+    "first snow",
     "Photosynthesis converts light energy into chemical energy. In the chloroplasts, chlorophyll "
-    "absorbs mostly red and blue light, and water molecules are split to release oxygen while",
+    "absorbs mostly red and blue light, and water molecules are split to release oxygen while "
+    "the energy is stored in ATP and NADPH, which the plant then uses",
     "Breaking news: the city council voted eight to three on Tuesday night to approve the new "
-    "riverside tram line, ending two years of debate over its cost, its route and",
+    "riverside tram line, ending two years of debate over its cost, its route and the "
+    "noise it would bring to the old town",
     "SELECT customers.name, COUNT(orders.id) AS total\nFROM customers\nLEFT JOIN orders ON "
     "orders.customer_id = customers.id\nWHERE orders.created_at > '2023-01-01'\nGROUP BY",
     "Ten tips for better sleep: 1. Keep a regular schedule, even on weekends. 2. Avoid caffeine "
@@ -90,7 +97,8 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. How "
     "vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow. The five",
     "Once upon a time, in a kingdom at the edge of a great salt desert, there lived a princess "
-    "who could speak to lizards. Every morning she walked out past the palace walls to",
+    "who could speak to lizards. Every morning she walked out past the palace walls to "
+    "the dunes where the old ones lived",
 ]
 
 
@@ -105,7 +113,7 @@ class Config:
 
     @property
     def name(self) -> str:
-        s = f"{self.quant} {'repack' if self.extra_bufts else 'plain'}"
+        s = f"{self.quant} {'xbuft' if self.extra_bufts else 'no-xbuft'}"
         s += " fa" if self.flash_attn else ""
         s += f" t{self.threads}"
         s += " skin" if self.skin else ""
@@ -183,20 +191,24 @@ class Bench:
             ctx.close()
         return Run(tokens, logits)
 
-    def prefill(self, cfg: Config, tokens: np.ndarray) -> Run:
-        """The verifier: per sequence, prompt + claimed output in one batch."""
+    def prefill(self, cfg: Config, tokens: np.ndarray, width: int = 1) -> Run:
+        """The verifier: prompt + claimed output in one batch, ``width`` sequences per batch."""
         n, vocab = len(self.prompts), self.model(cfg).n_vocab
         logits = np.zeros((n, N_NEW, vocab), dtype=np.float32)
-        ctx = self.context(cfg, 1)
-        batch = C.llama_batch_init(N_BATCH, 0, 1)
+        ctx = self.context(cfg, width)
+        batch = C.llama_batch_init(N_BATCH, 0, width)
         try:
-            for s, prompt in enumerate(self.prompts):
+            for g0 in range(0, n, width):
+                group = list(range(g0, min(n, g0 + width)))
                 ctx.clear()
-                seq = prompt + [int(t) for t in tokens[s, :-1]]
-                outs = _submit(ctx, batch, [(t, 0, p, p >= len(prompt) - 1)
-                                            for p, t in enumerate(seq)])
-                for step in range(N_NEW):
-                    logits[s, step] = ctx.logits(outs[step])
+                items = []
+                for k, s in enumerate(group):
+                    seq = self.prompts[s] + [int(t) for t in tokens[s, :-1]]
+                    items += [(t, k, p, p >= len(self.prompts[s]) - 1) for p, t in enumerate(seq)]
+                outs = _submit(ctx, batch, items)
+                for k, s in enumerate(group):
+                    for step in range(N_NEW):
+                        logits[s, step] = ctx.logits(outs[k * N_NEW + step])
         finally:
             C.llama_batch_free(batch)
             ctx.close()
@@ -325,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         argmax_total.append(c)
         del bw
 
-    # Threads and context size: does the verifier have to match them?
+    # Threads, context size, several claims in one verifier batch: must the verifier match them?
+    c = tab.row(f"{game.name} prefill", f"{game.name} prefill w4",
+                compare(ver, b.prefill(game, ref.tokens, width=4)))
+    key["prefill4_bitexact"] = frac(c)
     t1 = replace(game, threads=1)
     c = tab.row(f"{game.name} decode w1", f"{t1.name} decode w1",
                 compare(ref, b.decode(t1, forced=ref.tokens)))
@@ -361,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
         key[f"{name}_bitexact"] = frac(c)
         argmax_total.append(c)
         margin = min(margin, min_margin(d))
-        if name in ("q4_0_plain", "fa_on"):
-            c = tab.row(f"{game.name} decode w1", f"{cfg.name} decode w1", compare(ref, d))
+        if name in ("q4_0_plain", "fa_on"):  # fed the game's tokens, so positions line up
+            c = tab.row(f"{game.name} decode w1", f"{cfg.name} decode w1",
+                        compare(ref, b.decode(cfg, forced=ref.tokens)))
             key[f"{name}_vs_game_decode_bitexact"] = frac(c)
         if name == "skin":
             v = b.prefill(cfg, d.tokens)
