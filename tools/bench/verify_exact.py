@@ -223,8 +223,8 @@ class Bench:
 
 def _submit(ctx: Context, batch, items: list[tuple[int, int, int, bool]]) -> list[int]:
     """One llama_batch of (token, seq_id, pos, wants logits); returns the batch indices that
-    have logits, in order. (``Context.decode_multi`` asks for logits at every token, which
-    changes which rows the last layer computes, so the batch is filled here.)"""
+    have logits, in order. (Which positions ask for logits changes which rows the last layer
+    computes, so the batch is filled here, asking only where a logit is compared.)"""
     if len(items) > N_BATCH:
         raise ValueError("batch too large")
     outs = []
