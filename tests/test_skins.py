@@ -6,10 +6,8 @@ model, so llama.cpp loads the good ones and refuses the bad ones for real. Nothi
 """
 
 import json
-import os
 import shutil
 import struct
-import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +23,7 @@ from npc.skins.bundle import (
 from npc.skins.identity import load_or_create_identity
 from npc.skins.manifest import SkinError, TrainingSummary, canonical_bytes, decode_manifest
 from npc.skins.store import SkinStore, split_amount
+from tests.conftest import hearth
 
 gguf = pytest.importorskip("gguf")
 
@@ -134,12 +133,6 @@ def resign(bundle: Path, ident, refresh=True, **changes) -> None:
     data = canonical_bytes(m)
     (bundle / "manifest.json").write_bytes(data)
     (bundle / "manifest.sig").write_bytes(ident.sign(data))
-
-
-def hearth(*args, home, timeout=120):
-    env = dict(os.environ, HEARTH_HOME=str(home), SDL_VIDEODRIVER="dummy")
-    return subprocess.run([sys.executable, "-m", "game.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 # ---- identity and manifest ----------------------------------------------------------------------
@@ -609,14 +602,6 @@ def test_voice_falls_back_to_the_base_voice(runtime, three_skins, base, caplog):
     assert s0 in no_pool.failed_skins
 
 # ---- the command line -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("sub", [["id"], ["skin"], ["skin", "install"], ["skin", "list"],
-                                 ["skin", "verify"], ["skin", "wear"], ["skin", "lineage"],
-                                 ["skin", "train"]])
-def test_skin_help_explains(sub, hearth_home):
-    r = hearth(*sub, "--help", home=hearth_home)
-    assert r.returncode == 0 and "usage: hearth" in r.stdout and len(r.stdout) > 250
-
 
 def test_cli_id(tmp_path):
     r = hearth("id", home=tmp_path)

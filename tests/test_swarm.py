@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from swarm.index import (
 from swarm.node import FetchInterrupted, SwarmNode, session_settings
 from swarm.settings import SettingsError, SwarmSettings, load_settings, parse_rate
 from test_skins import base, ident, make_bundle  # noqa: F401  (fixtures and the bundle builder)
+from tests.conftest import hearth, hearth_popen
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1 << 20
@@ -83,13 +83,6 @@ def mesh(*ns):
         a.add_dht_nodes([b.endpoint for b in ns if b is not a])
     for a in ns:
         wait_until(lambda: a.dht_node_count() >= 1, 10, "the DHT to connect")
-
-
-def hearth(*args, home, timeout=60, config=None):
-    env = {"PATH": "/usr/bin:/bin", "SDL_VIDEODRIVER": "dummy", "HEARTH_HOME": str(home),
-           "HEARTH_CONFIG_DIR": str(config or home / "config")}
-    return subprocess.run([sys.executable, "-m", "game.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 # ---- settings and naming -------------------------------------------------------------------------
@@ -340,11 +333,8 @@ def test_skin_index_is_read_back_and_tampering_is_refused(nodes, tmp_path):
 # ---- the command line ------------------------------------------------------------------------------
 
 def _start_seeder(args, home):
-    env = {"PATH": "/usr/bin:/bin", "HEARTH_HOME": str(home),
-           "HEARTH_CONFIG_DIR": str(home / "config"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "game.cli", "seed", *args,
-                             "--listen", "127.0.0.1:0", "--loopback"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = hearth_popen("seed", *args, "--listen", "127.0.0.1:0", "--loopback", home=home,
+                        env={"PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
                      daemon=True).start()
