@@ -135,16 +135,16 @@ def drawn_line_at(frame: np.ndarray, rect: pygame.Rect, line: pygame.Surface) ->
     the pixels the text leaves clear are (nearly all) another."""
     alpha = pygame.surfarray.array_alpha(line)
     inked, clear = np.argwhere(alpha == 255), np.argwhere(alpha == 0)
-    area = frame[rect.left:rect.right, rect.top:rect.bottom].astype(np.int16)
+    rgb = frame[rect.left:rect.right, rect.top:rect.bottom].astype(np.int32)
+    area = rgb[..., 0] << 16 | rgb[..., 1] << 8 | rgb[..., 2]  # one number per colour
     w, h = area.shape[0] - alpha.shape[0] + 1, area.shape[1] - alpha.shape[1] + 1
     ax, ay = inked[0]
     colour = area[ax:ax + w, ay:ay + h]  # the text's colour if it starts at each place
     fits = np.ones((w, h), bool)
     for dx, dy in inked[1:]:
-        fits &= (area[dx:dx + w, dy:dy + h] == colour).all(axis=2)
+        fits &= area[dx:dx + w, dy:dy + h] == colour
     for x, y in np.argwhere(fits):
-        differs = (area[x + clear[:, 0], y + clear[:, 1]] != colour[x, y]).any(axis=1)
-        if differs.mean() > 0.9:
+        if (area[x + clear[:, 0], y + clear[:, 1]] != colour[x, y]).mean() > 0.9:
             return True
     return False
 
