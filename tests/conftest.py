@@ -43,11 +43,12 @@ def sealed_env(home: Path, config: Path | None = None, env: dict[str, str] | Non
     return {**sealed, **(env or {})}
 
 
-def hearth(*args, home: Path, config: Path | None = None, timeout: float = 120,
+def hearth(*args, home: Path, config: Path | None = None, timeout: float = 600,
            input: str | None = None, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess:
     """Run ``hearth ARGS`` (``python -m game.cli``) in a sealed environment (``sealed_env``) and
-    wait for it: stdout and stderr captured as text."""
+    wait for it: stdout and stderr captured as text. The default timeout leaves room for a first
+    run that imports and tunes the model."""
     return subprocess.run([sys.executable, "-m", "game.cli", *map(str, args)], cwd=ROOT,
                           env=sealed_env(home, config, env), input=input, capture_output=True,
                           text=True, timeout=timeout)

@@ -73,6 +73,8 @@ def test_headless_play_prints_hash_last_and_narrates(tmp_path):
     assert "Quest complete: The Silent Bell" in out
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_play_without_display_falls_back_to_headless_demo(hearth_home):
     # The demo uses the villagers' real voice: the default model, imported and tuned in this home.
     r = hearth("play", "--ticks", "1500", home=hearth_home)
@@ -82,6 +84,8 @@ def test_play_without_display_falls_back_to_headless_demo(hearth_home):
     assert r.stdout.strip().splitlines()[-1].startswith("state-hash: ")
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_talk_json_through_the_model(hearth_home, tmp_path):
     save = tmp_path / "talk.save"
     r = hearth("talk", "--save", str(save), "--npc", "tobin", "--json",

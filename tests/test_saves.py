@@ -79,6 +79,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_killed_mid_save_leaves_a_loadable_save(tmp_path, world):
     path = tmp_path / "slot.save"
     save_game(path, world)

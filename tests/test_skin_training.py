@@ -12,6 +12,7 @@
 """
 
 import copy
+import importlib.util
 import json
 import re
 import sys
@@ -21,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
+# The train extra, looked up without importing it: torch and transformers are only imported by
+# the tests that use them, so collecting this module stays fast.
+for _extra in ("torch", "transformers", "peft", "safetensors"):
+    if importlib.util.find_spec(_extra) is None:
+        pytest.skip(f"needs the train extra ({_extra})", allow_module_level=True)
 gguf = pytest.importorskip("gguf")
 
 from npc.skins.convert import convert_peft_to_gguf, gguf_tensor_name, llama_permute  # noqa: E402
@@ -216,6 +219,8 @@ def test_demo_action_examples_are_the_games_prompts(skin):
 
 # ---- the trainer --------------------------------------------------------------------------------
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_training_tokens_are_the_games_tokens(hf, base):
     """Rendering + tokenization match what the runtime feeds llama.cpp (turn markers special,
     contents plain), and only the NPC's words and its <|im_end|> are learned."""
@@ -241,6 +246,8 @@ def test_training_tokens_are_the_games_tokens(hf, base):
         model.close()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(hf, base, tmp_path):
     from safetensors.numpy import load_file
     data = write_jsonl(tmp_path / "d.jsonl", [chat("Hello!", "Arr, ahoy, matey!"),
@@ -265,6 +272,8 @@ def test_training_is_deterministic_for_a_seed(hf, base, tmp_path):
                                                      "gate_proj", "up_proj", "down_proj"])
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_a_remix_starts_from_its_parents_weights(hf, base, tmp_path):
     """With ``init_from`` the parent's LoRA is the starting point: one step at a tiny learning
     rate leaves the weights at the parent's; the same step from scratch does not. The parent's
@@ -478,8 +487,11 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x.astype(np.float64), y.astype(np.float64))[0, 1])
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5.x
 def test_llama_cpp_matches_pytorch_and_needs_the_qk_permutation(hf, base, tmp_path):
+    import torch
     from peft import PeftModel
 
     from npc.llama import Adapter, Context, LoadOptions, Model
@@ -549,6 +561,8 @@ def demo_voice(base, tmp_path_factory):
     runtime.close()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_skins_show_on_held_out_lines_through_the_game_voice(demo_voice):
     """Ten held-out lines to two villagers (each villager's persona prefix is then computed once
     per skin and reused from the runtime's cache), for every demo skin and for the base voice."""
@@ -582,6 +596,9 @@ def test_skins_show_on_held_out_lines_through_the_game_voice(demo_voice):
     assert not failures, report
 
 
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # two sets of requests, five voices each
 def test_skins_keep_the_villagers_actions(demo_voice):
     """A skin changes how a villager talks, not what it does: asked in words no skin was trained or
     tuned on, a skinned shopkeeper still sells what was asked for, Bram still hands over the
@@ -637,6 +654,8 @@ def test_skins_keep_the_villagers_actions(demo_voice):
 
 # ---- hearth skin train --------------------------------------------------------------------------
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_cli_train_makes_a_bundle_that_verifies(base, hearth_home, tmp_path):
     data = write_jsonl(tmp_path / "tiny.jsonl", [chat("Hello!", "Arr, ahoy, matey!"),
                                                  chat("Bye.", "Arr, fair winds, matey!")])

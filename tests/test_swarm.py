@@ -121,6 +121,7 @@ def test_torrent_names_carry_the_content_id(tmp_path):
 
 # ---- the swarm -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_four_nodes_share_a_model_and_a_skin_found_through_the_dht(nodes, tmp_path, base, ident):
     from game.swarm_cli import skin_content, verify_skin
     from npc.skins.bundle import verify_bundle
@@ -167,6 +168,7 @@ def corrupt_copy(src: Path, dst: Path, every: int = 16 * 1024) -> None:
     dst.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_corrupt_pieces_are_caught_and_their_sender_banned(nodes, tmp_path):
     model = fake_model(tmp_path / "honest", 8 * MB)
     ref = ContentRef("model", model.stem)
@@ -196,6 +198,7 @@ def test_corrupt_pieces_are_caught_and_their_sender_banned(nodes, tmp_path):
     assert liar.endpoint in got.banned, got.banned
 
 
+@pytest.mark.slow
 def test_an_interrupted_fetch_resumes_without_starting_over(nodes, tmp_path):
     model = fake_model(tmp_path / "store", 16 * MB)
     seeder = nodes("seeder", upload_limit=4 * MB)
@@ -341,6 +344,7 @@ def _start_seeder(args, home):
     return proc, lines
 
 
+@pytest.mark.slow
 def test_cli_seed_fetch_install_publish_browse(tmp_path, base, ident, hearth_home):
     from npc.skins.identity import identity_path
     from npc.store import ModelStore

@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from engine.commands import Rejected, WearSkin
 from engine.sim import step
 from engine.world import new_game
@@ -57,6 +59,7 @@ def test_a_broken_shipped_bundle_is_reported_and_skipped(tmp_path, monkeypatch):
                for line in said), said
 
 
+@pytest.mark.model
 def test_play_with_the_model_dresses_a_new_game_only(hearth_home, tmp_path):
     save = tmp_path / "game.save"
     r = hearth("play", "--headless", "--voice", "model", "--ticks", "3", "--save", str(save),
