@@ -128,6 +128,7 @@ def test_bad_training_data_is_named(tmp_path, rows, message):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.slow  # imports torch: ~5-8 s
 def test_missing_data_file_fails_before_the_model_loads(tmp_path, base, monkeypatch):
     import npc.skins.train as train
 
@@ -407,6 +408,7 @@ def test_converter_names_shapes_and_permutation(tmp_path, dtype):
                 assert not np.array_equal(want_b, b)
 
 
+@pytest.mark.slow  # imports transformers: ~5-8 s
 def test_permutation_is_the_inverse_of_transformers_gguf_loading():
     """Transformers un-permutes q/k when it loads a GGUF; our permutation must undo exactly that."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
