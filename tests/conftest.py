@@ -1,4 +1,6 @@
+import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +12,80 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def sealed_env(home: Path, config: Path | None = None, env: dict[str, str] | None = None) -> dict:
+    """The whole environment of a ``hearth`` child process, built from nothing: Hearth's data and
+    config directories, the user's home and XDG directories all under the test's ``home``, SDL's
+    dummy drivers, this checkout on the import path. Nothing of the user's own environment is
+    inherited, so no real data, config or setting can reach the child; ``env`` adds or overrides
+    variables a test needs (``PYTHONHASHSEED``, ``PYTHONUNBUFFERED``)."""
+    home = Path(home)
+    user = home / ".user"  # HOME and XDG_*: whatever a library writes there stays in the test
+    sealed = {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin",
+                                 "/bin"]),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUTF8": "1",  # the same text encoding whatever the machine's locale
+        "HEARTH_HOME": str(home),
+        "HEARTH_CONFIG_DIR": str(config if config is not None else home / "config"),
+        "HOME": str(user),
+        "XDG_DATA_HOME": str(user / "data"),
+        "XDG_CONFIG_HOME": str(user / "config"),
+        "XDG_CACHE_HOME": str(user / "cache"),
+        "XDG_STATE_HOME": str(user / "state"),
+        "XDG_RUNTIME_DIR": str(user / "runtime"),
+        "SDL_VIDEODRIVER": "dummy",
+        "SDL_AUDIODRIVER": "dummy",
+        "PYGAME_HIDE_SUPPORT_PROMPT": "1",
+    }
+    (user / "runtime").mkdir(parents=True, exist_ok=True, mode=0o700)
+    return {**sealed, **(env or {})}
+
+
+def hearth(*args, home: Path, config: Path | None = None, timeout: float = 600,
+           input: str | None = None, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    """Run ``hearth ARGS`` (``python -m game.cli``) in a sealed environment (``sealed_env``) and
+    wait for it: stdout and stderr captured as text. The default timeout leaves room for a first
+    run that imports and tunes the model."""
+    return subprocess.run([sys.executable, "-m", "game.cli", *map(str, args)], cwd=ROOT,
+                          env=sealed_env(home, config, env), input=input, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def hearth_popen(*args, home: Path, config: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``hearth ARGS`` in the background in a sealed environment (``sealed_env``), stdout and
+    stderr piped as text; the caller stops and waits for it."""
+    return subprocess.Popen([sys.executable, "-m", "game.cli", *map(str, args)], cwd=ROOT,
+                            env=sealed_env(home, config, env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def command_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command path, its parser) for a parser and every subcommand under it, depth first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_parsers(sub, (*path, name))
+
+
+def help_names(parser: argparse.ArgumentParser) -> set[str]:
+    """What a parser's ``--help`` must name: every option string, every positional's metavar and
+    every subcommand."""
+    names = set()
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            names |= set(action.choices)
+        elif action.option_strings:
+            names |= set(action.option_strings)
+        else:
+            names.add(action.metavar or action.dest)
+    return names
 
 
 @pytest.fixture
@@ -46,14 +122,22 @@ def place_player_near(state, npc_id):
 @pytest.fixture(scope="session")
 def hearth_home(tmp_path_factory):
     """A user data directory for the whole test session (the model store, tuning records)."""
-    home = tmp_path_factory.mktemp("hearth-home")
-    old = os.environ.get("HEARTH_HOME")
-    os.environ["HEARTH_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("HEARTH_HOME", None)
-    else:
-        os.environ["HEARTH_HOME"] = old
+    return tmp_path_factory.mktemp("hearth-home")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sealed_dirs(hearth_home):
+    """The test process itself reads and writes Hearth's data and config directories under the
+    session's temp directory, never the user's own."""
+    saved = {k: os.environ.get(k) for k in ("HEARTH_HOME", "HEARTH_CONFIG_DIR")}
+    os.environ["HEARTH_HOME"] = str(hearth_home)
+    os.environ["HEARTH_CONFIG_DIR"] = str(hearth_home / "config")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,9 @@
 """Same seed + same inputs = same hash at every tick, in separate processes; replay agrees."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 from engine.replay import load_log, replay
+from tests.conftest import hearth
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "assets" / "demo.script"
@@ -12,12 +11,9 @@ SCRIPT = ROOT / "assets" / "demo.script"
 
 def _run(tmp_path: Path, name: str, seed: int, ticks: int = 10_000) -> tuple[Path, str]:
     log = tmp_path / f"{name}.log"
-    r = subprocess.run(
-        [sys.executable, "-m", "game.cli", "play", "--headless", "--seed", str(seed),
-         "--ticks", str(ticks), "--script", str(SCRIPT), "--record", str(log)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={"PYTHONHASHSEED": name[-1] if name[-1].isdigit() else "0", "PATH": "/usr/bin:/bin"},
-    )
+    r = hearth("play", "--headless", "--seed", seed, "--ticks", ticks, "--script", SCRIPT,
+               "--record", log, home=tmp_path / "home", timeout=300,
+               env={"PYTHONHASHSEED": name[-1] if name[-1].isdigit() else "0"})
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert last.startswith("state-hash: ") and len(last.split()[1]) == 64, last
@@ -52,19 +48,17 @@ def test_replay_matches_and_detects_tampering(tmp_path):
 
 def test_replay_cli_exit_codes(tmp_path):
     log_path, final = _run(tmp_path, "run4", seed=2, ticks=600)
-    ok = subprocess.run([sys.executable, "-m", "game.cli", "replay", str(log_path)], cwd=ROOT,
-                        capture_output=True, text=True)
+    home = tmp_path / "home"
+    ok = hearth("replay", log_path, home=home)
     assert ok.returncode == 0 and ok.stdout.strip().endswith(final)
     data = bytearray(log_path.read_bytes())
     data[-5] ^= 0xFF  # flip a bit in the last recorded hash
     log_path.write_bytes(bytes(data))
-    bad = subprocess.run([sys.executable, "-m", "game.cli", "replay", str(log_path)], cwd=ROOT,
-                         capture_output=True, text=True)
+    bad = hearth("replay", log_path, home=home)
     assert bad.returncode == 1 and "diverged" in bad.stderr
     junk = tmp_path / "junk.log"
     junk.write_bytes(b"\x00not a log")
-    r = subprocess.run([sys.executable, "-m", "game.cli", "replay", str(junk)], cwd=ROOT,
-                       capture_output=True, text=True)
+    r = hearth("replay", junk, home=home)
     assert r.returncode == 2 and "not a Hearth input log" in r.stderr
 
 

@@ -58,6 +58,7 @@ ADVERSARIAL = [
 
 
 
+@pytest.mark.slow
 def test_adversarial_suite_commits_nothing_illegal(model_voice):
     assert len(ADVERSARIAL) >= 30
     state = new_game(seed=5)
@@ -119,6 +120,7 @@ def test_model_reply_is_grammatical_and_streams(model_voice):
     assert len(seen) >= 3
 
 
+@pytest.mark.slow
 def test_prefix_cache_is_reused_and_keyed(model_voice):
     rt = model_voice.runtime
     state = place_player_near(new_game(seed=3), "maren")

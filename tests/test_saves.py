@@ -13,6 +13,7 @@ from engine.hashing import state_hash
 from engine.saves import SAVE_VERSION, SaveError, encode_save, load_game, save_game
 from engine.sim import step
 from engine.world import new_game
+from tests.conftest import hearth
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +66,7 @@ def test_other_format_is_refused(tmp_path, world):
 WRITER = """
 import sys
 from engine.world import new_game
+from tests.conftest import hearth
 from engine.saves import save_game
 from engine.sim import step
 s = new_game(1)
@@ -77,6 +79,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_killed_mid_save_leaves_a_loadable_save(tmp_path, world):
     path = tmp_path / "slot.save"
     save_game(path, world)
@@ -98,8 +101,7 @@ def test_killed_mid_save_leaves_a_loadable_save(tmp_path, world):
 def test_cli_state_on_corrupt_save_fails_cleanly(tmp_path):
     path = tmp_path / "c.save"
     path.write_bytes(b"\x93\x01\x02")
-    r = subprocess.run([sys.executable, "-m", "game.cli", "state", "--save", str(path), "--json"],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = hearth("state", "--save", path, "--json", home=tmp_path / "home")
     assert r.returncode == 2
     assert "hearth: error:" in r.stderr and str(path) in r.stderr
     assert path.read_bytes() == b"\x93\x01\x02"  # untouched

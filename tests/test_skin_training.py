@@ -12,10 +12,9 @@
 """
 
 import copy
+import importlib.util
 import json
-import os
 import re
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -23,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
+# The train extra, looked up without importing it: torch and transformers are only imported by
+# the tests that use them, so collecting this module stays fast.
+for _extra in ("torch", "transformers", "peft", "safetensors"):
+    if importlib.util.find_spec(_extra) is None:
+        pytest.skip(f"needs the train extra ({_extra})", allow_module_level=True)
 gguf = pytest.importorskip("gguf")
 
 from npc.skins.convert import convert_peft_to_gguf, gguf_tensor_name, llama_permute  # noqa: E402
@@ -33,6 +34,7 @@ from npc.skins.manifest import SkinError  # noqa: E402
 from npc.skins.train import (  # noqa: E402
     DEFAULT_RANK, TrainingDataError, encode_example, load_base, load_examples, train_lora,
 )
+from tests.conftest import hearth  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SKINS = ROOT / "assets" / "skins"
@@ -46,7 +48,8 @@ HELD_OUT = ["Hi there, friend.", "What is good here?", "Tell me about the mill p
             "Can you keep a secret?"]
 VILLAGERS = ["tobin", "bram", "maren", "hilda"]
 #: Requests the action examples never use: (villager, quest step, words, the action kind wanted).
-HELD_OUT_ACTIONS = [
+#: A validation set: Old Grump's training steps were chosen by how many of these it took.
+VALIDATION_ACTIONS = [
     ("tobin", -1, "I'd like to buy a coil of rope.", "sell"),
     ("tobin", -1, "Sell me a lantern.", "sell"),
     ("maren", -1, "I'd like to buy a bowl of stew.", "sell"),
@@ -58,13 +61,21 @@ HELD_OUT_ACTIONS = [
     ("maren", -1, "You seem troubled. What happened?", "start_quest"),
     ("maren", -1, "Do you need a hand?", "start_quest"),
 ]
+#: Held out from everything: no skin was trained or tuned on these words, and the goods asked for
+#: are the ones the validation set does not name. "none": small talk asks for nothing.
+FRESH_ACTIONS = [
+    ("tobin", -1, "Got any apples? I'll take one.", "sell"),
+    ("tobin", -1, "I'm after an iron ingot, if you have one spare.", "sell"),
+    ("maren", -1, "Pour me a mug of ale, would you?", "sell"),
+    ("bram", -1, "Let me have a bag of nails.", "sell"),
+    ("bram", 2, "Is my clapper ready to take to the bell?", "give"),
+    ("bram", 2, "The ingot is yours now. Can I collect the clapper?", "give"),
+    ("maren", -1, "Why is the bell so quiet? I'd gladly help.", "start_quest"),
+    ("maren", -1, "Is something the matter? Let me lend a hand.", "start_quest"),
+    ("tobin", -1, "Busy day at the market?", "none"),
+    ("maren", -1, "This inn feels cosy tonight.", "none"),
+]
 PEARSON_MIN = 0.995
-
-
-def hearth(*args, home, timeout=300):
-    env = dict(os.environ, HEARTH_HOME=str(home), SDL_VIDEODRIVER="dummy")
-    return subprocess.run([sys.executable, "-m", "game.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -117,6 +128,7 @@ def test_bad_training_data_is_named(tmp_path, rows, message):
     assert str(path) in str(e.value)
 
 
+@pytest.mark.slow  # imports torch: ~5-8 s
 def test_missing_data_file_fails_before_the_model_loads(tmp_path, base, monkeypatch):
     import npc.skins.train as train
 
@@ -174,7 +186,8 @@ def _check_demo_lines(skin, examples) -> set[str]:
             assert grammar.done, m["content"]
             assert re.search(skin["catchphrase"], reply["say"], re.I), reply["say"]
     assert not users & {f"Traveller says: {json.dumps(w)}" for w in HELD_OUT}
-    assert not users & {f"Traveller says: {json.dumps(w)}" for _, _, w, _ in HELD_OUT_ACTIONS}
+    assert not users & {f"Traveller says: {json.dumps(w)}"
+                        for _, _, w, _ in VALIDATION_ACTIONS + FRESH_ACTIONS}
     return users
 
 
@@ -207,6 +220,8 @@ def test_demo_action_examples_are_the_games_prompts(skin):
 
 # ---- the trainer --------------------------------------------------------------------------------
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_training_tokens_are_the_games_tokens(hf, base):
     """Rendering + tokenization match what the runtime feeds llama.cpp (turn markers special,
     contents plain), and only the NPC's words and its <|im_end|> are learned."""
@@ -232,6 +247,8 @@ def test_training_tokens_are_the_games_tokens(hf, base):
         model.close()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_training_is_deterministic_for_a_seed(hf, base, tmp_path):
     from safetensors.numpy import load_file
     data = write_jsonl(tmp_path / "d.jsonl", [chat("Hello!", "Arr, ahoy, matey!"),
@@ -256,6 +273,8 @@ def test_training_is_deterministic_for_a_seed(hf, base, tmp_path):
                                                      "gate_proj", "up_proj", "down_proj"])
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_a_remix_starts_from_its_parents_weights(hf, base, tmp_path):
     """With ``init_from`` the parent's LoRA is the starting point: one step at a tiny learning
     rate leaves the weights at the parent's; the same step from scratch does not. The parent's
@@ -389,6 +408,7 @@ def test_converter_names_shapes_and_permutation(tmp_path, dtype):
                 assert not np.array_equal(want_b, b)
 
 
+@pytest.mark.slow  # imports transformers: ~5-8 s
 def test_permutation_is_the_inverse_of_transformers_gguf_loading():
     """Transformers un-permutes q/k when it loads a GGUF; our permutation must undo exactly that."""
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
@@ -469,8 +489,11 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x.astype(np.float64), y.astype(np.float64))[0, 1])
 
 
+@pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5.x
 def test_llama_cpp_matches_pytorch_and_needs_the_qk_permutation(hf, base, tmp_path):
+    import torch
     from peft import PeftModel
 
     from npc.llama import Adapter, Context, LoadOptions, Model
@@ -540,6 +563,8 @@ def demo_voice(base, tmp_path_factory):
     runtime.close()
 
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_skins_show_on_held_out_lines_through_the_game_voice(demo_voice):
     """Ten held-out lines to two villagers (each villager's persona prefix is then computed once
     per skin and reused from the runtime's cache), for every demo skin and for the base voice."""
@@ -573,13 +598,18 @@ def test_skins_show_on_held_out_lines_through_the_game_voice(demo_voice):
     assert not failures, report
 
 
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # two sets of requests, five voices each
 def test_skins_keep_the_villagers_actions(demo_voice):
-    """A skin changes how a villager talks, not what it does: asked in words the training data
-    never used, a skinned shopkeeper still sells what was asked for, Bram still hands over the
-    clapper at that quest step and Maren still takes the offered help (the reply grammar offers
-    the action; whether to take it is the model's choice). A 135M model misses some: each skin
-    must take at least 3 of the 10, and the skins together at least half, and at least three
-    quarters of the base voice's rate. Skins trained on chit-chat alone took 0-1 of 10."""
+    """A skin changes how a villager talks, not what it does: asked in words no skin was trained or
+    tuned on, a skinned shopkeeper still sells what was asked for, Bram still hands over the
+    clapper at that quest step, Maren still takes the offered help and small talk takes nothing
+    (the reply grammar offers the actions; which to take is the model's choice). A 135M model
+    misses some: on the fresh requests each skin must take at least 3 of the 10, and the skins
+    together at least half, and at least three quarters of the base voice's rate. Skins trained on
+    chit-chat alone took 0-1 of the 10 validation requests. The validation requests (which chose
+    Old Grump's training steps) are measured and printed too, not held to the bound."""
     from engine.commands import Say
     from engine.dialogue import build_request
     from engine.sim import step
@@ -590,36 +620,44 @@ def test_skins_keep_the_villagers_actions(demo_voice):
 
     voice, ids = demo_voice
 
-    def taken(skin_id) -> list[str]:
+    def taken(requests, skin_id) -> list[str]:
         out = []
-        for npc, quest_step, words, want in HELD_OUT_ACTIONS:
+        for npc, quest_step, words, want in requests:
             state = new_game(seed=1)
             state.player.gold, state.quest.step = 500, quest_step
             state = place_player_near(state, npc)
             state, _ = step(state, [Say(npc=npc, text=words)])
             state.npc(npc).skin = skin_id
             req = build_request(state, npc, words)
-            assert want in {action_label(a).split()[0] for a in req.legal_actions}, words
+            offered = {action_label(a).split()[0] for a in req.legal_actions} | {"none"}
+            assert want in offered, words
             out.append(action_label(voice.respond(req).action).split()[0])
         return out
 
-    wanted = [want for *_, want in HELD_OUT_ACTIONS]
-    report, rates = [], {}
-    for name, skin_id in [("base", None)] + [(s["dir"], ids[s["dir"]]) for s in DEMO]:
-        got = taken(skin_id)
-        hits = sum(g == w for g, w in zip(got, wanted))
-        rates[name] = hits / len(wanted)
-        report.append(f"{name}: {hits}/{len(wanted)} actions taken ({', '.join(got)})")
-    base_rate = rates.pop("base")
-    mean = sum(rates.values()) / len(rates)
-    report.append(f"skins together {mean:.2f}, base {base_rate:.2f}")
-    print("\n" + "\n".join(report))
+    def rates(requests, title):
+        wanted = [want for *_, want in requests]
+        report, rate = [title], {}
+        for name, skin_id in [("base", None)] + [(s["dir"], ids[s["dir"]]) for s in DEMO]:
+            got = taken(requests, skin_id)
+            hits = sum(g == w for g, w in zip(got, wanted))
+            rate[name] = hits / len(wanted)
+            report.append(f"  {name}: {hits}/{len(wanted)} ({', '.join(got)})")
+        base_rate = rate.pop("base")
+        mean = sum(rate.values()) / len(rate)
+        report.append(f"  skins together {mean:.2f}, base {base_rate:.2f}")
+        return rate, mean, base_rate, report
+
+    *_, validation = rates(VALIDATION_ACTIONS, "validation requests (tuned on):")
+    fresh, mean, base_rate, report = rates(FRESH_ACTIONS, "fresh held-out requests:")
+    print("\n" + "\n".join(validation + report))
     assert voice.failed_skins == {}
-    assert min(rates.values()) >= 0.3 and mean >= 0.5 and mean >= 0.75 * base_rate, report
+    assert min(fresh.values()) >= 0.3 and mean >= 0.5 and mean >= 0.75 * base_rate, report
 
 
 # ---- hearth skin train --------------------------------------------------------------------------
 
+@pytest.mark.model
+@pytest.mark.slow
 def test_cli_train_makes_a_bundle_that_verifies(base, hearth_home, tmp_path):
     data = write_jsonl(tmp_path / "tiny.jsonl", [chat("Hello!", "Arr, ahoy, matey!"),
                                                  chat("Bye.", "Arr, fair winds, matey!")])

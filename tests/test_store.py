@@ -39,6 +39,7 @@ def test_bad_files_are_refused_by_name(tmp_path):
     assert store.records() == [] and not list(store.root.glob("*.gguf"))
 
 
+@pytest.mark.model
 def test_header_reader_matches_llama_cpp():
     import ctypes
 

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from swarm.index import (
 from swarm.settings import SettingsError, SwarmSettings, load_settings, parse_endpoint, parse_rate
 from swarm.torrent import FetchInterrupted, SwarmNode, session_settings
 from test_skins import base, ident, make_bundle  # noqa: F401  (fixtures and the bundle builder)
+from tests.conftest import hearth, hearth_popen
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1 << 20
@@ -86,13 +86,6 @@ def mesh(*ns):
         wait_until(lambda: a.dht_node_count() >= 1, 10, "the DHT to connect")
 
 
-def hearth(*args, home, timeout=60, config=None):
-    env = {"PATH": "/usr/bin:/bin", "SDL_VIDEODRIVER": "dummy", "HEARTH_HOME": str(home),
-           "HEARTH_CONFIG_DIR": str(config or home / "config")}
-    return subprocess.run([sys.executable, "-m", "game.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
 # ---- settings and naming -------------------------------------------------------------------------
 
 def test_settings_load_toml_and_overrides(tmp_path):
@@ -129,6 +122,7 @@ def test_torrent_names_carry_the_content_id(tmp_path):
 
 # ---- the swarm -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_four_nodes_share_a_model_and_a_skin_found_through_the_dht(nodes, tmp_path, base, ident):
     from game.swarm_bridge import skin_content, verify_skin
     from npc.skins.bundle import verify_bundle
@@ -175,6 +169,7 @@ def corrupt_copy(src: Path, dst: Path, every: int = 16 * 1024) -> None:
     dst.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_corrupt_pieces_are_caught_and_their_sender_banned(nodes, tmp_path):
     model = fake_model(tmp_path / "honest", 8 * MB)
     ref = ContentRef("model", model.stem)
@@ -204,6 +199,7 @@ def test_corrupt_pieces_are_caught_and_their_sender_banned(nodes, tmp_path):
     assert liar.endpoint in got.banned, got.banned
 
 
+@pytest.mark.slow
 def test_an_interrupted_fetch_resumes_without_starting_over(nodes, tmp_path):
     model = fake_model(tmp_path / "store", 16 * MB)
     seeder = nodes("seeder", upload_limit=4 * MB)
@@ -346,17 +342,15 @@ def test_skin_index_is_read_back_and_tampering_is_refused(nodes, tmp_path):
 # ---- the command line ------------------------------------------------------------------------------
 
 def _start_seeder(args, home):
-    env = {"PATH": "/usr/bin:/bin", "HEARTH_HOME": str(home),
-           "HEARTH_CONFIG_DIR": str(home / "config"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "game.cli", "seed", *args,
-                             "--listen", "127.0.0.1:0", "--loopback"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = hearth_popen("seed", *args, "--listen", "127.0.0.1:0", "--loopback", home=home,
+                        env={"PYTHONUNBUFFERED": "1"})
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
                      daemon=True).start()
     return proc, lines
 
 
+@pytest.mark.slow
 def test_cli_seed_fetch_install_publish_browse(tmp_path, base, ident, hearth_home):
     from npc.skins.identity import identity_path
     from npc.store import ModelStore

@@ -1,25 +1,16 @@
 """The shipped demo skins on the villagers of a new game (game/village_skins.py, `hearth play`)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
+
+import pytest
 
 from engine.commands import Rejected, WearSkin
 from engine.sim import step
 from engine.world import new_game
 from game import village_skins
 from game.village_skins import dress_villagers, shipped_skins
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def hearth(*args, home, timeout=600):
-    env = dict(os.environ, HEARTH_HOME=str(home), SDL_VIDEODRIVER="dummy")
-    return subprocess.run([sys.executable, "-m", "game.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+from tests.conftest import hearth
 
 
 def test_every_shipped_skin_has_a_villager():
@@ -68,6 +59,7 @@ def test_a_broken_shipped_bundle_is_reported_and_skipped(tmp_path, monkeypatch):
                for line in said), said
 
 
+@pytest.mark.model
 def test_play_with_the_model_dresses_a_new_game_only(hearth_home, tmp_path):
     save = tmp_path / "game.save"
     r = hearth("play", "--headless", "--voice", "model", "--ticks", "3", "--save", str(save),
