@@ -77,7 +77,8 @@ def price_fact(state: WorldState, npc: Npc, item: str) -> str:
             return f"{_cap(a(name))} is {npc.sells[item]} gold, but I have none left."
         return f"{_cap(a(name))} is {npc.sells[item]} gold."
     if item in npc.buys:
-        return f"I don't sell {plural(name)}; I pay {npc.buys[item]} gold for one."
+        return f"I buy {plural(name)} at {npc.buys[item]} gold, I don't sell them. " + \
+            _seller_sentence(state, npc, item)
     return f"I don't sell {plural(name)}. " + _seller_sentence(state, npc, item)
 
 

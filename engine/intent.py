@@ -202,7 +202,8 @@ _TRADE = ("what do you sell", "what do you have", "what have you got", "what are
           "who are you", "what do you make", "what can i buy", "what's for sale", "for sale",
           "what is for sale", "your name", "name of your", "what do you offer", "menu")
 _QUEST = ("bell", "quest", "task", "job", "trouble", "troubled", "worried", "worry", "problem",
-          "wrong", "happened", "matter", "clapper", "help", "work", "next", "ring", "sad")
+          "wrong", "happened", "matter", "clapper", "help", "work", "next", "ring", "sad", "what now",
+          "what should i do", "what do i do", "what do i need")
 _GENERIC = ("something", "anything", "what", "wares", "goods", "stuff", "food", "drink")
 _PRONOUNS = ("it", "one", "them", "that", "this")
 _PRICE_CLAIM = re.compile(r"(?:for|costs?|is|are|at|only|just|pay)\s+(\d+)\s*(?:gold|coins?|gp|g)?\b")
