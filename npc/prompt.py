@@ -90,8 +90,9 @@ def player_turn(words: str) -> str:
 
 
 def turn_note(req: DialogueRequest) -> str:
-    """What the engine understood and decided for this turn, for the newest message."""
-    if not req.wants:
+    """What the engine understood and decided for this turn, for the newest message (nothing for
+    small talk: the voice is free there)."""
+    if not req.wants or (req.action is None and not req.fact):
         return ""
     note = f"(The traveller {req.wants}."
     if req.action is not None:
