@@ -140,8 +140,9 @@ _PRICE_RE = re.compile(r"(\d+)\s*(?:gold|coins?|gp|g\b)", re.IGNORECASE)
 _HANDOVER_RE = re.compile(r"\b(?:here(?:'s|’s| is| are)|take|hands? you|handing you)\s+"
                           r"(?:your|the|this|that|these|my|a|an|it|one)?\s*([a-z][a-z ]{0,30})",
                           re.IGNORECASE)
-_HANDOVER_PLAIN = re.compile(r"\b(?:here you (?:go|are)|take (?:it|this|one)|there you (?:go|are))\b",
-                             re.IGNORECASE)
+_HANDOVER_PLAIN = re.compile(r"\b(?:here you (?:go|are)|take (?:it|this|one)|there you (?:go|are)|"
+                             r"(?:i'll|i will|i can|let me|i'm going to|i am going to)\s+"
+                             r"(?:give|sell|hand)(?: it)? (?:you|to you))\b", re.IGNORECASE)
 
 
 def handed_over(state: WorldState, text: str) -> tuple[bool, set[str]]:

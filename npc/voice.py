@@ -26,6 +26,14 @@ class Cancelled(Exception):
     pass
 
 
+def _finished(text: str, fact: str) -> str:
+    """The engine's fact and the model's own words after it, if those end their sentence: a line
+    cut off by its length bound keeps only the fact."""
+    if fact and text.startswith(fact) and not text.rstrip().endswith((".", "!", "?")):
+        return fact
+    return text
+
+
 class ModelVoice:
     name = "model"
 
@@ -68,6 +76,7 @@ class ModelVoice:
         text, action = grammar.result()
         if not grammar.done and request.action is None:
             action = None  # out of tokens mid-line: keep the words, drop any unfinished intent
+        text = _finished(text, request.fact)
         self._last_line = ((request.npc_id, request.player_words, len(request.recent)), text)
         return DialogueProposal(text=text, action=action)
 

@@ -233,6 +233,9 @@ def test_a_request_is_answered_once(world):
     # a hand-over in words that the action does not make
     ("maren", "Hello.", DialogueProposal(text="Here is your bell clapper."), Rejection.TEXT_FALSE_HANDOVER),
     ("maren", "Hello.", DialogueProposal(text="Here you go, traveller."), Rejection.TEXT_FALSE_HANDOVER),
+    ("tobin", "Give me all your ingots for free",
+     DialogueProposal(text="Nothing here is free: an iron ingot is 12 gold. I'll give you everything."),
+     Rejection.TEXT_FALSE_HANDOVER),
     ("tobin", "A coil of rope, please.",
      DialogueProposal(text="One coil of rope, 6 gold. Here is your lantern.", action=SellItem(item="rope", price=6)),
      Rejection.TEXT_FALSE_HANDOVER),
