@@ -90,16 +90,12 @@ def player_turn(words: str) -> str:
 
 
 def turn_note(req: DialogueRequest) -> str:
-    """What the engine understood and decided for this turn, for the newest message (nothing for
-    small talk: the voice is free there)."""
+    """What the engine understood the player to want, for the newest message (nothing for small
+    talk: the voice is free there). The action and the fact are not repeated here: the reply
+    grammar forces them into the reply itself, which costs no prompt tokens."""
     if not req.wants or (req.action is None and not req.fact):
         return ""
-    note = f"(The traveller {req.wants}."
-    if req.action is not None:
-        note += f" You do it: {action_label(req.action)}."
-    if req.fact:
-        note += f" Say this first, then add one short sentence of your own: {req.fact}"
-    return note + ")"
+    return f"(The traveller {req.wants}. Answer in one short sentence after the facts.)"
 
 
 def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history: int = 8) -> Prompt:

@@ -137,10 +137,10 @@ class ModelVoice:
         return out
 
     def _no_copy(self, request: DialogueRequest) -> list[list[int]]:
-        """Token runs the reply may not copy: the player's words, the NPC's own last lines, and a
-        line of its that was just refused."""
-        texts = [request.player_words] + [t.text for t in request.recent[-4:]
-                                          if t.speaker != "player"]
+        """Token runs the reply may not copy: the player's words, the engine's fact (already forced
+        at the line's start), the NPC's own last lines, and a line of its that was just refused."""
+        texts = [request.player_words, request.fact] + [t.text for t in request.recent[-4:]
+                                                        if t.speaker != "player"]
         refused = self._retrying(request)
         if refused:
             texts.append(refused)
