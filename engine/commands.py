@@ -41,6 +41,12 @@ class Rejection(str, enum.Enum):
     TEXT_WRONG_PRICE = "text_wrong_price"
     BAD_SKIN_ID = "bad_skin_id"
     NOT_REQUESTED = "not_requested"
+    #: The player asked for something the engine does (a sale, the hand-over) and the reply left it out.
+    ACTION_MISSING = "action_missing"
+    #: The line does not start with the fact the engine stated for it.
+    TEXT_UNGROUNDED = "text_ungrounded"
+    #: The line hands something over ("here is your clapper") that its action does not.
+    TEXT_FALSE_HANDOVER = "text_false_handover"
 
 
 # ---- NPC actions: what a dialogue proposal may ask the engine to do ------------------------------

@@ -12,8 +12,10 @@ import re
 from msgspec import Struct
 
 from engine import rules
-from engine.commands import NpcAction, NpcReply, Rejection, SellItem
-from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Turn, WorldState
+from engine.commands import GiveItem, NpcAction, NpcReply, Rejection, SellItem
+from engine.grounding import fact_for
+from engine.intent import Intent, Line, describe, find_item, recognise
+from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Npc, Turn, WorldState
 
 
 class Offer(Struct, frozen=True):
@@ -38,7 +40,7 @@ class DialogueRequest(Struct, frozen=True):
     inventory: dict[str, int]
     gold: int
     quest: list[str]
-    #: Actions the engine would accept right now; the reply may propose at most one of them.
+    #: Actions the engine would accept right now: the one the player's words ask for, or none.
     legal_actions: list[NpcAction]
     recent: list[Turn]
     player_words: str
@@ -46,6 +48,15 @@ class DialogueRequest(Struct, frozen=True):
     #: Proper names this NPC may mention (people, places, items in its context).
     known_names: list[str]
     max_chars: int = MAX_NPC_LINE_CHARS
+    #: What the engine understood the player to want, and the same in plain words.
+    intent: Intent | None = None
+    wants: str = ""
+    #: The action the engine takes for it; the reply must carry exactly this action.
+    action: NpcAction | None = None
+    #: The sentence the reply must start with, word for word ("" leaves the voice free).
+    fact: str = ""
+    #: Every action this NPC could take for some request now (for the prompt's examples).
+    possible_actions: list[NpcAction] = []
 
 
 class DialogueProposal(Struct, frozen=True):
@@ -76,10 +87,18 @@ def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
     return out
 
 
+def latest_player_words(npc: Npc) -> str:
+    return next((t.text for t in reversed(npc.memory) if t.speaker == "player"), "")
+
+
 def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest:
     npc = state.npc(npc_id)
     if npc is None:
         raise KeyError(f"unknown npc {npc_id!r}")
+    words = rules.clean_player_text(words, MAX_SAY_CHARS)
+    intent = recognise(state, npc_id, words)
+    action = rules.intended_action(state, npc, intent)
+    fact = fact_for(state, npc_id, intent, action)
     items = state.items
     sells = [Offer(item=i, name=items[i].name, price=p, count=npc.inventory.get(i, 0))
              for i, p in sorted(npc.sells.items()) if npc.inventory.get(i, 0) > 0]
@@ -88,7 +107,7 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
     names = {npc.name, state.player.name}
     if state.world_name:
         names.add(state.world_name)
-    text_blob = " ".join([npc.persona, *npc.facts, *quest])
+    text_blob = " ".join([npc.persona, *npc.facts, *quest, fact])
     for other in state.npcs:
         if other.name in text_blob:
             names.add(other.name)
@@ -109,21 +128,55 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
         npc_id=npc.id, npc_name=npc.name, role=npc.role, persona=npc.persona, skin=npc.skin,
         activity=npc.activity, facts=list(npc.facts), sells=sells, buys=buys,
         inventory=dict(npc.inventory), gold=npc.gold, quest=quest,
-        legal_actions=rules.legal_npc_actions(state, npc), recent=list(npc.memory),
-        player_words=rules.clean_player_text(words, MAX_SAY_CHARS), player_gold=state.player.gold,
-        known_names=sorted(names),
+        legal_actions=[action] if action is not None else [], recent=list(npc.memory),
+        player_words=words, player_gold=state.player.gold, known_names=sorted(names),
+        intent=intent, wants=describe(state, intent), action=action, fact=fact,
+        possible_actions=rules.possible_npc_actions(state, npc),
     )
 
 
 _PRICE_RE = re.compile(r"(\d+)\s*(?:gold|coins?|gp|g\b)", re.IGNORECASE)
+#: Words that hand something over: "here is your X", "take this", "here you go".
+_HANDOVER_RE = re.compile(r"\b(?:here(?:'s|’s| is| are)|take|hands? you|handing you)\s+"
+                          r"(?:your|the|this|that|these|my|a|an|it|one)?\s*([a-z][a-z ]{0,30})",
+                          re.IGNORECASE)
+_HANDOVER_PLAIN = re.compile(r"\b(?:here you (?:go|are)|take (?:it|this|one)|there you (?:go|are)|"
+                             r"(?:i'll|i will|i can|let me|i'm going to|i am going to)\s+"
+                             r"(?:give|sell|hand)(?: it)? (?:you|to you))\b", re.IGNORECASE)
+
+
+def handed_over(state: WorldState, text: str) -> tuple[bool, set[str]]:
+    """Does the line hand something over, and which items does it name as handed over?"""
+    named = set()
+    for m in _HANDOVER_RE.finditer(text):
+        item, _ = find_item(state, Line(m.group(1)))
+        if item is not None:
+            named.add(item)
+    return bool(named) or bool(_HANDOVER_PLAIN.search(text)), named
+
+
+def _allowed_prices(state: WorldState, req: DialogueRequest, proposal: DialogueProposal) -> set[int]:
+    """Prices the line may quote: those in the engine's fact, and else only ones that are true
+    for what is being talked about (the item of the intent, or this NPC's wares)."""
+    in_fact = {int(m.group(1)) for m in _PRICE_RE.finditer(req.fact)}
+    if isinstance(proposal.action, SellItem):
+        return in_fact | {proposal.action.price}  # a sale quotes its own price and no other
+    item = req.intent.item if req.intent is not None else None
+    if item in state.items:
+        npc = state.npc(req.npc_id)
+        about = {p for p in (npc.sells.get(item), npc.buys.get(item)) if p is not None}
+        return in_fact | (about or {state.items[item].price}) | {req.player_gold}
+    return in_fact | {o.price for o in req.sells} | {o.price for o in req.buys} | {req.player_gold}
 
 
 def validate_proposal(state: WorldState, npc_id: str, proposal: DialogueProposal,
                       request: DialogueRequest | None = None) -> Rejection | None:
     """Would the engine commit this proposal right now? ``None`` means yes.
 
-    Checks the line's shape, that any price it quotes is one this NPC really asks or pays, that it
-    names no person, place or item outside the NPC's context, and the action against the rules.
+    Checks the line's shape, that it starts with the engine's fact and carries the action the
+    player asked for, that it hands over nothing its action does not, that any price it quotes is
+    true, that it names no person, place or item outside the NPC's context, and the action against
+    the rules.
     """
     npc, why = rules.check_talking(state, npc_id)
     if why:
@@ -131,10 +184,16 @@ def validate_proposal(state: WorldState, npc_id: str, proposal: DialogueProposal
     why = rules.check_line(proposal.text)
     if why:
         return why
-    req = request or build_request(state, npc_id, "")
-    allowed_prices = {o.price for o in req.sells} | {o.price for o in req.buys} | {req.player_gold}
-    if isinstance(proposal.action, SellItem):
-        allowed_prices = {proposal.action.price}  # a sale quotes its own price and no other
+    req = request or build_request(state, npc_id, latest_player_words(npc))
+    if req.fact and not proposal.text.startswith(req.fact):
+        return Rejection.TEXT_UNGROUNDED
+    if req.action is not None and proposal.action is None:
+        return Rejection.ACTION_MISSING
+    claims, named = handed_over(state, proposal.text)
+    given = proposal.action.item if isinstance(proposal.action, (SellItem, GiveItem)) else None
+    if (claims and given is None) or named - {given}:
+        return Rejection.TEXT_FALSE_HANDOVER
+    allowed_prices = _allowed_prices(state, req, proposal)
     for m in _PRICE_RE.finditer(proposal.text):
         if int(m.group(1)) not in allowed_prices:
             return Rejection.TEXT_WRONG_PRICE
@@ -176,7 +235,7 @@ def unknown_proper_nouns(text: str, req: DialogueRequest) -> list[str]:
     A small model invents kings, towns and rivers; the engine cannot know every English word, but it
     does know every name this NPC may use, so a mid-sentence capital that is not one of them is
     treated as an invented name."""
-    known_text = " ".join([req.npc_name, req.persona, *req.facts, *req.quest, *req.known_names,
+    known_text = " ".join([req.npc_name, req.persona, *req.facts, *req.quest, req.fact, *req.known_names,
                            *(o.name for o in req.sells), *(o.name for o in req.buys)])
     known = {w.lower() for w in _WORD_RE.findall(known_text) if w[:1].isupper()}
     # Names the player made up ("the wizard Zoltan") may not be repeated anywhere, even where a
@@ -208,11 +267,15 @@ def to_command(npc_id: str, proposal: DialogueProposal) -> NpcReply:
     return NpcReply(npc=npc_id, text=proposal.text, action=proposal.action)
 
 
-def fallback_line(state: WorldState, npc_id: str) -> DialogueProposal:
-    """A deterministic line that is always legal, used when every proposal was rejected."""
+def fallback_line(state: WorldState, npc_id: str, words: str | None = None) -> DialogueProposal:
+    """A deterministic line that is always legal, used when every proposal was rejected: the
+    engine's fact and the action the player asked for (``words``: the player's latest line)."""
     npc = state.npc(npc_id)
     if npc is None:
         raise KeyError(npc_id)
+    req = build_request(state, npc_id, latest_player_words(npc) if words is None else words)
+    if req.fact:
+        return DialogueProposal(text=req.fact, action=req.action)
     if npc.sells and any(npc.inventory.get(i, 0) for i in npc.sells):
         text = f"{npc.name} nods. \"Have a look at my wares, traveller.\""
     else:
@@ -259,4 +322,4 @@ class DialogueTurn:
 
     def give_up(self, state: WorldState) -> NpcReply:
         self.fallback = True
-        return to_command(self.npc_id, fallback_line(state, self.npc_id))
+        return to_command(self.npc_id, fallback_line(state, self.npc_id, self.words))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import unicodedata
 
 from engine.commands import GiveItem, NpcAction, Rejection, SellItem, StartQuest
+from engine.intent import Intent, recognise
 from engine.state import MAX_NPC_LINE_CHARS, Npc, WorldState
 
 #: How far (Chebyshev distance, in tiles) the player may be from an NPC to talk or trade.
@@ -82,31 +83,35 @@ def check_accept_quest(state: WorldState, quest_id: str) -> Rejection | None:
     return None
 
 
-#: Words that name a container or measure rather than the goods ("a mug of ale" is asked for as ale).
-_MEASURE_WORDS = {"of", "a", "an", "the", "bag", "bowl", "mug", "loaf", "coil", "pair", "piece", "cup"}
+def intended_action(state: WorldState, npc: Npc, intent: Intent) -> NpcAction | None:
+    """The one action the engine takes for this intent, if any: a sale only when the player asked
+    to buy goods this villager has and the player can pay for, the quest hand-over only when asked
+    at the step that calls for it, the quest's start only when help is offered to its giver."""
+    match intent.kind:
+        case "buy" if intent.item in npc.sells:
+            action = SellItem(item=intent.item, price=npc.sells[intent.item])
+        case "give" if intent.item is not None:
+            action = GiveItem(item=intent.item)
+        case "accept":
+            action = StartQuest(quest=state.quest.id)
+        case _:
+            return None
+    return action if _action_allowed(state, npc, action) is None else None
 
 
-def item_words(name: str) -> set[str]:
-    return {w for w in name.lower().split() if w not in _MEASURE_WORDS and len(w) >= 3}
+def requested_action(state: WorldState, npc: Npc) -> NpcAction | None:
+    """The action the player's latest line asks of this NPC, while it is still unanswered. The
+    sim's check of a reply and a replay re-derive it from the same state and words."""
+    if not npc.memory or npc.memory[-1].speaker != "player":
+        return None
+    return intended_action(state, npc, recognise(state, npc.id, npc.memory[-1].text))
 
 
-def player_asked_for(state: WorldState, npc: Npc, item: str) -> bool:
-    """Did the player's latest line to this NPC name the item? An NPC may only sell what was asked
-    for: a reply cannot take the player's gold for goods they never mentioned."""
-    last = next((t.text for t in reversed(npc.memory) if t.speaker == "player"), "")
-    words = {w.strip(".,!?;:'\"()").removesuffix("s") for w in last.lower().split()}
-    wanted = {w.removesuffix("s") for w in item_words(state.items[item].name)} | {item.lower()}
-    return bool(words & wanted) or item.replace("_", " ") in last.lower()
-
-
-def check_npc_action(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
-    """May this NPC take this action right now?"""
+def _action_allowed(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
+    """Could this NPC take this action now, had the player asked for it?"""
     match action:
         case SellItem(item=item, price=price):
-            why = check_buy(state, npc, item, 1, price)
-            if why is None and not player_asked_for(state, npc, item):
-                return Rejection.NOT_REQUESTED
-            return why
+            return check_buy(state, npc, item, 1, price)
         case GiveItem(item=item):
             if item not in state.items:
                 return Rejection.UNKNOWN_ITEM
@@ -125,18 +130,28 @@ def check_npc_action(state: WorldState, npc: Npc, action: NpcAction) -> Rejectio
     return Rejection.UNKNOWN_ITEM  # unreachable for well-typed input
 
 
-def legal_npc_actions(state: WorldState, npc: Npc) -> list[NpcAction]:
-    """Every action this NPC could legally take right now, in a deterministic order."""
+def check_npc_action(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
+    """May this NPC take this action right now? Only the rules allow it and only if it is the
+    action the player's latest line asked for: a reply cannot sell what was only mentioned, or
+    start the quest when the player asked what is for sale."""
+    why = _action_allowed(state, npc, action)
+    if why is None and requested_action(state, npc) != action:
+        return Rejection.NOT_REQUESTED
+    return why
+
+
+def possible_npc_actions(state: WorldState, npc: Npc) -> list[NpcAction]:
+    """Every action this NPC could take for some request right now, in a deterministic order."""
     out: list[NpcAction] = []
     for item in sorted(npc.sells):
         a = SellItem(item=item, price=npc.sells[item])
-        if check_npc_action(state, npc, a) is None:
+        if _action_allowed(state, npc, a) is None:
             out.append(a)
     step = state.quest.current
     if step is not None and step.kind == "receive" and step.npc == npc.id and step.item:
         out.append(GiveItem(item=step.item))
     a2 = StartQuest(quest=state.quest.id)
-    if check_npc_action(state, npc, a2) is None:
+    if _action_allowed(state, npc, a2) is None:
         out.append(a2)
     return out
 

@@ -234,7 +234,7 @@ def _advance_player(state: WorldState) -> None:
             p.from_x, p.from_y = p.x, p.y
 
 
-def _schedule_entry(npc: Npc, hour: int):
+def schedule_entry(npc: Npc, hour: int):
     current = npc.schedule[-1]  # before the first entry of the day: still doing last night's thing
     for e in npc.schedule:
         if e.hour <= hour:
@@ -257,7 +257,7 @@ def _advance_npcs(state: WorldState, events: list[Event]) -> None:
         # NPCs stand still while the player talks to them; others only move on their own beat.
         if p.talking_to == npc.id or (state.tick + _offset(npc.id)) % NPC_MOVE_TICKS:
             continue
-        entry = _schedule_entry(npc, hour)
+        entry = schedule_entry(npc, hour)
         if npc.activity != entry.activity:
             npc.activity = entry.activity
             events.append(NpcActivity(npc=npc.id, activity=entry.activity))

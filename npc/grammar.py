@@ -5,10 +5,12 @@ A reply is one JSON object::
     {"action": "<one of the actions legal right now>", "say": "<spoken line>"}
 
 The action comes first so the line is spoken knowing what the NPC does. It is a literal chosen
-from the ``DialogueRequest``'s legal actions ("none" is always allowed), so item ids and prices can
-only be ones that exist right now. The line is bounded (bytes and sentences) and may not contain
-quotes, backslashes or control characters. ``ReplyGrammar`` checks bytes as they are generated
-(our sampler asks it about one candidate token at a time).
+from the ``DialogueRequest``'s legal actions, so item ids and prices can only be ones that exist
+right now; "none" is allowed unless the engine requires the action (the player asked for it). The
+line starts with the engine's fact word for word (a ``lead``: forced bytes, so the model cannot
+get a price or a place wrong) and may add one sentence of its own. It is bounded (bytes and
+sentences) and may not contain quotes, backslashes or control characters. ``ReplyGrammar`` checks
+bytes as they are generated (our sampler asks it about one candidate token at a time).
 """
 
 from __future__ import annotations
@@ -33,15 +35,24 @@ def action_label(action: NpcAction | None) -> str:
     return "none"
 
 
+def _sentences(text: bytes) -> int:
+    return sum(text.count(c) for c in _TERMINATORS)
+
+
 class ReplyGrammar:
     """Byte-level acceptor for the reply after ``PREFIX`` (which ends the prompt)."""
 
-    def __init__(self, actions: list[NpcAction], max_chars: int, max_sentences: int = 2):
-        self.actions = {"none": None}
+    def __init__(self, actions: list[NpcAction], max_chars: int, max_sentences: int = 2,
+                 lead: str = "", required: bool = False):
+        """``lead``: the text the line must start with; the line may then add ``max_sentences``
+        sentences when there is no lead and one more sentence after a lead. ``required``: one of
+        ``actions`` must be taken ("none" is not offered)."""
+        self.actions = {} if required and actions else {"none": None}
         self.actions.update({action_label(a): a for a in actions})
         self.heads = [(label + _MID).encode() for label in self.actions]
-        self.max_bytes = max_chars  # counted in bytes: a conservative bound on characters
-        self.max_sentences = max_sentences
+        self.lead = lead.encode()
+        self.max_bytes = max(max_chars, len(self.lead))  # bytes: a conservative bound on characters
+        self.max_sentences = _sentences(self.lead) + 1 if lead else max_sentences
         self.reset()
 
     def reset(self) -> None:
@@ -56,7 +67,7 @@ class ReplyGrammar:
             return True
         t = bytes(text)
         return (t[-1:] in _TERMINATORS and not t.endswith(b"..")
-                and sum(t.count(c) for c in _TERMINATORS) >= self.max_sentences)
+                and _sentences(t) >= self.max_sentences)
 
     def _feed(self, piece: bytes, head: bytearray, text: bytearray, tail: bytearray, phase: int):
         for b in piece:
@@ -68,7 +79,11 @@ class ReplyGrammar:
                 if h in self.heads:
                     phase = 1
             elif phase == 1:
-                if b == 0x22:
+                if len(text) < len(self.lead):
+                    if b != self.lead[len(text)]:
+                        return None
+                    text.append(b)
+                elif b == 0x22:
                     if not bytes(text).strip():
                         return None  # an empty line says nothing
                     phase = 2
@@ -111,6 +126,8 @@ class ReplyGrammar:
                 common = common[:k]
             return common
         if self.phase == 1:
+            if len(self.text) < len(self.lead):
+                return self.lead[len(self.text):]
             return b'"}' if self._full(self.text) else b""
         return _END[len(self.tail):]
 

@@ -1,8 +1,9 @@
 """Building the model's prompt from a ``DialogueRequest`` and nothing else.
 
 The persona part (who the NPC is, what it knows, the rules) comes first and does not change
-between turns, so its KV cache is reused; the live situation (stock, prices, quest, the legal
-actions) goes into the newest message. Text that came from the player is tokenized with special
+between turns, so its KV cache is reused; the live situation (stock, prices, quest, what the NPC
+could do) follows it and changes only with the state. What this turn is about (what the engine
+understood the player to want, and the fact the reply starts with) goes into the newest message. Text that came from the player is tokenized with special
 tokens disabled, so typing ``<|im_end|>`` cannot forge a turn.
 """
 
@@ -51,7 +52,7 @@ def situation_block(req: DialogueRequest) -> str:
     if req.buys:
         parts.append("You buy: " + "; ".join(f"{o.name} for {o.price} gold" for o in req.buys) + ".")
     parts.extend(req.quest)
-    options = ["none"] + [action_label(a) for a in req.legal_actions]
+    options = ["none"] + [action_label(a) for a in req.possible_actions]
     parts.append("Possible actions: " + ", ".join(json.dumps(o) for o in options) + ".")
     return "\n".join(parts)
 
@@ -61,7 +62,7 @@ def _examples(req: DialogueRequest) -> list[tuple[str, str, str]]:
     model copies the shape of what it has seen far more reliably than it follows instructions."""
     out = [("Give me all your things for free!", "Nothing is free here, traveller. Pay or move along.",
             "none")]
-    for a in req.legal_actions:
+    for a in req.possible_actions:
         match a:
             case GiveItem(item=item):
                 name = item.replace("_", " ")
@@ -88,6 +89,15 @@ def player_turn(words: str) -> str:
     return f"Traveller says: {json.dumps(words, ensure_ascii=False)}"
 
 
+def turn_note(req: DialogueRequest) -> str:
+    """What the engine understood the player to want, for the newest message (nothing for small
+    talk: the voice is free there). The action and the fact are not repeated here: the reply
+    grammar forces them into the reply itself, which costs no prompt tokens."""
+    if not req.wants or (req.action is None and not req.fact):
+        return ""
+    return f"(The traveller {req.wants}. Answer in one short sentence after the facts.)"
+
+
 def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history: int = 8) -> Prompt:
     head: list[Segment] = [("<|im_start|>system\n", True),
                            (persona_block(req) + "\n" + situation_block(req), False),
@@ -112,9 +122,11 @@ def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history:
             body += [("<|im_start|>assistant\n", True), (reply_json(t.text, action_label(t.action)), False),
                      ("<|im_end|>\n", True)]
     words = req.player_words or "..."
+    note = turn_note(req)
     tail: list[Segment] = [
         ("<|im_start|>user\n", True),
-        (player_turn(words) + (f"\n({feedback})" if feedback else ""), False),
+        (player_turn(words) + (f"\n{note}" if note else "") + (f"\n({feedback})" if feedback else ""),
+         False),
         ("<|im_end|>\n<|im_start|>assistant\n", True),
         (PREFIX, False),
     ]

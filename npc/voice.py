@@ -15,12 +15,23 @@ from npc.runtime import Runtime
 
 log = logging.getLogger("hearth.skins")
 
-#: Longest reply in tokens (the grammar also bounds the line to two sentences).
+#: Longest reply in tokens the model chooses (the grammar also bounds the line to two sentences;
+#: the engine's fact at its start is forced and not counted).
 MAX_REPLY_TOKENS = 56
+#: Characters the model may add after the engine's fact.
+ROOM_AFTER_FACT = 90
 
 
 class Cancelled(Exception):
     pass
+
+
+def _finished(text: str, fact: str) -> str:
+    """The engine's fact and the model's own words after it, if those end their sentence: a line
+    cut off by its length bound keeps only the fact."""
+    if fact and text.startswith(fact) and not text.rstrip().endswith((".", "!", "?")):
+        return fact
+    return text
 
 
 class ModelVoice:
@@ -56,16 +67,23 @@ class ModelVoice:
         budget = self.runtime.seq_capacity - self.max_tokens - 16
         prompt = trim_history(request, feedback, self._count, budget)
         tokens = self.runtime.tokenize_segments(prompt.segments)
-        grammar = ReplyGrammar(request.legal_actions, min(self.max_chars, request.max_chars))
+        grammar = ReplyGrammar(request.legal_actions, self._bound(request), lead=request.fact,
+                               required=request.action is not None)
         result = self._generate(request, tokens, grammar, on_text, cancel)
         self.last = result
         if result.cancelled:
             raise Cancelled()
         text, action = grammar.result()
-        if not grammar.done:
+        if not grammar.done and request.action is None:
             action = None  # out of tokens mid-line: keep the words, drop any unfinished intent
+        text = _finished(text, request.fact)
         self._last_line = ((request.npc_id, request.player_words, len(request.recent)), text)
         return DialogueProposal(text=text, action=action)
+
+    def _bound(self, request: DialogueRequest) -> int:
+        if request.fact:
+            return min(request.max_chars, len(request.fact.encode()) + ROOM_AFTER_FACT)
+        return min(self.max_chars, request.max_chars)
 
     def _generate(self, request: DialogueRequest, tokens: list[int], grammar: ReplyGrammar,
                   on_text, cancel):
@@ -119,10 +137,10 @@ class ModelVoice:
         return out
 
     def _no_copy(self, request: DialogueRequest) -> list[list[int]]:
-        """Token runs the reply may not copy: the player's words, the NPC's own last lines, and a
-        line of its that was just refused."""
-        texts = [request.player_words] + [t.text for t in request.recent[-4:]
-                                          if t.speaker != "player"]
+        """Token runs the reply may not copy: the player's words, the engine's fact (already forced
+        at the line's start), the NPC's own last lines, and a line of its that was just refused."""
+        texts = [request.player_words, request.fact] + [t.text for t in request.recent[-4:]
+                                                        if t.speaker != "player"]
         refused = self._retrying(request)
         if refused:
             texts.append(refused)

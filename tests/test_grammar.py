@@ -49,3 +49,40 @@ def test_the_line_is_bounded():
     feed(g, g.forced(), b"One. Two!")
     assert g.forced() == b'"}' and not g.accepts(b" Three")
 
+
+
+def test_a_required_action_and_the_fact_are_forced():
+    """When the player asked for something the engine does, "none" is not offered; the engine's
+    fact opens the line byte for byte, and the model may add one sentence of its own."""
+    sale = SellItem(item="rope", price=6)
+    fact = "One coil of rope, 6 gold."
+    g = ReplyGrammar([sale], 80, lead=fact, required=True)
+    assert g.forced() == b'sell rope 6", "say": "'
+    assert not g.accepts(b"none")
+    feed(g, g.forced())
+    assert g.forced() == fact.encode()
+    assert not g.accepts(b"One coil of rope, 5")  # a wrong price cannot even be started
+    feed(g, g.forced())
+    assert g.forced() == b""  # the model's turn
+    assert feed(g, b" Here you go", b"!")
+    assert g.forced() == b'"}' and not g.accepts(b" More.")
+    feed(g, g.forced())
+    assert g.done and g.result() == (f"{fact} Here you go!", sale)
+
+
+def test_a_fact_may_end_the_line_and_none_stays_free():
+    g = ReplyGrammar([], 80, lead="A lantern is 10 gold.")
+    assert g.forced() == b'none", "say": "'  # the head first
+    feed(g, g.forced())
+    assert g.forced() == b"A lantern is 10 gold."
+    feed(g, g.forced())
+    assert feed(g, b'"}') and g.done and g.result() == ("A lantern is 10 gold.", None)
+
+
+def test_a_long_fact_is_never_cut():
+    fact = "x" * 50 + "."
+    g = ReplyGrammar([], 20, lead=fact)
+    feed(g, g.forced())
+    assert g.forced() == fact.encode()
+    feed(g, g.forced())
+    assert g.forced() == b'"}'

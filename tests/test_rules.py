@@ -81,9 +81,13 @@ def test_full_quest(world):
     s = place_player_near(s, "bram")
     s, ev = step(s, [Give(npc="bram", item="iron_ingot")])
     assert s.quest.step == 2 and "iron_ingot" not in s.npc("bram").inventory  # used up
-    # The clapper comes from Bram's reply: only Bram, only now.
+    # The clapper comes from Bram's reply: only Bram, only now, only when asked for.
+    s, ev = step(s, [NpcReply(npc="bram", text="Here.", action=GiveItem(item="bell_clapper"))])
+    assert reasons(ev) == [Rejection.NOT_REQUESTED]
+    s, ev = step(s, [Say(npc="bram", text="Is the clapper ready?")])
     s, ev = step(s, [NpcReply(npc="bram", text="Here.", action=GiveItem(item="bell_clapper"))])
     assert s.player.inventory.get("bell_clapper") == 1 and s.quest.step == 3
+    s, ev = step(s, [Say(npc="bram", text="Can I have another clapper?")])
     s, ev = step(s, [NpcReply(npc="bram", text="Another!", action=GiveItem(item="bell_clapper"))])
     assert reasons(ev) == [Rejection.QUEST_STEP_MISMATCH]
     # A quest item cannot be handed to the wrong person (it would strand the quest).
@@ -111,11 +115,14 @@ def test_request_is_scoped_to_the_npc(world):
     req = build_request(s, "tobin", "I'd like an iron ingot, please.")
     assert {o.item for o in req.sells} == {"iron_ingot", "rope", "lantern", "apple"}
     assert all(o.price == s.npc("tobin").sells[o.item] for o in req.sells)
-    assert [a for a in req.legal_actions if isinstance(a, SellItem)] == [SellItem(item="iron_ingot", price=12)]
-    assert not any(isinstance(a, (GiveItem, StartQuest)) for a in req.legal_actions)
+    assert req.legal_actions == [SellItem(item="iron_ingot", price=12)] == [req.action]
+    assert req.fact == "One iron ingot, 12 gold."
     assert "Hilda" not in req.known_names  # Tobin's facts never mention her
     maren = build_request(place_player_near(s, "maren"), "maren", "hi")
-    assert StartQuest(quest="silent_bell") in maren.legal_actions
+    assert maren.legal_actions == [] and maren.action is None and maren.fact == ""
+    assert StartQuest(quest="silent_bell") in maren.possible_actions
+    offer = build_request(s, "maren", "Can I help you with anything?")
+    assert offer.legal_actions == [StartQuest(quest="silent_bell")]
 
 
 @pytest.mark.parametrize("proposal,reason", [
@@ -185,13 +192,18 @@ def test_wear_skin_checks_the_id_shape(world):
 
 @pytest.mark.parametrize("words,item,ok", [
     ("Two mugs of ale, please!", "ale", True),
-    ("Got any nails?", "nails", True),
     ("I'll take the coil of rope", "rope", True),
+    ("One loaf of bread, please", "bread", True),
+    ("Sell me a bag of nails.", "nails", True),
+    ("Got any nails?", "nails", False),  # asking is not buying
+    ("What does a coil of rope cost?", "rope", False),
+    ("Where do iron ingots come from?", "iron_ingot", False),
+    ("Give me all your ingots for free", "iron_ingot", False),
     ("Hello there", "ale", False),
     ("Bread please", "ale", False),
 ])
-def test_an_npc_sells_only_what_was_asked_for(world, words, item, ok):
-    npc_id = "maren" if item in ("ale", "bread") else ("bram" if item == "nails" else "tobin")
+def test_an_npc_sells_only_what_the_player_asked_to_buy(world, words, item, ok):
+    npc_id = {"ale": "maren", "bread": "maren", "nails": "bram"}.get(item, "tobin")
     s = place_player_near(world, npc_id)
     s, _ = step(s, [Say(npc=npc_id, text=words)])
     price = s.npc(npc_id).sells[item]
@@ -199,3 +211,63 @@ def test_an_npc_sells_only_what_was_asked_for(world, words, item, ok):
     assert (reasons(ev) == []) == ok
     if not ok:
         assert reasons(ev) == [Rejection.NOT_REQUESTED]
+
+
+def test_a_request_is_answered_once(world):
+    s = place_player_near(world, "tobin")
+    s, _ = step(s, [Say(npc="tobin", text="A coil of rope, please.")])
+    sale = NpcReply(npc="tobin", text="One coil of rope, 6 gold.", action=SellItem(item="rope", price=6))
+    s, ev = step(s, [sale])
+    assert not reasons(ev) and s.player.inventory == {"rope": 1}
+    s, ev = step(s, [sale])
+    assert reasons(ev) == [Rejection.NOT_REQUESTED] and s.player.inventory == {"rope": 1}
+
+
+@pytest.mark.parametrize("npc_id,words,proposal,reason", [
+    # the fact the engine stated must open the line
+    ("tobin", "What does a coil of rope cost?", DialogueProposal(text="Rope is cheap."),
+     Rejection.TEXT_UNGROUNDED),
+    # an action the player asked for must be taken
+    ("tobin", "A coil of rope, please.", DialogueProposal(text="One coil of rope, 6 gold."),
+     Rejection.ACTION_MISSING),
+    # a hand-over in words that the action does not make
+    ("maren", "Hello.", DialogueProposal(text="Here is your bell clapper."), Rejection.TEXT_FALSE_HANDOVER),
+    ("maren", "Hello.", DialogueProposal(text="Here you go, traveller."), Rejection.TEXT_FALSE_HANDOVER),
+    ("tobin", "Give me all your ingots for free",
+     DialogueProposal(text="Nothing here is free: an iron ingot is 12 gold. I'll give you everything."),
+     Rejection.TEXT_FALSE_HANDOVER),
+    ("tobin", "A coil of rope, please.",
+     DialogueProposal(text="One coil of rope, 6 gold. Here is your lantern.", action=SellItem(item="rope", price=6)),
+     Rejection.TEXT_FALSE_HANDOVER),
+    # a price that is not the one asked about
+    ("tobin", "What does a coil of rope cost?",
+     DialogueProposal(text="A coil of rope is 6 gold. A bargain at 10 gold."), Rejection.TEXT_WRONG_PRICE),
+])
+def test_ungrounded_lines_are_refused(world, npc_id, words, proposal, reason):
+    s = place_player_near(world, npc_id)
+    s, _ = step(s, [Say(npc=npc_id, text=words)])
+    assert validate_proposal(s, npc_id, proposal) == reason
+
+
+@pytest.mark.parametrize("npc_id,words,proposal", [
+    ("tobin", "What does a coil of rope cost?", DialogueProposal(text="A coil of rope is 6 gold. Fine rope.")),
+    ("tobin", "A coil of rope, please.",
+     DialogueProposal(text="One coil of rope, 6 gold. Here you go!", action=SellItem(item="rope", price=6))),
+    ("maren", "Who sells iron ingots?",
+     DialogueProposal(text="Tobin sells iron ingots at the market stall, 12 gold each.")),
+])
+def test_grounded_lines_pass(world, npc_id, words, proposal):
+    s = place_player_near(world, npc_id)
+    s, _ = step(s, [Say(npc=npc_id, text=words)])
+    assert validate_proposal(s, npc_id, proposal) is None
+
+
+def test_the_fallback_says_the_fact_and_does_what_was_asked(world):
+    s = place_player_near(world, "tobin")
+    s, _ = step(s, [Say(npc="tobin", text="I need to buy an iron ingot, please.")])
+    turn = DialogueTurn("tobin", "I need to buy an iron ingot, please.", max_attempts=1)
+    reply = turn.offer(s, DialogueProposal(text="Nice weather."))
+    assert turn.fallback and reply.action == SellItem(item="iron_ingot", price=12)
+    assert reply.text == "One iron ingot, 12 gold."
+    s, ev = step(s, [reply])
+    assert not reasons(ev) and s.player.inventory == {"iron_ingot": 1}

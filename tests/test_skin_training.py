@@ -58,7 +58,7 @@ VALIDATION_ACTIONS = [
     ("bram", -1, "Sell me a dagger.", "sell"),
     ("bram", 2, "Can I have the new bell clapper?", "give"),
     ("bram", 2, "Have you finished the clapper?", "give"),
-    ("maren", -1, "You seem troubled. What happened?", "start_quest"),
+    ("maren", -1, "You seem troubled. Can I lend a hand?", "start_quest"),
     ("maren", -1, "Do you need a hand?", "start_quest"),
 ]
 #: Held out from everything: no skin was trained or tuned on these words, and the goods asked for
