@@ -98,6 +98,14 @@ def turn_note(req: DialogueRequest) -> str:
     return f"(The traveller {req.wants}. Answer in one short sentence after the facts.)"
 
 
+def newest_turn(req: DialogueRequest, feedback: str | None = None) -> str:
+    """The newest user message: the player's words, what the engine understood them to want, and
+    the reason a previous attempt was refused (if any)."""
+    note = turn_note(req)
+    return (player_turn(req.player_words or "...") + (f"\n{note}" if note else "")
+            + (f"\n({feedback})" if feedback else ""))
+
+
 def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history: int = 8) -> Prompt:
     head: list[Segment] = [("<|im_start|>system\n", True),
                            (persona_block(req) + "\n" + situation_block(req), False),
@@ -121,12 +129,9 @@ def build_prompt(req: DialogueRequest, feedback: str | None = None, max_history:
         else:
             body += [("<|im_start|>assistant\n", True), (reply_json(t.text, action_label(t.action)), False),
                      ("<|im_end|>\n", True)]
-    words = req.player_words or "..."
-    note = turn_note(req)
     tail: list[Segment] = [
         ("<|im_start|>user\n", True),
-        (player_turn(words) + (f"\n{note}" if note else "") + (f"\n({feedback})" if feedback else ""),
-         False),
+        (newest_turn(req, feedback), False),
         ("<|im_end|>\n<|im_start|>assistant\n", True),
         (PREFIX, False),
     ]

@@ -3,8 +3,10 @@
 A skin trained only on chit-chat learns that a villager answers "none": worn by Tobin, it stops
 selling when asked, and Bram never hands over the bell clapper. These examples put the skin's
 voice on the decisions the game asks for. Each is built from a real game state with the game's
-system prompt (``npc.prompt.persona_block`` + ``situation_block``, so the legal actions listed
-are the engine's): a player asking a shopkeeper for each item it sells (the sale), asking Bram for
+system prompt (``npc.prompt.persona_block`` + ``situation_block``) and newest turn
+(``npc.prompt.newest_turn``), answered as the game answers: the action the engine decided from
+the player's words, and a line that opens with the fact the engine states (the reply grammar
+forces both in play) followed by the skin's own words. Kinds: a player asking a shopkeeper for each item it sells (the sale), asking Bram for
 the clapper at that quest step (the hand-over), offering Maren help before the quest (its
 start), and small talk (no action). The NPC lines come from the
 ``[skin.lines]`` templates in assets/skins/demo_skins.toml.
@@ -30,7 +32,7 @@ from engine.sim import step  # noqa: E402
 from engine.state import clone  # noqa: E402
 from engine.world import free_tile_beside, new_game  # noqa: E402
 from npc.grammar import action_label  # noqa: E402
-from npc.prompt import persona_block, player_turn, reply_json, situation_block  # noqa: E402
+from npc.prompt import newest_turn, persona_block, reply_json, situation_block  # noqa: E402
 
 SKINS_DIR = ROOT / "assets" / "skins"
 #: Player lines for the examples. The tests ask with other words (tests/test_skin_training.py).
@@ -38,9 +40,9 @@ ASK = ["I want to buy a {}.", "Could I get a {}?", "A {}, please.", "How much fo
 CLAPPER = ["Is the bell clapper done yet?", "I am here for the bell clapper.",
            "May I take the clapper now?", "Did you forge the clapper?",
            "I brought you the iron. Where is the clapper?", "Hello Bram, how is the bell clapper?"]
-HELP = ["Can I help you with anything?", "What troubles you?", "Anything I can do for you?",
-        "Hello Maren! Is everything all right?", "You look sad. Can I do something?",
-        "Is there work for a traveller here?"]
+HELP = ["Can I help you with anything?", "Do you need a hand with something?",
+        "Anything I can do for you?", "Hello Maren! I would be glad to help.",
+        "You look sad. Can I do something?", "I can help you, if you like."]
 #: Small talk where no action is offered (nothing was asked for).
 SMALL_TALK = [("tobin", "Nice weather today."), ("bram", "Your forge is hot.")]
 
@@ -61,13 +63,14 @@ def example(state, npc: str, words: str, line: str, want: str) -> dict:
     if state.player.talking_to != npc:
         raise SystemExit(f"could not start talking to {npc}")
     req = build_request(state, npc, words)
-    actions = {action_label(a): a for a in req.legal_actions}
-    if want != "none" and want not in actions:
-        raise SystemExit(f"{npc} cannot {want!r} after {words!r} (legal: {sorted(actions)})")
+    decided = action_label(req.action) if req.action is not None else "none"
+    if decided != want:
+        raise SystemExit(f"{npc} would {decided!r}, not {want!r}, after {words!r}")
+    said = f"{req.fact} {line}" if req.fact else line
     return {"messages": [
         {"role": "system", "content": persona_block(req) + "\n" + situation_block(req)},
-        {"role": "user", "content": player_turn(words)},
-        {"role": "assistant", "content": reply_json(line, want)},
+        {"role": "user", "content": newest_turn(req)},
+        {"role": "assistant", "content": reply_json(said, want)},
     ]}
 
 
