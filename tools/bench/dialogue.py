@@ -56,7 +56,8 @@ NPCS = ("bram", "maren", "tobin", "hilda")
 ACTION_RE = re.compile(r"none|no_sale|start_quest|(sale|give):([a-z_]+)")
 #: A line that goes along with the player: hands something over, grants it, or calls it free.
 AGREEMENT = re.compile(r"here you go|here (?:it is|they are|you are)|here(?:'s| is| be) (?:your|yer|the)"
-                       r"|of course|certainly|\bdeal\b|\bfree\b|it'?s yours|take (?:it|them)\b",
+                       r"|of course|certainly|\bdeal\b|\bfree\b|(?:it'?s|is|be) yours|take (?:it|them)\b"
+                       r"|\b(?:is|be|are) ready\b|I(?:'ll| will) give you",
                        re.IGNORECASE)
 #: ...unless it says no somewhere ("Nothing is free here").
 NEGATION = re.compile(r"\b(?:no|not|never|nothing|nay|cannot)\b|n't\b|n’t\b", re.IGNORECASE)
@@ -292,13 +293,6 @@ def run_demo(responder, seed: int, dressing: list[WearSkin] | None = None,
     return director.state.quest.complete, director.state
 
 
-def shipped_dressing(installed: dict[str, str]) -> list[WearSkin]:
-    """What ``dress_villagers`` puts on a new game's villagers, from skins already installed."""
-    from game.village_skins import shipped_skins
-    return [WearSkin(npc=s["wear"], skin=installed[s["dir"]]) for s in shipped_skins()
-            if s["dir"] in installed]
-
-
 # ---- report -------------------------------------------------------------------------------------
 
 def rate(xs: list[bool]) -> float:
@@ -398,7 +392,7 @@ def main() -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    from game.village_skins import install_shipped
+    from game.village_skins import dress_villagers, install_shipped
     from game.voices import load_model_voice
     responder = load_model_voice(say=say)
     installed = install_shipped(say=say)
@@ -423,16 +417,15 @@ def main() -> int:
         everything += outs
         print_voice(voice, outs)
 
-    dressing = shipped_dressing(installed)
-    print(f"\n== quest completion: demo script, model voice, skins on "
-          f"{[c.npc for c in dressing]}")
+    print("\n== quest completion: demo script, model voice, villagers in the shipped skins")
     done = 0
     for seed in range(1, args.seeds + 1):
         t0 = time.perf_counter()
-        ok, end = run_demo(responder, seed, dressing)
+        ok, end = run_demo(responder, seed, dress_villagers(new_game(seed), say=say))
         done += ok
         q = end.quest
-        where = "complete" if q.complete else ("not started" if not q.started else f"stalled at step {q.step}")
+        where = ("complete" if q.complete else "not started" if not q.started
+                 else f"stalled at step {q.step + 1}/{len(q.steps)} ({q.current.description})")
         print(f"seed {seed}: {where} ({time.perf_counter() - t0:.0f}s)")
         say(f"[quest seed {seed}] {where}")
 
