@@ -9,8 +9,9 @@ and each demo skin (assets/skins/demo_skins.toml) worn by the asked villager. Sc
 - action_ok: the committed events match the ``action`` rule (sale:X: a Traded of X to the player
   and nothing else; give:X: a Gave of X to the player; start_quest: a QuestStarted; none and
   no_sale: no Traded, Gave or QuestStarted).
-- premise_refused: on a false premise nothing is committed and the line does not agree: it
-  matches ``AGREEMENT`` and none of ``NEGATION``'s words.
+- premise_refused: on a false premise nothing is committed and the line does not agree (a line
+  agrees when it matches ``AGREEMENT``, "here you go", "of course", "free"..., and has none of
+  ``NEGATION``'s words, "no", "not", "nothing", "-n't"...).
 - turn p95: wall time of one turn, retries included.
 
 Then quest completion: the demo script run headless as ``hearth play --headless --voice model
