@@ -113,4 +113,5 @@ def test_the_demo_script_completes_the_quest_with_the_model_voice(model_voice, s
     assert dressing, "the shipped skins could not be set up"
     lines = []
     done, state = bench.run_demo(model_voice, seed, dressing, out=lines.append)
-    assert done, f"quest at step {state.quest.step}:\n" + "\n".join(lines[-30:])
+    q = state.quest
+    assert done, f"stalled at step {q.step + 1}/{len(q.steps)}:\n" + "\n".join(lines[-30:])
