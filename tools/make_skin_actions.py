@@ -19,6 +19,7 @@ The output is committed; tools/make_demo_skins.py trains on it together with ``<
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -31,7 +32,7 @@ from engine.dialogue import build_request  # noqa: E402
 from engine.sim import step  # noqa: E402
 from engine.state import clone  # noqa: E402
 from engine.world import free_tile_beside, new_game  # noqa: E402
-from npc.grammar import action_label  # noqa: E402
+from npc.grammar import PREFIX, ReplyGrammar, action_label  # noqa: E402
 from npc.prompt import newest_turn, persona_block, reply_json, situation_block  # noqa: E402
 
 SKINS_DIR = ROOT / "assets" / "skins"
@@ -45,6 +46,21 @@ HELP = ["Can I help you with anything?", "Do you need a hand with something?",
         "You look sad. Can I do something?", "I can help you, if you like."]
 #: Small talk where no action is offered (nothing was asked for).
 SMALL_TALK = [("tobin", "Nice weather today."), ("bram", "Your forge is hot.")]
+
+
+_NAMES = ("I", "Bram", "Maren", "Tobin", "Hilda", "Emberbrook", "Traveller")
+
+
+def one_sentence(line: str) -> str:
+    """The skin's line as one sentence: in play the line after the engine's fact is one sentence
+    (the reply grammar's bound), so "Hmph. Take it." becomes "Hmph, take it."."""
+    parts = re.split(r"(?<=[.!?])\s+", line.strip())
+    out = parts[0]
+    for nxt in parts[1:]:
+        head = nxt.split(" ", 1)[0].strip(",.!?")
+        nxt = nxt if head in _NAMES else nxt[:1].lower() + nxt[1:]
+        out = out[:-1] + ", " + nxt
+    return out
 
 
 def _state(quest_step: int):
@@ -66,11 +82,17 @@ def example(state, npc: str, words: str, line: str, want: str) -> dict:
     decided = action_label(req.action) if req.action is not None else "none"
     if decided != want:
         raise SystemExit(f"{npc} would {decided!r}, not {want!r}, after {words!r}")
-    said = f"{req.fact} {line}" if req.fact else line
+    said = f"{req.fact} {one_sentence(line)}" if req.fact else line
+    reply = reply_json(said, want)
+    grammar = ReplyGrammar(req.legal_actions, req.max_chars, lead=req.fact,
+                           required=req.action is not None)
+    grammar.push(reply[len(PREFIX):].encode())
+    if not grammar.done:
+        raise SystemExit(f"the game's reply grammar refuses {reply!r}")
     return {"messages": [
         {"role": "system", "content": persona_block(req) + "\n" + situation_block(req)},
         {"role": "user", "content": newest_turn(req)},
-        {"role": "assistant", "content": reply_json(said, want)},
+        {"role": "assistant", "content": reply},
     ]}
 
 

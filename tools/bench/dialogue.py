@@ -45,7 +45,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 from engine.commands import (  # noqa: E402
     AcceptQuest, Buy, EndTalk, Give, GiveItem, Gave, Interact, NpcReply, NpcSaid, QuestStarted, Rejected,
-    Traded, WearSkin,
+    Say, Traded, WearSkin,
 )
 from engine.sim import step  # noqa: E402
 from engine.state import WorldState  # noqa: E402
@@ -166,7 +166,7 @@ def _do(state: WorldState, npc_id: str, cmd, want_step: int) -> WorldState:
     if state.player.talking_to != npc_id:
         state = _beside(state, npc_id)
     if cmd is not None:
-        state, events = step(state, [cmd])
+        state, events = step(state, cmd if isinstance(cmd, list) else [cmd])
         bad = [e for e in events if isinstance(e, Rejected)]
         if bad:
             raise SetupError(f"{cmd} refused: {bad}")
@@ -182,8 +182,9 @@ def advance_quest(state: WorldState, to_step: int) -> WorldState:
         ("maren", AcceptQuest(quest=state.quest.id)),                      # -> 0 buy an ingot
         ("tobin", Buy(npc="tobin", item="iron_ingot")),                    # -> 1 give it to Bram
         ("bram", Give(npc="bram", item="iron_ingot")),                     # -> 2 ask for the clapper
-        ("bram", NpcReply(npc="bram", text="The clapper is ready.",
-                          action=GiveItem(item="bell_clapper"))),          # -> 3 bring it to Maren
+        ("bram", [Say(npc="bram", text="May I have the bell clapper?"),
+                  NpcReply(npc="bram", text="The clapper is ready.",
+                           action=GiveItem(item="bell_clapper"))]),       # -> 3 bring it to Maren
         ("maren", Give(npc="maren", item="bell_clapper")),                 # -> 4 tell Hilda
         ("hilda", None),                                                   # -> 5 complete
     ]
