@@ -102,8 +102,6 @@ def test_scoring_rules():
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="with the model voice The Silent Bell stalls at step 3: "
-                                        "Bram never hands over the clapper")
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_demo_script_completes_the_quest_with_the_model_voice(model_voice, seed):
     from game.village_skins import dress_villagers
