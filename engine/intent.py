@@ -182,7 +182,8 @@ _OFFER = ("can i help", "could i help", "may i help", "how can i help", "i can h
           "need some help", "need a hand", "lend a hand", "give you a hand", "anything i can do",
           "what can i do", "can i do", "do for you", "i'll do it", "i will do it", "count me in",
           "leave it to me", "i accept", "happy to help", "glad to help", "work for", "any work",
-          "job for", "task for", "i'll fix", "i will fix", "i'll get", "i'll find")
+          "job for", "task for", "i'll fix", "i will fix", "i'll get", "i'll find", "gladly help",
+          "i'd help", "i would help", "be glad to help", "be happy to help", "i'd be glad")
 #: Answers to an offer, recognised at the start of a short line ("Yes, gladly.", "Not now.").
 _YES = ("yes", "sure", "of course", "gladly", "ok", "okay", "aye", "certainly", "i will", "yeah",
         "alright", "all right", "deal", "fine")
@@ -191,7 +192,8 @@ _NO = ("no", "not now", "maybe later", "later", "i can't", "i cannot", "i won't"
 _SELL = ("want to sell", "like to sell", "to sell you", "sell you", "will you buy", "would you buy",
          "do you buy", "buy my", "buy this", "buy these", "buy from me", "pay for my", "pay me for")
 _BUY_STRONG = ("buy", "purchase", "sell me", "i'll take", "i will take", "i'll have", "i will have",
-               "give me", "hand me", "get me")
+               "give me", "hand me", "get me", "pour me", "let me have", "i'm after", "i am after",
+               "i'm looking to buy", "i'd take", "i would take")
 _BUY_SOFT = ("i'd like", "i would like", "i want", "i need", "can i get", "could i get",
              "can i have", "could i have", "may i have", "please", "i'll buy", "take one", "want one")
 _PRICE = ("how much", "price", "cost", "costs", "charge", "what's a", "worth", "how many gold")
@@ -257,6 +259,8 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
 
     # A quest item is never goods: asking for it or about it is about the quest.
     if quest_item:
+        if npc.id == q.giver and not q.started and line.has(*_OFFER):
+            return Intent(ACCEPT)  # "Why is the bell so quiet? I'd gladly help."
         if line.has(*_GIVE_ASK, *_BUY_STRONG):
             return Intent(GIVE, item=item)
         return Intent(ASK_QUEST)

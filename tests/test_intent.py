@@ -65,6 +65,9 @@ CASES = [
     ("tobin", -1, "How much for a coil of rope? I will take one.", "buy", "rope", SELL, "6 gold"),
     ("bram", -1, "I'd like to buy a horseshoe.", "buy", "horseshoe", SELL, "5 gold"),
     ("bram", -1, "Can I get a bag of nails?", "buy", "nails", SELL, "2 gold"),
+    ("bram", -1, "I'm after a dagger, if you can spare one.", "buy", "dagger", SELL, "25 gold"),
+    ("maren", -1, "Pour me some ale.", "buy", "ale", SELL, "4 gold"),
+    ("tobin", -1, "Let me have an apple.", "buy", "apple", SELL, "1 gold"),
     # buying what is not sold here, or cannot be paid for
     ("tobin", -1, "Sell me a dagger.", "buy", "dagger", None, "Bram sells daggers at the smithy"),
     ("maren", -1, "Can I have an apple?", "buy", "apple", None, "Tobin"),
@@ -96,6 +99,7 @@ CASES = [
     ("maren", -1, "Is there work for a traveller here?", "accept", None, START, "Tobin"),
     ("maren", -1, "Yes, I'll do it.", "accept", None, START, "First"),
     ("maren", -1, "No, not now.", "decline", None, None, ""),
+    ("maren", -1, "What happened to the bell? I'd be glad to help.", "accept", None, START, "First"),
     ("maren", -1, "You seem troubled. What happened?", "ask_quest", None, None, "Bram"),
     ("maren", -1, "What's wrong with the bell?", "ask_quest", None, None, "clapper"),
     ("tobin", -1, "Can I help you?", "ask_quest", None, None, "Maren"),
