@@ -40,8 +40,6 @@ class DialogueRequest(Struct, frozen=True):
     inventory: dict[str, int]
     gold: int
     quest: list[str]
-    #: Actions the engine would accept right now: the one the player's words ask for, or none.
-    legal_actions: list[NpcAction]
     recent: list[Turn]
     player_words: str
     player_gold: int
@@ -57,6 +55,11 @@ class DialogueRequest(Struct, frozen=True):
     fact: str = ""
     #: Every action this NPC could take for some request now (for the prompt's examples).
     possible_actions: list[NpcAction] = []
+
+    @property
+    def legal_actions(self) -> list[NpcAction]:
+        """Actions the engine would accept right now: the one the player's words ask for, or none."""
+        return [self.action] if self.action is not None else []
 
 
 class DialogueProposal(Struct, frozen=True):
@@ -128,7 +131,7 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
         npc_id=npc.id, npc_name=npc.name, role=npc.role, persona=npc.persona, skin=npc.skin,
         activity=npc.activity, facts=list(npc.facts), sells=sells, buys=buys,
         inventory=dict(npc.inventory), gold=npc.gold, quest=quest,
-        legal_actions=[action] if action is not None else [], recent=list(npc.memory),
+        recent=list(npc.memory),
         player_words=words, player_gold=state.player.gold, known_names=sorted(names),
         intent=intent, wants=describe(state, intent), action=action, fact=fact,
         possible_actions=rules.possible_npc_actions(state, npc),
