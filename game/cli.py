@@ -20,6 +20,7 @@ from game.play_cli import load_or_new
 from game.skin_cli import add_commands as add_skin_commands
 from game.swarm_cli import add_commands as add_swarm_commands
 from game.voices import VoiceError, load_voice
+from common.identity import IdentityError
 from npc.gguf_info import GGUFError
 from npc.skins.manifest import SkinError
 from npc.skins.train import TrainingDataError
@@ -30,7 +31,7 @@ from swarm.settings import SettingsError
 #: What the layers below the command line raise when what was asked cannot be done (a bad file,
 #: an unknown id, a failed download...): the message is the whole story, so no traceback is shown.
 LIBRARY_ERRORS = (SaveError, LogError, WorldDataError, ScriptError, VoiceError, SkinError,
-                  TrainingDataError, StoreError, GGUFError, ContentError, SettingsError)
+                  IdentityError, TrainingDataError, StoreError, GGUFError, ContentError, SettingsError)
 
 
 # ---- replay ------------------------------------------------------------------------------------

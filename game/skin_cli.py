@@ -34,7 +34,7 @@ def _default_base():
 # ---- hearth id ---------------------------------------------------------------------------------
 
 def cmd_id(args: argparse.Namespace) -> int:
-    from npc.skins.identity import identity_path, load_or_create_identity
+    from common.identity import identity_path, load_or_create_identity
     existed = identity_path().exists()
     ident = load_or_create_identity()
     if args.json:
@@ -202,7 +202,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from npc.skins.bundle import check_new_bundle, create_bundle
-    from npc.skins.identity import load_or_create_identity
+    from common.identity import load_or_create_identity
     from npc.skins.store import SkinStore
     from npc.store import ModelStore
 

@@ -203,7 +203,7 @@ def republish_own_skins(node: SwarmNode) -> float:
     """Put the index of the skins this machine's creator made, if there are any; returns the
     seconds until it should be put again (sooner when there was no DHT node yet, or the put
     failed)."""
-    from npc.skins.identity import identity_path, load_or_create_identity
+    from common.identity import identity_path, load_or_create_identity
     if not identity_path().exists():
         return REPUBLISH_SECONDS
     ident = load_or_create_identity()

@@ -195,7 +195,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
 # ---- the skin index ----------------------------------------------------------------------------
 
 def cmd_skin_publish(args: argparse.Namespace) -> int:
-    from npc.skins.identity import load_or_create_identity
+    from common.identity import load_or_create_identity
     from npc.skins.store import SkinStore
     ident = load_or_create_identity()
     skin = SkinStore().get(args.skin)

@@ -20,7 +20,7 @@ import pytest
 from npc.skins.bundle import (
     MAX_BUNDLE_BYTES, _GGML_SIZES, create_bundle, inspect_adapter, verify_bundle,
 )
-from npc.skins.identity import load_or_create_identity
+from common.identity import IdentityError, curve_public_from_ed25519, load_or_create_identity, verify_signature
 from npc.skins.manifest import SkinError, TrainingSummary, canonical_bytes, decode_manifest
 from npc.skins.store import SkinStore
 from tests.conftest import hearth
@@ -145,8 +145,19 @@ def test_identity_is_made_once_private_and_stable(tmp_path):
     assert a.path.stat().st_mode & 0o777 == 0o600 and a.path.stat().st_size == 32
     assert [p.name for p in a.path.parent.iterdir()] == ["creator.ed25519"]  # no temp left
     a.path.write_bytes(b"short")
-    with pytest.raises(SkinError, match="not a creator key"):
+    with pytest.raises(IdentityError, match="not a creator key"):
         load_or_create_identity(tmp_path)
+
+
+def test_identity_signs_and_derives_its_transport_key(tmp_path):
+    me = load_or_create_identity(tmp_path)
+    sig = me.sign(b"offer")
+    assert verify_signature(me.public_bytes, b"offer", sig)
+    assert not verify_signature(me.public_bytes, b"offer!", sig)
+    assert not verify_signature(me.public_bytes, b"offer", b"\0" * 64)
+    public, secret = me.curve_keypair()
+    assert len(public) == len(secret) == 32
+    assert curve_public_from_ed25519(me.public_bytes) == public
 
 
 def test_manifest_is_canonical_and_versioned(good):

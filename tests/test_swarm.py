@@ -352,7 +352,7 @@ def _start_seeder(args, home):
 
 @pytest.mark.slow
 def test_cli_seed_fetch_install_publish_browse(tmp_path, base, ident, hearth_home):
-    from npc.skins.identity import identity_path
+    from common.identity import identity_path
     from npc.store import ModelStore
 
     rec, base_path, _ = base

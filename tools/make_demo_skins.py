@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from nacl.signing import SigningKey  # noqa: E402
 
 from npc.skins.bundle import create_bundle, verify_bundle  # noqa: E402
-from npc.skins.identity import Identity  # noqa: E402
+from common.identity import Identity  # noqa: E402
 from npc.skins.train import DEFAULT_RANK, train_lora  # noqa: E402
 from npc.store import ModelStore  # noqa: E402
 

@@ -26,7 +26,7 @@ from nacl.signing import VerifyKey
 
 from common.files import atomic_copy, atomic_write, blake3_file, fsync_dir
 from npc.gguf_info import GGUFError, GGUFInfo, TensorInfo, read_gguf
-from npc.skins.identity import Identity
+from common.identity import Identity
 from npc.skins.manifest import (
     ADAPTER_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES, PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE,
     SIGNATURE_BYTES, SIGNATURE_FILE, FileEntry, SkinError, SkinManifest, TrainingSummary,

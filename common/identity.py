@@ -1,4 +1,5 @@
-"""A creator's identity: one ed25519 key pair that signs every skin the creator publishes.
+"""A user's identity: one ed25519 key pair that signs the skins they publish, the offers and
+receipts of the jobs they serve or submit, and their credit transfers.
 
 The 32-byte private seed lives at ``<hearth home>/identity/creator.ed25519`` (mode 0600). It is
 made on first use and never overwritten: it is written to a temp file and hard-linked into place,
@@ -17,7 +18,10 @@ from nacl.signing import SigningKey
 
 from common.files import fsync_dir
 from common.paths import data_dir
-from npc.skins.manifest import SkinError
+
+
+class IdentityError(ValueError):
+    """The identity key cannot be read or is not a key."""
 
 KEY_FILE = "creator.ed25519"
 SEED_BYTES = 32
@@ -33,6 +37,36 @@ class Identity:
         """The raw 64-byte signature over ``data``."""
         return self.signing_key.sign(data).signature
 
+    @property
+    def public_bytes(self) -> bytes:
+        return bytes(self.signing_key.verify_key)
+
+    def curve_keypair(self) -> tuple[bytes, bytes]:
+        """(public, secret) raw 32-byte Curve25519 keys derived from the ed25519 key, for
+        encrypted transport (ZeroMQ CURVE): a peer that knows our ed25519 public key knows
+        our transport key too, so a signed offer names both at once."""
+        secret = self.signing_key.to_curve25519_private_key()
+        return bytes(secret.public_key), bytes(secret)
+
+
+def curve_public_from_ed25519(public: bytes) -> bytes:
+    """The raw Curve25519 public key that belongs to an ed25519 public key."""
+    from nacl.signing import VerifyKey
+
+    return bytes(VerifyKey(public).to_curve25519_public_key())
+
+
+def verify_signature(public: bytes, data: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is ``public``'s ed25519 signature over ``data``."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    try:
+        VerifyKey(public).verify(data, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
 
 def identity_path(home: Path | None = None) -> Path:
     return (home or data_dir()) / "identity" / KEY_FILE
@@ -47,9 +81,9 @@ def _read(path: Path) -> Identity:
     try:
         seed = path.read_bytes()
     except OSError as e:
-        raise SkinError(f"{path}: cannot read the creator key ({e.strerror})") from None
+        raise IdentityError(f"{path}: cannot read the creator key ({e.strerror})") from None
     if len(seed) != SEED_BYTES:
-        raise SkinError(f"{path}: not a creator key ({len(seed)} bytes, expected {SEED_BYTES}); "
+        raise IdentityError(f"{path}: not a creator key ({len(seed)} bytes, expected {SEED_BYTES}); "
                         f"move it aside to make a new identity")
     return _from_seed(seed, path)
 
