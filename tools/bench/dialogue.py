@@ -279,6 +279,18 @@ def ask(responder, q: Question, voice: str, seed: int, skin: str | None) -> Outc
     return score(q, voice, said[-1] if said else "", events, dt, turn.fallback)
 
 
+class EngineOnly:
+    """A voice that says exactly the fact the engine decided and proposes exactly its action: what
+    a perfect phrasing would commit. Asking the set with it measures the engine's part alone (its
+    reading of the line and the fact it grounds the reply in), in a second, with no model."""
+
+    name = "engine"
+
+    def respond(self, request, feedback=None, on_text=None, cancel=None):
+        from engine.dialogue import DialogueProposal
+        return DialogueProposal(text=request.fact or "Good day to you.", action=request.action)
+
+
 # ---- quest completion ---------------------------------------------------------------------------
 
 def run_demo(responder, seed: int, dressing: list[WearSkin] | None = None,
@@ -380,11 +392,21 @@ def main() -> int:
     ap.add_argument("--question-seed", type=int, default=1, help="world seed the questions are asked in")
     ap.add_argument("--limit", type=int, default=None, help="ask only this many questions (spread out)")
     ap.add_argument("--overlap", action="store_true", help="only print the overlap with training lines")
+    ap.add_argument("--questions", type=Path, default=QUESTIONS,
+                    help="question file (default: %(default)s; a held-out set: "
+                         "tests/data/dialogue_questions_heldout.toml)")
+    ap.add_argument("--engine", action="store_true",
+                    help="only the engine's part: reply with exactly the decided fact and action "
+                         "(no model, no quest runs)")
     args = ap.parse_args()
 
-    questions = load_questions()
+    questions = load_questions(args.questions)
     if args.overlap:
         return 0 if print_overlap(questions) < OVERLAP_LIMIT else 1
+    if args.engine:
+        outs = [ask(EngineOnly(), q, "engine", args.question_seed, None) for q in questions]
+        print_voice("engine", outs)
+        return 0
     voices = [v.strip() for v in args.voices.split(",") if v.strip()]
     unknown = [v for v in voices if v != "base" and v not in skin_names]
     if unknown:
