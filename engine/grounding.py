@@ -99,7 +99,9 @@ def where_fact(state: WorldState, npc: Npc, intent: Intent) -> str:
             return ""
         entry = schedule_entry(other, state.hour)
         if other.id == npc.id:
-            return f"I'm right here, {entry.activity}."
+            own = workplace(state, npc)
+            x, y = state.map.places[own]
+            return f"My place is {own}, in {direction(state, x, y)} of the village."
         place = nearest_place(state, entry.x, entry.y)
         if place.lower() in entry.activity.lower():
             return f"{other.name} the {other.role} is {entry.activity}."

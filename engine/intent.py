@@ -125,11 +125,26 @@ def _quantity(before: list[str]) -> int:
     return 1
 
 
-def find_npc(state: WorldState, line: Line) -> str | None:
+#: Everyday words for villagers' roles (by the role's own word in the village data).
+_ROLE_WORDS = {"smith": "blacksmith", "barkeep": "innkeeper", "landlady": "innkeeper",
+               "trader": "merchant", "shopkeeper": "merchant", "stallholder": "merchant",
+               "captain": "guard", "watchman": "guard"}
+
+
+def find_npc(state: WorldState, line: Line, addressee: str | None = None) -> str | None:
+    """The villager the line names: by name, else by role ("the guard captain"). A role word for
+    the villager spoken to is a form of address ("..., captain?"), not a reference."""
     for w in line.words:
         for n in state.npcs:
             if w in (n.name.lower(), n.name.lower() + "'s"):
                 return n.id
+    roles = {}
+    for n in state.npcs:
+        roles.setdefault(n.role.lower(), n.id)
+    for w in line.singular:
+        role = _ROLE_WORDS.get(w, w)
+        if role in roles and roles[role] != addressee:
+            return roles[role]
     return None
 
 
@@ -176,7 +191,10 @@ _GIVE_ASK = ("give me", "hand me", "hand over", "may i have", "can i have", "cou
 _WHO_SELLS = ("who sells", "who has", "who's got", "who makes", "where can i buy", "where can i get",
               "where can i find", "where do i buy", "where do i get", "where to buy", "where to get",
               "come from", "comes from", "where would i", "where could i")
-_WHERE = ("where", "find", "how do i get to", "way to", "seen", "who is", "who's", "looking for")
+_WHERE = ("where", "where's", "find", "how do i get to", "way to", "seen", "who is", "who's", "looking for",
+          "which way", "which part", "how far", "directions")
+#: A where-question about the villager's own place ("Where do you keep your anvil?").
+_OWN_PLACE = ("your", "you work", "you keep", "you live", "you stand")
 _OFFER = ("can i help", "could i help", "may i help", "how can i help", "i can help", "i could help",
           "i'll help", "i will help", "let me help", "help you", "need help", "need any help",
           "need some help", "need a hand", "lend a hand", "give you a hand", "anything i can do",
@@ -190,10 +208,17 @@ _YES = ("yes", "sure", "of course", "gladly", "ok", "okay", "aye", "certainly", 
 _NO = ("no", "not now", "maybe later", "later", "i can't", "i cannot", "i won't", "nope",
        "not interested", "sorry", "i'm busy")
 _SELL = ("want to sell", "like to sell", "to sell you", "sell you", "will you buy", "would you buy",
-         "do you buy", "buy my", "buy this", "buy these", "buy from me", "pay for my", "pay me for")
+         "do you buy", "buy my", "buy this", "buy these", "buy from me", "pay for my", "pay me for",
+         "give me for", "take it off my hands", "trade you")
+#: Offers of goods the player carries ("This rope is surplus. Interested?"); read as an offer to
+#: sell only when the player has the item, since "can you spare one" asks to buy.
+_OFFER_GOODS = ("coin for", "gold for", "pay me", "interested", "surplus", "spare", "want it",
+                "want this", "want one", "use a", "use an", "use one", "is yours", "are yours",
+                "yours if", "have one", "got one")
 _BUY_STRONG = ("buy", "purchase", "sell me", "i'll take", "i will take", "i'll have", "i will have",
                "give me", "hand me", "get me", "pour me", "let me have", "i'm after", "i am after",
-               "i'm looking to buy", "i'd take", "i would take")
+               "i'm looking to buy", "i'd take", "i would take", "pass me", "toss me",
+               "throw me", "bring me", "fetch me", "i'll pay", "here's the coin", "here's my coin")
 _BUY_SOFT = ("i'd like", "i would like", "i want", "i need", "can i get", "could i get",
              "can i have", "could i have", "may i have", "please", "i'll buy", "take one", "want one")
 _PRICE = ("how much", "price", "cost", "costs", "charge", "what's a", "worth", "how many gold")
@@ -202,7 +227,14 @@ _STOCK = ("do you have", "do you sell", "have you got", "got any", "do you stock
 _TRADE = ("what do you sell", "what do you have", "what have you got", "what are you selling",
           "your wares", "your goods", "what do you do", "your trade", "your job", "your work",
           "who are you", "what do you make", "what can i buy", "what's for sale", "for sale",
-          "what is for sale", "your name", "name of your", "what do you offer", "menu")
+          "what is for sale", "your name", "name of your", "name of this", "what do you offer",
+          "menu", "this place")
+#: A what-question about these (no item named) asks what the villager trades in.
+_TRADE_WORDS = ("goods", "wares", "sale", "sell", "serve", "make", "offer", "stock", "keep",
+                "laid", "food", "drink", "eat", "stall", "bar", "forge", "shop", "trade")
+#: Where to take the quest's current item: the quest, not the goods ("Who should I take it to?").
+_QUEST_ERRAND = ("take it", "bring it", "take this", "bring this", "should i take", "should i bring",
+                 "who should", "where should", "what now", "what next", "now what")
 _QUEST = ("bell", "quest", "task", "job", "trouble", "troubled", "worried", "worry", "problem",
           "wrong", "happened", "matter", "clapper", "help", "work", "next", "ring", "sad", "what now",
           "what should i do", "what do i do", "what do i need")
@@ -233,7 +265,7 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
     if not line.words:
         return Intent(SMALL_TALK)
     item, qty = find_item(state, line)
-    other = find_npc(state, line)
+    other = find_npc(state, line, addressee=npc.id)
     place = find_place(state, line)
     pronoun = item is None and line.has_word(*_PRONOUNS)
     if pronoun:
@@ -245,6 +277,9 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
 
     if receiving and item == step.item:
         return Intent(GIVE, item=step.item)
+    mine = item is not None and state.player.inventory.get(item, 0) > 0
+    if mine and not quest_item and line.has(*_SELL, *_OFFER_GOODS):
+        return Intent(SELL, item=item, qty=qty)  # "Would you give me coin for a horseshoe?"
     # Requests the world refuses: goods or gold for nothing, another price, a claimed authority.
     if line.has(*_FREE) or (line.has("give me", "hand me", "grant") and line.has_word(*_MONEY)):
         return Intent(REFUSED, item=item if not quest_item else None, reason=REFUSED_FREE)
@@ -265,10 +300,18 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
             return Intent(GIVE, item=item)
         return Intent(ASK_QUEST)
 
-    if item is not None and line.has(*_WHO_SELLS):
+    errand = step is not None and item is not None and item == step.item
+    if errand and line.has(*_QUEST_ERRAND):
+        return Intent(ASK_QUEST)
+    if other is not None and line.has(*_WHERE):
+        return Intent(ASK_WHERE, npc=other)  # "Which way is Bram's forge?"
+    if item is not None and (line.has(*_WHO_SELLS) or line.has_word("who", "where", "whence")
+                             or line.has("which place")) and not line.has(*_SELL):
         return Intent(ASK_WHO_SELLS, item=item)
-    if (other is not None or place is not None) and line.has(*_WHERE):
-        return Intent(ASK_WHERE, npc=other, place=None if other else place)
+    if place is not None and line.has(*_WHERE):
+        return Intent(ASK_WHERE, place=place)
+    if item is None and line.has(*_WHERE) and line.has(*_OWN_PLACE):
+        return Intent(ASK_WHERE, npc=npc.id)  # "Where do you keep your anvil?"
 
     giver = npc.id == q.giver and not q.started
     if giver and line.has(*_OFFER):
@@ -285,7 +328,8 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
         return Intent(BUY, item=item, qty=qty)
     if item is not None and line.has(*_PRICE, *_STOCK):
         return Intent(ASK_PRICE, item=item)
-    if line.has(*_TRADE) or line.has(*_PRICE, *_STOCK):
+    if (line.has(*_TRADE) or line.has(*_PRICE, *_STOCK)
+            or (line.has_word("what", "what's", "which") and line.has_word(*_TRADE_WORDS))):
         return Intent(ASK_TRADE)
     if line.has(*_QUEST) or line.has(*_OFFER):
         return Intent(ASK_QUEST)
