@@ -291,7 +291,10 @@ class DialogueTurn:
 
     The caller asks a responder for a proposal for ``request()``, hands it to ``offer()``; a rejected
     proposal is retried with the engine's reason as feedback, and after ``max_attempts`` the
-    deterministic fallback line is used. Nothing here touches the state: the returned ``NpcReply``
+    deterministic fallback line is used. A refused proposal that opens with the engine's fact and
+    proposes the decided action is cut back to the fact instead of retried: the player gets the
+    right answer at once, only without the villager's own words after it (a retry costs a whole
+    generation, and most refusals are of those words). Nothing here touches the state: the returned ``NpcReply``
     is a command that ``step`` re-validates when it commits it.
     """
 
@@ -302,6 +305,8 @@ class DialogueTurn:
         self.attempts = 0
         self.rejections: list[Rejection] = []
         self.fallback = False
+        #: The reply was the engine's fact alone, cut from a refused proposal.
+        self.salvaged = False
 
     @property
     def feedback(self) -> str | None:
@@ -315,10 +320,16 @@ class DialogueTurn:
     def offer(self, state: WorldState, proposal: DialogueProposal) -> NpcReply | None:
         """Validate a proposal; return the command to commit, or None to ask for another."""
         self.attempts += 1
-        why = validate_proposal(state, self.npc_id, proposal, self.request(state))
+        req = self.request(state)
+        why = validate_proposal(state, self.npc_id, proposal, req)
         if why is None:
             return to_command(self.npc_id, proposal)
         self.rejections.append(why)
+        if req.fact and proposal.text.startswith(req.fact) and proposal.action == req.action:
+            cut = DialogueProposal(text=req.fact, action=req.action)
+            if validate_proposal(state, self.npc_id, cut, req) is None:
+                self.salvaged = True
+                return to_command(self.npc_id, cut)
         if self.attempts >= self.max_attempts:
             return self.give_up(state)
         return None

@@ -271,3 +271,18 @@ def test_the_fallback_says_the_fact_and_does_what_was_asked(world):
     assert reply.text == "One iron ingot, 12 gold."
     s, ev = step(s, [reply])
     assert not reasons(ev) and s.player.inventory == {"iron_ingot": 1}
+
+
+def test_a_refused_line_that_opens_with_the_fact_is_cut_back_to_the_fact(world):
+    s = place_player_near(world, "tobin")
+    words = "What does a lantern cost?"
+    s, _ = step(s, [Say(npc="tobin", text=words)])
+    turn = DialogueTurn("tobin", words, max_attempts=3)
+    # The fact, then an invented person: refused, and cut back instead of retried.
+    reply = turn.offer(s, DialogueProposal(text="A lantern is 10 gold. Ask Zebulon for more."))
+    assert reply is not None and turn.salvaged and not turn.fallback and turn.attempts == 1
+    assert reply.text == "A lantern is 10 gold." and reply.action is None
+    # A line that does not open with the fact is retried as before.
+    turn = DialogueTurn("tobin", words, max_attempts=3)
+    assert turn.offer(s, DialogueProposal(text="Ask Zebulon, he knows.")) is None
+    assert not turn.salvaged
