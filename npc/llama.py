@@ -213,30 +213,38 @@ class Context:
         self.n_ctx = C.llama_n_ctx(self.ptr)
         self.n_ctx_seq = self.n_ctx // opts.n_seq_max if not opts.kv_unified else self.n_ctx
         self._batch = C.llama_batch_init(opts.n_batch, 0, opts.n_seq_max)
-        self._adapter: Adapter | None = None
+        self._stack: tuple[Adapter, ...] = ()
         #: The adapter set changed, so llama.cpp re-plans its graph on the next decode.
         self._replan = False
         self._abort = threading.Event()
 
     # -- adapters ------------------------------------------------------------------------------
 
-    def set_adapter(self, adapter: Adapter | None, scale: float = 1.0) -> None:
-        if adapter is self._adapter:
+    def set_adapter(self, adapter: Adapter | tuple[Adapter, ...] | None, scale: float = 1.0) -> None:
+        """Apply one adapter, a stack of adapters (each at ``scale``, their deltas summed), or
+        none, from the next decode on."""
+        stack = () if adapter is None else adapter if isinstance(adapter, tuple) else (adapter,)
+        if len(stack) == len(self._stack) and all(a is b for a, b in zip(stack, self._stack)):
             return
-        if adapter is None:
+        if not stack:
             C.llama_set_adapters_lora(self.ptr, None, 0, None)
         else:
-            arr = (C.llama_adapter_lora_p_ctypes * 1)(adapter.ptr)
-            scales = (ctypes.c_float * 1)(scale)
-            rc = C.llama_set_adapters_lora(self.ptr, arr, 1, scales)
+            arr = (C.llama_adapter_lora_p_ctypes * len(stack))(*(a.ptr for a in stack))
+            scales = (ctypes.c_float * len(stack))(*([scale] * len(stack)))
+            rc = C.llama_set_adapters_lora(self.ptr, arr, len(stack), scales)
             if rc != 0:
-                raise LlamaError(f"llama.cpp refused adapter {adapter.path}")
-        self._adapter = adapter
+                raise LlamaError(f"llama.cpp refused adapter(s) {[str(a.path) for a in stack]}")
+        self._stack = stack
         self._replan = True
 
     @property
     def adapter(self) -> Adapter | None:
-        return self._adapter
+        """The adapter applied alone (None when none or a stack is applied)."""
+        return self._stack[0] if len(self._stack) == 1 else None
+
+    @property
+    def adapters(self) -> tuple[Adapter, ...]:
+        return self._stack
 
     def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
         """Threads for single-token decodes and for multi-token batches, from the next decode on."""

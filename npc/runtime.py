@@ -31,6 +31,8 @@ NO_REPEAT_NGRAM = 3
 #: Longer n-grams of given text (the player's words, the NPC's last line) may not be copied either:
 #: a small model otherwise parrots the player or repeats itself turn after turn.
 NO_COPY_NGRAM = 5
+#: Joins the keys of an adapter stack into one prefix-cache key ("village+skin").
+STACK_SEP = "+"
 
 
 @dataclass
@@ -88,13 +90,15 @@ class Runtime:
         return toks
 
     def forget_adapter(self, adapter_key: str) -> None:
-        """Drop every cached prefix computed under this adapter (call before freeing it)."""
+        """Drop every cached prefix computed under this adapter, alone or in a stack (whose key
+        joins its adapters' keys with ``+``); call before freeing it."""
         with self._lock:
             for s in self.slots:
-                if isinstance(s.key, tuple) and s.key and s.key[0] == adapter_key:
+                if (isinstance(s.key, tuple) and s.key and s.key[0]
+                        and adapter_key in s.key[0].split(STACK_SEP)):
                     self.ctx.seq_rm(s.seq)
                     s.key, s.tokens, s.used = None, [], 0
-            if self.ctx.adapter is not None and getattr(self.ctx.adapter, "key", None) == adapter_key:
+            if any(getattr(a, "key", None) == adapter_key for a in self.ctx.adapters):
                 self.ctx.set_adapter(None)
 
     def _slot_for(self, key: Hashable) -> _Slot:
@@ -110,11 +114,15 @@ class Runtime:
 
     def generate(self, prompt: list[int], key: Hashable, grammar: ReplyGrammar | None = None,
                  max_tokens: int = 64, on_text: Callable[[str], None] | None = None,
-                 cancel: threading.Event | None = None, adapter: Adapter | None = None,
+                 cancel: threading.Event | None = None,
+                 adapter: Adapter | tuple[Adapter, ...] | None = None,
                  adapter_key: str | None = None, stop_at_eog: bool = True,
                  avoid: list[list[int]] | None = None, ban: set[int] | None = None) -> GenResult:
-        """``adapter_key`` names the adapter for the prefix cache (a skin id); it must be given
+        """``adapter`` is one adapter or a stack applied together; ``adapter_key`` names it for
+        the prefix cache (a skin id, or a stack's ids joined by ``STACK_SEP``) and must be given
         with an adapter, so a cached prefix is never reused under different weights."""
+        if adapter == ():
+            adapter = None
         if adapter is not None and not adapter_key:
             raise ValueError("an adapter needs an adapter_key for the prefix cache")
         with self._lock:

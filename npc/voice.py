@@ -11,7 +11,7 @@ from npc.grammar import ReplyGrammar
 from npc.llama import Adapter
 from npc.prompt import trim_history
 from npc.responder import TextSink
-from npc.runtime import Runtime
+from npc.runtime import STACK_SEP, Runtime
 
 log = logging.getLogger("hearth.skins")
 
@@ -38,11 +38,16 @@ class ModelVoice:
     name = "model"
 
     def __init__(self, runtime: Runtime, max_tokens: int = MAX_REPLY_TOKENS, max_chars: int = 160,
-                 pool=None, base_model: str | None = None):
+                 pool=None, base_model: str | None = None, village: str | None = None,
+                 village_under_skins: bool = False):
         """``pool`` (an ``npc.adapters.AdapterPool``) lets NPCs wear skins; ``base_model`` is the
         BLAKE3 of the base model skins must be made for (the runtime may run a requantization
-        of it)."""
+        of it). ``village`` is the skin id of the world-tuned village voice: every villager
+        without a skin speaks with it, and with ``village_under_skins`` it is stacked under each
+        worn skin too (for skins trained on top of it)."""
         self.runtime = runtime
+        self.village = village
+        self.village_under_skins = village_under_skins
         self.max_tokens = max_tokens
         self.max_chars = max_chars
         self.pool = pool
@@ -85,33 +90,45 @@ class ModelVoice:
             return min(request.max_chars, len(request.fact.encode()) + ROOM_AFTER_FACT)
         return min(self.max_chars, request.max_chars)
 
+    def _layers(self, request: DialogueRequest) -> list[str]:
+        """The adapters this villager speaks with, bottom first: the village voice (alone, or
+        under a skin when skins are trained on top of it) and the skin it wears."""
+        skin = request.skin if request.skin not in self.failed_skins else None
+        village = self.village if self.village not in self.failed_skins else None
+        if skin is None:
+            return [village] if village else []
+        return [village, skin] if village and self.village_under_skins else [skin]
+
     def _generate(self, request: DialogueRequest, tokens: list[int], grammar: ReplyGrammar,
                   on_text, cancel):
-        skin = request.skin
-        if skin is None or skin in self.failed_skins:
-            return self._run(request, tokens, grammar, on_text, cancel, None, None)
-        if self.pool is None:
-            self._skin_failed(skin, "this voice has no adapter pool")
-            return self._run(request, tokens, grammar, on_text, cancel, None, None)
+        layers = self._layers(request)
+        if layers and self.pool is None:
+            for skin in layers:
+                self._skin_failed(skin, "this voice has no adapter pool")
+            layers = []
         with ExitStack() as stack:
-            try:
-                adapter = stack.enter_context(self.pool.hold(skin))
-            except Exception as e:  # not installed, fails verification, refused by llama.cpp...
-                self._skin_failed(skin, str(e) or type(e).__name__)
-                return self._run(request, tokens, grammar, on_text, cancel, None, None)
-            try:
-                return self._run(request, tokens, grammar, on_text, cancel, skin, adapter)
-            except Exception as e:  # llama.cpp would not apply it: speak without it
-                self._skin_failed(skin, f"generating with it failed: {e}")
+            held = []
+            for skin in layers:
+                try:
+                    held.append((skin, stack.enter_context(self.pool.hold(skin))))
+                except Exception as e:  # not installed, fails verification, refused by llama.cpp...
+                    self._skin_failed(skin, str(e) or type(e).__name__)
+            if held:
+                try:
+                    return self._run(request, tokens, grammar, on_text, cancel,
+                                     STACK_SEP.join(k for k, _ in held), tuple(a for _, a in held))
+                except Exception as e:  # llama.cpp would not apply them: speak without
+                    for skin, _ in held:
+                        self._skin_failed(skin, f"generating with it failed: {e}")
         return self._run(request, tokens, grammar, on_text, cancel, None, None)
 
-    def _run(self, request, tokens, grammar, on_text, cancel, skin: str | None,
-             adapter: Adapter | None):
+    def _run(self, request, tokens, grammar, on_text, cancel, key: str | None,
+             adapters: tuple[Adapter, ...] | None):
         # The runtime keys its prefix cache by (adapter key, NPC), so a skin never reuses a
         # prefix computed under other weights.
         return self.runtime.generate(tokens, key=request.npc_id, grammar=grammar,
                                      max_tokens=self.max_tokens, on_text=on_text, cancel=cancel,
-                                     adapter=adapter, adapter_key=skin,
+                                     adapter=adapters, adapter_key=key,
                                      avoid=self._no_copy(request), ban=self._banned_words(request))
 
     def _retrying(self, request: DialogueRequest) -> str | None:

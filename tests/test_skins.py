@@ -551,6 +551,46 @@ def test_eviction_drops_prefixes_cached_under_the_skin(runtime, three_skins, bas
 
 
 @pytest.mark.model
+def test_a_stack_of_adapters_applies_both_and_is_forgotten_with_either(runtime, three_skins,
+                                                                            base):
+    from npc.adapters import AdapterPool
+    from npc.runtime import STACK_SEP
+    store, (s0, s1, _) = three_skins
+    pool = AdapterPool(runtime, store, base_model=base[0].blake3, max_loaded=3)
+    ctx = runtime.ctx
+    prompt = runtime.tokenize_segments([("Hello there, smith. What do you sell?", False)])
+
+    def logits(adapter, scale=1.0):
+        ctx.set_adapter(adapter, scale)
+        ctx.clear()
+        ctx.decode(prompt, seq=0, pos0=0)
+        return ctx.logits().copy()
+
+    try:
+        a0, a1 = pool.get(s0), pool.get(s1)
+        plain, one, both = logits(None), logits(a0), logits((a0, a1))
+        assert not np.allclose(one, both) and not np.allclose(plain, both)
+        assert not np.allclose(logits(a1), both)
+        assert np.array_equal(logits((a0, a1)), both)  # switching back gives the same weights
+        assert np.array_equal(logits(a0), one)
+        assert ctx.adapter is a0 and ctx.adapters == (a0,)
+        ctx.clear()
+        key = STACK_SEP.join((s0, s1))
+        runtime.generate(prompt, key="bram", max_tokens=2, adapter=(a0, a1), adapter_key=key)
+        assert ctx.adapters == (a0, a1) and ctx.adapter is None
+        assert any(s.key == (key, "bram") for s in runtime.slots)
+        runtime.forget_adapter(s1)  # the stack's prefixes go with either of its adapters
+        assert not any(isinstance(s.key, tuple) and s.key[0] == key for s in runtime.slots)
+        assert ctx.adapters == ()
+    finally:
+        ctx.set_adapter(None)
+        ctx.clear()  # the raw decodes above bypassed the runtime's prefix bookkeeping
+        for slot in runtime.slots:
+            slot.key, slot.tokens, slot.used = None, [], 0
+        pool.close()
+
+
+@pytest.mark.model
 def test_pool_refuses_unverifiable_skins(runtime, three_skins):
     from npc.adapters import AdapterPool
     store, (s0, *_) = three_skins
