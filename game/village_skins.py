@@ -20,6 +20,8 @@ from npc.skins.manifest import SkinError
 
 SKINS_DIR = ASSETS_DIR / "skins"
 BUNDLES_DIR = SKINS_DIR / "bundles"
+#: The world-tuned village voice (tools/make_village_voice.py), worn by villagers without a skin.
+VILLAGE_BUNDLE = ASSETS_DIR / "village" / "bundle"
 
 
 def shipped_skins(path: Path = SKINS_DIR / "demo_skins.toml") -> list[dict]:
@@ -27,9 +29,9 @@ def shipped_skins(path: Path = SKINS_DIR / "demo_skins.toml") -> list[dict]:
     return tomllib.loads(path.read_text(encoding="utf-8"))["skin"]
 
 
-def install_shipped(say: Callable[[str], None] = lambda line: None) -> dict[str, str]:
-    """Install every shipped bundle that is not installed yet (each verified against the default
-    base model first); returns {bundle dir: skin id} for those that are installed now."""
+def _install(bundle: Path, what: str, say: Callable[[str], None]) -> str | None:
+    """Install one shipped bundle unless it is installed (verified against the default base model
+    first); its skin id, or None (said why) when it is missing or does not verify."""
     from npc.skins.bundle import read_signed
     from npc.skins.store import SkinStore
     from npc.store import ModelStore
@@ -37,19 +39,31 @@ def install_shipped(say: Callable[[str], None] = lambda line: None) -> dict[str,
     models = ModelStore()
     base = models.ensure_default()
     store = SkinStore()
+    try:
+        skin_id = read_signed(bundle).skin_id
+        if not store.is_installed(skin_id):
+            store.install(bundle, base_model=base.blake3, base_gguf=models.path(base.blake3))
+            say(f"installed {what} ({skin_id[:16]}…)")
+    except (SkinError, OSError) as e:
+        say(f"{what} is not available: {e}")
+        return None
+    return skin_id
+
+
+def install_shipped(say: Callable[[str], None] = lambda line: None) -> dict[str, str]:
+    """Install every shipped demo skin that is not installed yet; returns {bundle dir: skin id}
+    for those that are installed now."""
     out = {}
     for skin in shipped_skins():
-        bundle = BUNDLES_DIR / skin["dir"]
-        try:
-            skin_id = read_signed(bundle).skin_id
-            if not store.is_installed(skin_id):
-                store.install(bundle, base_model=base.blake3, base_gguf=models.path(base.blake3))
-                say(f"installed demo skin {skin['name']} ({skin_id[:16]}…)")
-        except (SkinError, OSError) as e:
-            say(f"demo skin {skin['name']} is not available: {e}")
-            continue
-        out[skin["dir"]] = skin_id
+        skin_id = _install(BUNDLES_DIR / skin["dir"], f"demo skin {skin['name']}", say)
+        if skin_id is not None:
+            out[skin["dir"]] = skin_id
     return out
+
+
+def install_village_voice(say: Callable[[str], None] = lambda line: None) -> str | None:
+    """Install the shipped village voice; its skin id, or None when it is not available."""
+    return _install(VILLAGE_BUNDLE, "the village voice", say)
 
 
 def dress_villagers(state: WorldState,

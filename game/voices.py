@@ -19,9 +19,11 @@ class VoiceError(Exception):
     pass
 
 
-def load_model_voice(say: Callable[[str], None] = print, retune: bool = False):
+def load_model_voice(say: Callable[[str], None] = print, retune: bool = False,
+                     village: bool = True):
     """The local model: import it into the store on first run, pick the fastest stable
-    configuration (measured once per machine), load it, with a pool for the skins NPCs wear."""
+    configuration (measured once per machine), load it, with a pool for the skins NPCs wear and
+    (unless ``village`` is False) the world-tuned village voice for villagers without one."""
     from npc.adapters import AdapterPool
     from npc.runtime import Runtime
     from npc.skins.store import SkinStore
@@ -38,7 +40,11 @@ def load_model_voice(say: Callable[[str], None] = print, retune: bool = False):
     # requantization of it, which has the same tensor shapes and so takes the same adapters.
     pool = AdapterPool(runtime, SkinStore(), base_model=base.blake3,
                        base_gguf=store.path(base.blake3))
-    return ModelVoice(runtime, pool=pool, base_model=base.blake3)
+    village_id = None
+    if village:
+        from game.village_skins import install_village_voice
+        village_id = install_village_voice(say)
+    return ModelVoice(runtime, pool=pool, base_model=base.blake3, village=village_id)
 
 
 def load_voice(kind: str, say: Callable[[str], None] = note) -> Responder:

@@ -386,8 +386,9 @@ def main() -> int:
     from game.village_skins import shipped_skins
     skin_names = [s["dir"] for s in shipped_skins()]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--voices", default=",".join(["base", *skin_names]),
-                    help=f"comma-separated: base and/or demo skins ({', '.join(skin_names)})")
+    ap.add_argument("--voices", default=",".join(["base", "village", *skin_names]),
+                    help=f"comma-separated: base (the plain model), village (the world-tuned "
+                         f"village voice) and/or demo skins ({', '.join(skin_names)})")
     ap.add_argument("--seeds", type=int, default=10, help="demo runs for quest completion (seeds 1..N)")
     ap.add_argument("--question-seed", type=int, default=1, help="world seed the questions are asked in")
     ap.add_argument("--limit", type=int, default=None, help="ask only this many questions (spread out)")
@@ -408,9 +409,9 @@ def main() -> int:
         print_voice("engine", outs)
         return 0
     voices = [v.strip() for v in args.voices.split(",") if v.strip()]
-    unknown = [v for v in voices if v != "base" and v not in skin_names]
+    unknown = [v for v in voices if v not in ("base", "village") and v not in skin_names]
     if unknown:
-        ap.error(f"unknown voice(s) {unknown}: base or one of {skin_names}")
+        ap.error(f"unknown voice(s) {unknown}: base, village or one of {skin_names}")
     asked = pick(questions, args.limit)
 
     def say(line: str) -> None:
@@ -419,6 +420,7 @@ def main() -> int:
     from game.village_skins import dress_villagers, install_shipped
     from game.voices import load_model_voice
     responder = load_model_voice(say=say)
+    village = responder.village  # None when the village voice is not available
     installed = install_shipped(say=say)
     print(f"dialogue bench: {len(asked)} of {len(questions)} questions, voices {voices}, "
           f"question seed {args.question_seed}, quest seeds 1..{args.seeds}")
@@ -426,8 +428,12 @@ def main() -> int:
     everything: list[Outcome] = []
     per_voice: dict[str, list[Outcome]] = {}
     for voice in voices:
-        skin = None if voice == "base" else installed.get(voice)
-        if voice != "base" and skin is None:
+        if voice == "village" and village is None:
+            say("the village voice is not available: skipped")
+            continue
+        responder.village = village if voice == "village" else None
+        skin = None if voice in ("base", "village") else installed.get(voice)
+        if voice not in ("base", "village") and skin is None:
             say(f"skin {voice} is not installed: skipped")
             continue
         outs = []
@@ -441,6 +447,7 @@ def main() -> int:
         everything += outs
         print_voice(voice, outs)
 
+    responder.village = village  # as the game plays
     print("\n== quest completion: demo script, model voice, villagers in the shipped skins")
     done = 0
     for seed in range(1, args.seeds + 1):
