@@ -51,11 +51,13 @@ class Rejection(str, enum.Enum):
 
 # ---- NPC actions: what a dialogue proposal may ask the engine to do ------------------------------
 
-class SellItem(Struct, tag="sell", frozen=True):
-    """The NPC sells one unit of ``item`` to the player at ``price``."""
+class SellItem(Struct, tag="sell", frozen=True, omit_defaults=True):
+    """The NPC sells ``qty`` units of ``item`` to the player at ``price`` each. (``qty`` left out
+    when 1, so recordings and hashes made before it existed read and hash the same.)"""
 
     item: str
     price: int
+    qty: int = 1
 
 
 class GiveItem(Struct, tag="give", frozen=True):

@@ -163,7 +163,8 @@ def _allowed_prices(state: WorldState, req: DialogueRequest, proposal: DialogueP
     for what is being talked about (the item of the intent, or this NPC's wares)."""
     in_fact = {int(m.group(1)) for m in _PRICE_RE.finditer(req.fact)}
     if isinstance(proposal.action, SellItem):
-        return in_fact | {proposal.action.price}  # a sale quotes its own price and no other
+        sale = proposal.action  # a sale quotes its own price (each and in all) and no other
+        return in_fact | {sale.price, sale.price * sale.qty}
     item = req.intent.item if req.intent is not None else None
     if item in state.items:
         npc = state.npc(req.npc_id)

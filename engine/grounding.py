@@ -19,6 +19,13 @@ def a(name: str) -> str:
     return ("an " if name[:1].lower() in "aeiou" else "a ") + name
 
 
+_COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def count_words(n: int) -> str:
+    return _COUNT_WORDS[n] if 0 <= n < len(_COUNT_WORDS) else str(n)
+
+
 def plural(name: str) -> str:
     """"coil of rope" -> "coils of rope", "loaf of bread" -> "loaves of bread"."""
     head, sep, rest = name.partition(" of ")
@@ -147,8 +154,10 @@ def fact_for(state: WorldState, npc_id: str, intent: Intent, action: NpcAction |
     items = state.items
     name = items[intent.item].name if intent.item in items else ""
     match action:
-        case SellItem(item=item, price=price):
+        case SellItem(item=item, price=price, qty=1):
             return f"One {items[item].name}, {price} gold."
+        case SellItem(item=item, price=price, qty=qty):
+            return f"{_cap(count_words(qty))} {plural(items[item].name)}, {price * qty} gold."
         case GiveItem(item=item):
             return f"Here is the {items[item].name}, ready for you."
         case StartQuest():

@@ -89,7 +89,7 @@ def intended_action(state: WorldState, npc: Npc, intent: Intent) -> NpcAction | 
     at the step that calls for it, the quest's start only when help is offered to its giver."""
     match intent.kind:
         case "buy" if intent.item in npc.sells:
-            action = SellItem(item=intent.item, price=npc.sells[intent.item])
+            action = SellItem(item=intent.item, price=npc.sells[intent.item], qty=intent.qty)
         case "give" if intent.item is not None:
             action = GiveItem(item=intent.item)
         case "accept":
@@ -110,8 +110,8 @@ def requested_action(state: WorldState, npc: Npc) -> NpcAction | None:
 def _action_allowed(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
     """Could this NPC take this action now, had the player asked for it?"""
     match action:
-        case SellItem(item=item, price=price):
-            return check_buy(state, npc, item, 1, price)
+        case SellItem(item=item, price=price, qty=qty):
+            return check_buy(state, npc, item, qty, price)
         case GiveItem(item=item):
             if item not in state.items:
                 return Rejection.UNKNOWN_ITEM

@@ -146,8 +146,8 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
             _remember(state, npc, npc_id, text, action)
             events.append(NpcSaid(npc=npc_id, text=text, action=action))
             match action:
-                case SellItem(item=item):
-                    _sell_to_player(state, npc, item, 1, events)
+                case SellItem(item=item, qty=qty):
+                    _sell_to_player(state, npc, item, qty, events)
                 case GiveItem(item=item):
                     _mint(state, item, 1, f"quest {state.quest.id}", events)
                     add_items(p.inventory, item, 1)

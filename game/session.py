@@ -13,8 +13,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.commands import Command, Event, NpcReply, Say
-from engine.dialogue import DialogueProposal, DialogueRequest, DialogueTurn
+from engine.commands import Command, Event, NpcReply, Say, TalkStarted
+from engine.dialogue import DialogueProposal, DialogueRequest, DialogueTurn, build_request
 from engine.replay import Recorder
 from engine.sim import step
 from engine.state import WorldState
@@ -52,6 +52,14 @@ class _Worker(threading.Thread):
             job = self.jobs.get()
             if job is None:
                 return
+            if isinstance(job, DialogueRequest):  # a conversation began: warm its prompt
+                prepare = getattr(self.responder, "prepare", None)
+                if prepare is not None and self.jobs.empty():
+                    try:
+                        prepare(job)
+                    except Exception as e:  # only a head start: the reply computes it anyway
+                        self.results.put((None, e))
+                continue
             pending, request, feedback = job
             if pending.cancel.is_set():
                 continue
@@ -136,6 +144,10 @@ class GameSession:
             self.state, events = self.recorder.step(self.state, cmds)
         else:
             self.state, events = step(self.state, cmds)
+        for e in events:
+            if isinstance(e, TalkStarted):
+                # While the player types, the voice computes the villager's prompt head.
+                self._worker.jobs.put(build_request(self.state, e.npc, ""))
         if self._request_after_say and self.pending is not None:
             # The Say is committed now, so the request includes it in the recent turns.
             self._request_after_say = False
@@ -155,6 +167,9 @@ class GameSession:
                 pending, proposal = self._worker.results.get_nowait()
             except queue.Empty:
                 return
+            if pending is None:  # a failed warm-up: noted, the reply will say more if it fails
+                self.responder_errors.append(f"prepare: {type(proposal).__name__}: {proposal}")
+                continue
             if pending is not self.pending or pending.cancel.is_set():
                 continue
             turn = pending.turn

@@ -26,8 +26,10 @@ _TERMINATORS = (b".", b"!", b"?")
 
 def action_label(action: NpcAction | None) -> str:
     match action:
-        case SellItem(item=item, price=price):
+        case SellItem(item=item, price=price, qty=1):
             return f"sell {item} {price}"
+        case SellItem(item=item, price=price, qty=qty):
+            return f"sell {qty} {item} {price}"
         case GiveItem(item=item):
             return f"give {item}"
         case StartQuest(quest=q):

@@ -130,12 +130,25 @@ class Runtime:
                                   grammar, max_tokens, on_text, cancel, adapter, stop_at_eog,
                                   _ngram_table(avoid or [], NO_COPY_NGRAM), frozenset(ban or ()))
 
-    def _generate(self, prompt, key, grammar, max_tokens, on_text, cancel, adapter,
-                  stop_at_eog, avoid_table, ban) -> GenResult:
-        t0 = time.perf_counter()
-        if len(prompt) + max_tokens + 8 > self.seq_capacity:
-            raise LlamaError(f"prompt of {len(prompt)} tokens does not fit the context "
-                             f"({self.seq_capacity} per slot)")
+    def prefill(self, prompt: list[int], key: Hashable,
+                adapter: Adapter | tuple[Adapter, ...] | None = None,
+                adapter_key: str | None = None) -> int:
+        """Compute and cache ``prompt`` in ``key``'s slot without generating (a prompt's stable
+        head, ahead of the request that will start with it); returns the tokens computed."""
+        if adapter == ():
+            adapter = None
+        if adapter is not None and not adapter_key:
+            raise ValueError("an adapter needs an adapter_key for the prefix cache")
+        if not prompt or len(prompt) + 8 > self.seq_capacity:
+            return 0
+        with self._lock:
+            _, n_common = self._prefill(prompt, (adapter_key if adapter is not None else None, key),
+                                        adapter)
+        return len(prompt) - n_common
+
+    def _prefill(self, prompt, key, adapter) -> tuple[_Slot, int]:
+        """Bring ``key``'s slot to hold exactly ``prompt``, computing only what it does not share
+        with what the slot holds; returns the slot and the tokens reused."""
         self.ctx.set_adapter(adapter)
         slot = self._slot_for(key)
         n_common = 0
@@ -148,6 +161,15 @@ class Runtime:
         slot.tokens = slot.tokens[:n_common]
         self.ctx.decode(prompt[n_common:], slot.seq, n_common)
         slot.tokens = list(prompt)
+        return slot, n_common
+
+    def _generate(self, prompt, key, grammar, max_tokens, on_text, cancel, adapter,
+                  stop_at_eog, avoid_table, ban) -> GenResult:
+        t0 = time.perf_counter()
+        if len(prompt) + max_tokens + 8 > self.seq_capacity:
+            raise LlamaError(f"prompt of {len(prompt)} tokens does not fit the context "
+                             f"({self.seq_capacity} per slot)")
+        slot, n_common = self._prefill(prompt, key, adapter)
         prefill_s = time.perf_counter() - t0
         n_forced = 0
         out = bytearray()

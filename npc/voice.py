@@ -85,6 +85,24 @@ class ModelVoice:
         self._last_line = ((request.npc_id, request.player_words, len(request.recent)), text)
         return DialogueProposal(text=text, action=action)
 
+    def prepare(self, request: DialogueRequest) -> int:
+        """Compute the stable head of this villager's prompt (persona, situation, examples) ahead
+        of the player's first words, so the reply starts from a warm cache; returns the tokens
+        computed (0 when already cached). Called while the player is still typing."""
+        prompt = trim_history(request, None, self._count, self.runtime.seq_capacity)
+        head = self.runtime.tokenize_segments(prompt.segments[:prompt.n_prefix])
+        layers = self._layers(request) if self.pool is not None else []
+        with ExitStack() as stack:
+            held = []
+            for skin in layers:
+                try:
+                    held.append((skin, stack.enter_context(self.pool.hold(skin))))
+                except Exception as e:
+                    self._skin_failed(skin, str(e) or type(e).__name__)
+            return self.runtime.prefill(head, key=request.npc_id,
+                                        adapter=tuple(a for _, a in held) or None,
+                                        adapter_key=STACK_SEP.join(k for k, _ in held) or None)
+
     def _bound(self, request: DialogueRequest) -> int:
         if request.fact:
             return min(request.max_chars, len(request.fact.encode()) + ROOM_AFTER_FACT)

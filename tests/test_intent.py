@@ -5,7 +5,9 @@ and quest step."""
 
 import pytest
 
-from engine.commands import GiveItem, Say, SellItem, StartQuest
+import msgspec
+
+from engine.commands import GiveItem, NpcReply, Say, SellItem, StartQuest
 from engine.dialogue import build_request
 from engine.grounding import plural
 from engine.hashing import state_hash
@@ -56,7 +58,7 @@ CASES = [
     ("maren", -1, "How much is a dagger?", "ask_price", "dagger", None, "Bram"),
     # buying
     ("maren", -1, "One loaf of bread, please", "buy", "bread", SELL, "3 gold"),
-    ("maren", -1, "Two loaves of bread", "buy", "bread", SELL, "3 gold"),
+    ("maren", -1, "Two loaves of bread", "buy", "bread", SELL, "Two loaves of bread, 6 gold."),
     ("maren", -1, "A mug of ale!", "buy", "ale", SELL, "4 gold"),
     ("maren", -1, "I'd like a bowl of stew.", "buy", "stew", SELL, "6 gold"),
     ("tobin", -1, "I want to buy a coil of rope.", "buy", "rope", SELL, "6 gold"),
@@ -149,6 +151,24 @@ CASES = [
     ("tobin", -1, "Nice weather today.", "small_talk", None, None, ""),
     ("maren", -1, "", "small_talk", None, None, ""),
 ]
+
+
+def test_a_purchase_of_several_sells_that_many_or_none():
+    words = "Three apples, please."
+    state = talked("tobin", words)
+    req = build_request(state, "tobin", words)
+    assert req.action == SellItem(item="apple", price=1, qty=3)
+    assert req.fact == "Three apples, 3 gold."
+    gold = state.player.gold
+    state, events = step(state, [NpcReply(npc="tobin", text=req.fact, action=req.action)])
+    assert state.player.inventory.get("apple") == 3 and state.player.gold == gold - 3, events
+    # More than the player can pay for: no sale, and the fact says what it would cost.
+    words = "Nine lanterns, please."
+    state = talked("tobin", words, gold=30)
+    req = build_request(state, "tobin", words)
+    assert req.action is None and "10 gold" in req.fact
+    # A recorded one-unit sale encodes as it did before quantities existed.
+    assert msgspec.json.encode(SellItem(item="apple", price=1)) == b'{"type":"sell","item":"apple","price":1}'
 
 
 def test_an_offer_of_goods_is_a_sale_only_when_the_player_has_them():

@@ -139,6 +139,42 @@ def test_prefix_cache_is_reused_and_keyed(model_voice):
     assert again.n_cached > 0 and again.text == cold.text
 
 
+@pytest.mark.slow
+def test_a_conversation_start_warms_the_villagers_prompt(model_voice):
+    from game.session import GameSession
+    from engine.commands import Interact
+    from npc.prompt import build_prompt
+    state = place_player_near(new_game(seed=4), "hilda")
+    req = build_request(state, "hilda", "")
+    prompt = build_prompt(req)
+    head = model_voice.runtime.tokenize_segments(prompt.segments[:prompt.n_prefix])
+    assert model_voice.prepare(req) == len(head)  # cold: the whole head computed
+    assert model_voice.prepare(req) <= 1  # warm: nothing more to do
+    # The game does it by itself when a conversation starts, before the player's first words.
+    for slot in model_voice.runtime.slots:
+        if slot.key is not None and slot.key[1] == "hilda":
+            model_voice.runtime.ctx.seq_rm(slot.seq)
+            slot.key, slot.tokens = None, []
+    session = GameSession(place_player_near(new_game(seed=4), "hilda"), model_voice)
+    try:
+        session.queue(Interact(npc="hilda"))
+        session.tick()
+        import time
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                s.key is not None and s.key[1] == "hilda" and len(s.tokens) >= len(head)
+                for s in model_voice.runtime.slots):
+            time.sleep(0.05)
+        session.talk("hilda", "Good evening, captain.")
+        while session.busy and time.monotonic() < deadline:
+            session.tick()
+            time.sleep(0.01)
+        assert not session.busy
+        assert model_voice.last.n_cached >= len(head) - 1
+    finally:
+        session.close()
+
+
 def test_cancel_stops_generation(model_voice):
     import threading
     state = place_player_near(new_game(seed=3), "bram")

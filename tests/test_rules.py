@@ -204,10 +204,16 @@ def test_wear_skin_checks_the_id_shape(world):
 ])
 def test_an_npc_sells_only_what_the_player_asked_to_buy(world, words, item, ok):
     npc_id = {"ale": "maren", "bread": "maren", "nails": "bram"}.get(item, "tobin")
+    qty = 2 if words.startswith("Two") else 1
     s = place_player_near(world, npc_id)
     s, _ = step(s, [Say(npc=npc_id, text=words)])
     price = s.npc(npc_id).sells[item]
-    s2, ev = step(s, [NpcReply(npc=npc_id, text="Here you are.", action=SellItem(item=item, price=price))])
+    if qty > 1:  # another quantity than asked for is not what was asked for either
+        _, ev = step(s, [NpcReply(npc=npc_id, text="Here you are.",
+                                  action=SellItem(item=item, price=price))])
+        assert reasons(ev) == [Rejection.NOT_REQUESTED]
+    s2, ev = step(s, [NpcReply(npc=npc_id, text="Here you are.",
+                               action=SellItem(item=item, price=price, qty=qty))])
     assert (reasons(ev) == []) == ok
     if not ok:
         assert reasons(ev) == [Rejection.NOT_REQUESTED]
