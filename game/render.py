@@ -51,6 +51,8 @@ class ClientUi:
     #: The latest notices, newest last, for the side panel's log.
     log: deque[Notice] = field(default_factory=lambda: deque(maxlen=LOG_LENGTH))
     swarm_status: SwarmBox | None = None
+    #: The F1 help overlay is showing.
+    help_open: bool = False
     _map_cache: tuple[str, pygame.Surface] | None = field(default=None, repr=False)
 
     def notify(self, message: str, tick: int, refusal: bool = False) -> None:
