@@ -77,3 +77,29 @@ def entry(key: str) -> Entry:
         if e.key == key:
             return e
     raise KeyError(key)
+
+
+def value_text(e: Entry, value: Any) -> str:
+    if e.kind == "toggle":
+        return "on" if value else "off"
+    if e.kind == "rate":
+        if not value:
+            return "unlimited"
+        for unit, size in (("MiB/s", 1 << 20), ("KiB/s", 1 << 10)):
+            if value >= size:
+                return f"{value / size:g} {unit}"
+        return f"{value} B/s"
+    return str(value)
+
+
+def stepped(e: Entry, value: Any, direction: int) -> Any:
+    """The value one step up (``direction`` 1) or down (-1) from ``value``."""
+    if e.kind == "toggle":
+        return not value
+    if e.kind == "rate":
+        steps = list(RATE_STEPS)
+        if value not in steps:  # a hand-written limit: step from the nearest preset
+            steps = sorted(set(steps) | {value})
+        i = steps.index(value) + direction
+        return steps[max(0, min(len(steps) - 1, i))]
+    return max(e.low, min(e.high, value + direction * e.step))

@@ -16,7 +16,7 @@ import pygame
 from game import text
 from game.config_files import ConfigFileError, read_config, write_config
 from game.palette import ACCENT, BORDER, DIALOGUE_BG, INK, INK_DIM, INK_FAINT, OK_GREEN, REFUSAL
-from game.settings_entries import ENTRIES, RATE_STEPS, SETTINGS_FILES, Entry
+from game.settings_entries import ENTRIES, SETTINGS_FILES, stepped, value_text
 
 #: The key that opens and closes the screen (shown in the side panel).
 SETTINGS_KEY = pygame.K_F2
@@ -28,32 +28,6 @@ WELCOME = ("Welcome to Hearth. Before you start: Hearth can find other players t
 
 #: (file name, key) pairs a save changed, handed to ``on_saved`` callbacks.
 Changed = list[tuple[str, str]]
-
-
-def value_text(e: Entry, value: Any) -> str:
-    if e.kind == "toggle":
-        return "on" if value else "off"
-    if e.kind == "rate":
-        if not value:
-            return "unlimited"
-        for unit, size in (("MiB/s", 1 << 20), ("KiB/s", 1 << 10)):
-            if value >= size:
-                return f"{value / size:g} {unit}"
-        return f"{value} B/s"
-    return str(value)
-
-
-def stepped(e: Entry, value: Any, direction: int) -> Any:
-    """The value one step up (``direction`` 1) or down (-1) from ``value``."""
-    if e.kind == "toggle":
-        return not value
-    if e.kind == "rate":
-        steps = list(RATE_STEPS)
-        if value not in steps:  # a hand-written limit: step from the nearest preset
-            steps = sorted(set(steps) | {value})
-        i = steps.index(value) + direction
-        return steps[max(0, min(len(steps) - 1, i))]
-    return max(e.low, min(e.high, value + direction * e.step))
 
 
 @dataclass
