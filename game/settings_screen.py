@@ -102,7 +102,7 @@ class SettingsScreen:
                 return False
             self.files[name] = contents
         if changed:
-            self._say(f"Saved to {', '.join(sorted(by_file))}", False)
+            self._say(f"Settings saved ({', '.join(sorted(by_file))}); F2 changes them", False)
             for callback in self.on_saved:
                 callback(changed)
         return True
@@ -185,4 +185,6 @@ class SettingsScreen:
             text.draw_wrapped(surface, self.message, pygame.Rect(inner.left, y, inner.width, 60), 18,
                               REFUSAL if self.message_is_error else OK_GREEN, max_lines=3)
         keys = "Up/Down choose   Left/Right/Enter change   Esc or F2 save and close"
+        if self.first_run:
+            keys = "Enter turns the highlighted choice on   Esc: done, start playing"
         text.draw(surface, keys, (inner.left, inner.bottom - 20), 18, INK_FAINT)
