@@ -98,7 +98,7 @@ def _play_window(args: argparse.Namespace, state: WorldState, voice: str, dress:
         session.voice_label = "scripted lines (the local model is loading)"
         threading.Thread(target=_load_voice, args=(session, voice, dress),
                          name="hearth-voice-loader", daemon=True).start()
-    swarm = _WindowSwarm(None if args.no_seed else _start_swarm())
+    swarm = WindowSwarm(None if args.no_seed else _start_swarm())
     autosaver = Autosaver(args.save)
     autosaver.start(session.state)
     stop = threading.Event()
@@ -185,35 +185,45 @@ def _start_swarm():
         return None
 
 
-class _WindowSwarm:
+class WindowSwarm:
     """The window's swarm node, restarted (off the game thread) when its settings change."""
 
     def __init__(self, swarm):
         self._swarm = swarm
         self._lock = threading.Lock()
+        self._closed = False
+        self._restarting = False
 
     def status(self):
         from game.swarm_box import SwarmBox
         swarm = self._swarm
-        return swarm.status() if swarm is not None else SwarmBox(note="restarting")
+        if swarm is not None:
+            return swarm.status()
+        return SwarmBox(note="restarting" if self._restarting
+                        else "off: swarm.toml could not be read")
 
     def restart(self) -> None:
         def run() -> None:
             with self._lock:
+                if self._closed:
+                    return  # the window closed before the restart began
+                self._restarting = True
                 old, self._swarm = self._swarm, None
                 if old is not None:
                     old.close()
                 self._swarm = _start_swarm()
+                self._restarting = False
         threading.Thread(target=run, name="hearth-swarm-restart", daemon=True).start()
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._swarm is not None:
                 self._swarm.close()
                 self._swarm = None
 
 
-def _settings_screen(args: argparse.Namespace, swarm: _WindowSwarm):
+def _settings_screen(args: argparse.Namespace, swarm: WindowSwarm):
     """The settings screen, opened by itself on first run to ask the first-run choices."""
     from game.settings_screen import SettingsScreen
     screen = SettingsScreen.load()

@@ -166,3 +166,31 @@ def test_settings_from_the_command_line(tmp_path):
 def read_config_at(path):
     import tomllib
     return tomllib.loads(path.read_text())
+
+
+def test_saved_swarm_settings_restart_the_windows_node(config):
+    """The window's node picks up new limits without a restart of the game (127.0.0.1 only)."""
+    import time
+
+    from game.play_cli import WindowSwarm, _start_swarm
+    write_config("swarm.toml", {"listen": "127.0.0.1:0", "loopback": True, "public_dht": False})
+    swarm = WindowSwarm(_start_swarm())
+    try:
+        assert swarm._swarm.settings.upload_limit == 0
+        screen = SettingsScreen.load()
+        screen.on_saved.append(lambda changed: swarm.restart())
+        screen.open()
+        screen.selected = ENTRIES.index(entry("upload_limit"))
+        screen.handle_key(pygame.K_RIGHT)
+        screen.handle_key(pygame.K_ESCAPE)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            current = swarm._swarm
+            if current is not None and current.settings.upload_limit == RATE_STEPS[1]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the node was not restarted with the new upload limit")
+        assert swarm.status() is not None and current.settings.bootstrap == []
+    finally:
+        swarm.close()
