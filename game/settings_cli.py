@@ -29,10 +29,12 @@ def parse_value(e: Entry, text: str) -> Any:
             return parse_rate(text)
         except SettingsError as err:
             raise CliError(f"{e.key}: {err}") from None
+    kind = type(e.step)  # int, or float for an entry stepped in fractions
     try:
-        n = int(word)
+        n = kind(word)
     except ValueError:
-        raise CliError(f"{e.key} is a whole number, not {text!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise CliError(f"{e.key} is {what}, not {text!r}") from None
     if not e.low <= n <= e.high:
         raise CliError(f"{e.key} is between {e.low} and {e.high}, not {n}")
     return n
@@ -91,8 +93,8 @@ def add_command(sub) -> None:
     q = s.add_parser("set", help="change one setting",
                      description="Write one setting to its config file, checked as the program "
                                  "that reads the file checks it. VALUE is on/off for switches, a "
-                                 "rate such as 0 (unlimited), 512K or 8M for limits, or a whole "
-                                 "number.")
+                                 "rate such as 0 (unlimited), 512K or 8M for limits, or a number "
+                                 "within the setting's range.")
     q.add_argument("key", metavar="KEY", help=f"one of: {keys}")
     q.add_argument("value", metavar="VALUE")
     q.set_defaults(func=cmd_set)

@@ -16,7 +16,8 @@ import msgspec
 from swarm.settings import PUBLIC_DHT_ROUTERS, SettingsError, SwarmSettings
 
 #: toggle: a bool; rate: bytes per second (0 = unlimited) chosen from ``RATE_STEPS``;
-#: number: an int from ``low`` to ``high`` in steps of ``step``.
+#: number: from ``low`` to ``high`` in steps of ``step`` (an int, or a float if ``step`` is one),
+#: shown with ``unit``.
 Kind = Literal["toggle", "rate", "number"]
 
 #: Upload/download limits the screen steps through (bytes per second; 0 = unlimited).
@@ -41,9 +42,10 @@ class Entry:
     default: Any
     #: One or two sentences under the entry: what it does, and what it costs or risks.
     help: str
-    low: int = 0
-    high: int = 0
-    step: int = 1
+    low: int | float = 0
+    high: int | float = 0
+    step: int | float = 1
+    unit: str = ""
     #: Asked on the first run (until the key is in its file), with the value off by default.
     first_run: bool = False
 
@@ -89,7 +91,7 @@ def value_text(e: Entry, value: Any) -> str:
             if value >= size:
                 return f"{value / size:g} {unit}"
         return f"{value} B/s"
-    return str(value)
+    return f"{value:g} {e.unit}".rstrip()
 
 
 def stepped(e: Entry, value: Any, direction: int) -> Any:
@@ -102,4 +104,5 @@ def stepped(e: Entry, value: Any, direction: int) -> Any:
             steps = sorted(set(steps) | {value})
         i = steps.index(value) + direction
         return steps[max(0, min(len(steps) - 1, i))]
-    return max(e.low, min(e.high, value + direction * e.step))
+    # Rounded so float steps (0.1, 0.25) land on the values a person would type.
+    return max(e.low, min(e.high, round(value + direction * e.step, 6)))

@@ -194,3 +194,44 @@ def test_saved_swarm_settings_restart_the_windows_node(config):
         assert swarm.status() is not None and current.settings.bootstrap == []
     finally:
         swarm.close()
+
+
+def test_another_file_and_its_entries_need_only_registering(config, monkeypatch, capsys):
+    """How further settings join the screen: a file with its loader's check, and entries."""
+    from game.cli import main
+    from game.settings_entries import Entry, SettingsFile
+
+    def check(raw: dict) -> dict:  # stands for the loader of the file being added
+        if not 0 < raw.get("cpu_cap", 0.5) <= 1:
+            raise ValueError("cpu_cap must be in (0, 1]")
+        return raw
+
+    monkeypatch.setitem(SETTINGS_FILES, "worker.toml", SettingsFile("worker.toml", check,
+                                                                     (ValueError,)))
+    added = [Entry("worker.toml", "serve_while_away", "Serve jobs while away", "toggle", False,
+                   "Let other players' jobs run here while you are away.", first_run=True),
+             Entry("worker.toml", "idle_minutes", "Idle minutes", "number", 10,
+                   "How long the machine is idle first.", low=1, high=120, step=5, unit="min"),
+             Entry("worker.toml", "cpu_cap", "CPU cap", "number", 0.5,
+                   "The share of the CPU jobs may use.", low=0.1, high=1.0, step=0.1)]
+    ENTRIES.extend(added)  # the one list every reader shares; restored below
+    try:
+        write_config("swarm.toml", {"public_dht": False})
+        screen = SettingsScreen.load()
+        assert screen.needs_first_run()  # the new first-run question is asked
+        screen.open(first_run=True)
+        screen.selected = ENTRIES.index(added[1])
+        screen.handle_key(pygame.K_RIGHT)
+        screen.selected = ENTRIES.index(added[2])
+        for _ in range(3):
+            screen.handle_key(pygame.K_RIGHT)
+        assert screen.handle_key(pygame.K_ESCAPE) == "closed"
+        assert read_config("worker.toml") == {"serve_while_away": False, "idle_minutes": 15,
+                                              "cpu_cap": 0.8}
+        assert read_config("swarm.toml") == {"public_dht": False}
+        assert main(["settings", "set", "cpu_cap", "0.25"]) == 0
+        assert read_config("worker.toml")["cpu_cap"] == 0.25
+        assert main(["settings", "set", "idle_minutes", "500"]) == 2
+        assert "between 1 and 120" in capsys.readouterr().err
+    finally:
+        del ENTRIES[-len(added):]
