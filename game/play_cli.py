@@ -94,9 +94,10 @@ def _play_window(args: argparse.Namespace, state: WorldState, voice: str, dress:
     # The window opens at once with the scripted voice; the model loads (and, on first run, is
     # measured) in the background and takes over from the next reply.
     session = GameSession(state, ScriptedResponder(), record=args.record is not None)
+    voice_ready = threading.Event()  # set once the model has loaded or failed to
     if voice != "scripted":
         session.voice_label = "scripted lines (the local model is loading)"
-        threading.Thread(target=_load_voice, args=(session, voice, dress),
+        threading.Thread(target=_load_voice, args=(session, voice, dress, voice_ready),
                          name="hearth-voice-loader", daemon=True).start()
     swarm = WindowSwarm(None if args.no_seed else _start_swarm())
     autosaver = Autosaver(args.save)
@@ -107,14 +108,16 @@ def _play_window(args: argparse.Namespace, state: WorldState, voice: str, dress:
     def new_game() -> str:
         """The in-window "New game": the current game is set aside and a fresh one begins."""
         from game.autosave import set_aside
-        autosaver.save_now(session.state)
-        kept = set_aside(args.save)
+        try:
+            autosaver.save_now(session.state)
+            kept = set_aside(args.save)
+        except OSError as e:  # the old game could not be kept: keep playing it
+            return f"No new game: could not keep this one ({e.strerror or e})"
         fresh = _load(None, args.seed, args.world)
         session.restart(fresh)
-        autosaver.save_now(fresh)
         autosaver.start(fresh)
         if voice != "scripted" and not args.no_skins:
-            threading.Thread(target=_dress_new_game, args=(session,),
+            threading.Thread(target=_dress_new_game, args=(session, voice_ready),
                              name="hearth-dress", daemon=True).start()
         return f"New game started; the last one is kept as {kept.name}" if kept else "New game"
 
@@ -149,10 +152,12 @@ def _stop_on_signals(stop: threading.Event):
     return restore
 
 
-def _dress_new_game(session) -> None:
+def _dress_new_game(session, voice_ready: threading.Event) -> None:
+    """Dress a new game's villagers in the shipped skins once the model speaks for them."""
     from npc.scripted import ScriptedResponder
+    voice_ready.wait()
     if isinstance(session.responder, ScriptedResponder):
-        return  # the model has not loaded yet; it dresses the villagers when it does
+        return  # the model did not load: skins would not be heard
     from game.village_skins import dress_villagers
     try:
         for cmd in dress_villagers(session.state, say=lambda line: note(f"hearth: {line}")):
@@ -161,16 +166,18 @@ def _dress_new_game(session) -> None:
         note(f"hearth: the demo skins could not be set up: {e}")
 
 
-def _load_voice(session, voice: str, dress: bool) -> None:
+def _load_voice(session, voice: str, dress: bool, ready: threading.Event) -> None:
     try:
         responder, dressing = voice_for_play(voice, session.state, dress)
     except VoiceError as e:
         note(f"hearth: {e}; villagers keep their scripted lines.")
         session.voice_label = "scripted lines (the local model failed to load)"
+        ready.set()
         return
     for cmd in dressing:
         session.post(cmd)
     session.set_responder(responder)
+    ready.set()
 
 
 def _start_swarm():

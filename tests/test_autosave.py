@@ -187,3 +187,41 @@ def test_headless_runs_leave_the_players_save_alone(tmp_path):
 def test_default_save_lives_in_the_data_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("HEARTH_HOME", str(tmp_path))
     assert default_save_path() == tmp_path / "saves" / "current.save"
+
+
+#: `hearth play` with keys posted to SDL's event queue (the dummy driver has no keyboard): open
+#: the settings screen, pick "New game", confirm, then close the window with SIGTERM.
+NEW_GAME_KEYS = """
+import os, signal, sys, threading, time
+import pygame
+import game.play_cli as play_cli
+play_cli.has_display = lambda: True
+from game.cli import main
+def later():
+    time.sleep(3.0)
+    for key in (pygame.K_ESCAPE, pygame.K_F2, pygame.K_UP, pygame.K_RETURN, pygame.K_y):
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode=""))
+        time.sleep(0.3)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=later, daemon=True).start()
+sys.exit(main(["play", "--voice", "scripted", "--no-seed"]))
+"""
+
+
+@pytest.mark.slow
+def test_new_game_in_the_window_keeps_the_last_one(tmp_path):
+    home = tmp_path / "home"
+    save = home / "saves" / "current.save"
+    played = new_game(seed=1)
+    for _ in range(3 * TICKS_PER_HOUR):
+        played, _ = step(played, [])
+    saves.save_game(save, played)
+    r = subprocess.run([sys.executable, "-c", NEW_GAME_KEYS], cwd=ROOT, env=sealed_env(home),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    backups = list((home / "saves" / "backups").iterdir())
+    assert len(backups) == 1
+    kept = load_game(backups[0])
+    assert kept.tick > played.tick  # the continued game, as it was when New game was chosen
+    assert load_game(save).tick < TICKS_PER_HOUR  # the new one, a few seconds old
