@@ -160,8 +160,8 @@ def _handle_overlay_event(event: pygame.event.Event, session: GameSession, ui: C
         if outcome == "new_game" and hooks.new_game is not None:
             ui.input_text = ""
             ui.notify(hooks.new_game(), session.state.tick)
-        elif outcome == "closed" and settings.message and not settings.message_is_error:
-            ui.notify(settings.message, session.state.tick)
+        elif outcome == "closed" and settings.message:
+            ui.notify(settings.message, session.state.tick, refusal=settings.message_is_error)
         return True
     if event.key == HELP_KEY:
         ui.help_open = True

@@ -42,21 +42,24 @@ class SettingsScreen:
     message: str | None = None
     message_is_error: bool = False
     on_saved: list[Callable[[Changed], None]] = field(default_factory=list)
+    #: Files that exist but cannot be read: shown as defaults, never rewritten.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> SettingsScreen:
         files: dict[str, dict[str, Any]] = {}
-        problems = []
+        unreadable = {}
         for name in SETTINGS_FILES:
             try:
                 files[name] = read_config(name)
             except ConfigFileError as e:
                 files[name] = {}
-                problems.append(str(e))
+                unreadable[name] = str(e)
         values = {e.key: files[e.file].get(e.key, e.default) for e in ENTRIES}
-        screen = cls(files=files, values=values)
-        if problems:
-            screen._say("; ".join(problems) + " (fix the file by hand; it is not rewritten)", True)
+        screen = cls(files=files, values=values, unreadable=unreadable)
+        if unreadable:
+            screen._say("; ".join(unreadable.values())
+                        + " (fix the file by hand; the game does not rewrite it)", True)
         return screen
 
     # -- state ------------------------------------------------------------------------------
@@ -66,7 +69,8 @@ class SettingsScreen:
         return [e.label for e in ENTRIES] + [NEW_GAME]
 
     def needs_first_run(self) -> bool:
-        return any(e.first_run and e.key not in self.files[e.file] for e in ENTRIES)
+        return any(e.first_run and e.key not in self.files[e.file] and e.file not in self.unreadable
+                   for e in ENTRIES)
 
     def open(self, first_run: bool = False) -> None:
         self.is_open, self.first_run = True, first_run
@@ -87,25 +91,40 @@ class SettingsScreen:
 
     def save(self) -> bool:
         """Write every changed file, each checked first by its own loader; returns whether all
-        were written (a file that fails its check is left as it was and the screen says why)."""
+        were written. A file that fails its check, or could not be read, is left as it was, its
+        entries go back to what the file holds, and the screen says why."""
         changed = self.changed()
         by_file: dict[str, dict[str, Any]] = {}
         for name, key in changed:
             by_file.setdefault(name, dict(self.files[name]))[key] = self.values[key]
+        written, problems = [], []
         for name, contents in by_file.items():
             spec = SETTINGS_FILES[name]
             try:
+                if name in self.unreadable:
+                    raise ConfigFileError(self.unreadable[name])
                 spec.check(contents)
                 write_config(name, contents)
             except spec.errors + (ConfigFileError, OSError) as e:
-                self._say(f"{name} not saved: {e}", True)
-                return False
+                problems.append(f"{name} not saved: {e}")
+                self._revert(name)
+                continue
             self.files[name] = contents
-        if changed:
-            self._say(f"Settings saved ({', '.join(sorted(by_file))}); F2 changes them", False)
+            written.append(name)
+        done = [(name, key) for name, key in changed if name in written]
+        if problems:
+            self._say("; ".join(problems), True)
+        elif done:
+            self._say(f"Settings saved ({', '.join(sorted(written))}); F2 changes them", False)
+        if done:
             for callback in self.on_saved:
-                callback(changed)
-        return True
+                callback(done)
+        return not problems
+
+    def _revert(self, name: str) -> None:
+        for e in ENTRIES:
+            if e.file == name:
+                self.values[e.key] = self.files[name].get(e.key, e.default)
 
     def _say(self, message: str, error: bool) -> None:
         self.message, self.message_is_error = message, error
@@ -114,7 +133,7 @@ class SettingsScreen:
 
     def handle_key(self, key: int) -> str | None:
         """Returns "new_game" when the player has confirmed starting over, "closed" when the screen
-        closed (its changes saved), else None."""
+        closed (its changes saved, or the reason they could not be in ``message``), else None."""
         if self.confirming_new_game:
             self.confirming_new_game = False
             if key == pygame.K_y:
@@ -122,10 +141,9 @@ class SettingsScreen:
                 return "new_game"
             return None
         if key in (pygame.K_ESCAPE, SETTINGS_KEY):
-            if self.save():
-                self.is_open, self.first_run = False, False
-                return "closed"
-            return None
+            self.save()  # closes either way: a file that cannot be written never traps the player
+            self.is_open, self.first_run = False, False
+            return "closed"
         rows = len(self.rows)
         if key in (pygame.K_UP, pygame.K_w):
             self.selected = (self.selected - 1) % rows

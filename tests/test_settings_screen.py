@@ -93,12 +93,18 @@ def test_a_bad_hand_edited_file_is_named_and_left_alone(config):
     screen = SettingsScreen.load()
     screen.open()
     screen.handle_key(pygame.K_RETURN)
-    assert screen.handle_key(pygame.K_ESCAPE) is None and screen.is_open  # not saved, says why
-    assert screen.message_is_error and "swarm.toml not saved" in screen.message
+    assert screen.handle_key(pygame.K_ESCAPE) == "closed"  # never traps the player...
+    assert screen.message_is_error and "swarm.toml not saved" in screen.message  # ...says why
+    assert screen.values["public_dht"] is False  # and shows what the file holds
     assert (config / "swarm.toml").read_text() == 'listen = "nowhere"\n'
     (config / "swarm.toml").write_text("listen = [\n")
     broken = SettingsScreen.load()
     assert broken.message_is_error and "swarm.toml" in broken.message
+    assert not broken.needs_first_run()  # no welcome over a file that cannot be read
+    broken.open()
+    broken.handle_key(pygame.K_RETURN)
+    assert broken.handle_key(pygame.K_ESCAPE) == "closed" and broken.message_is_error
+    assert (config / "swarm.toml").read_text() == "listen = [\n"  # never rewritten
 
 
 def test_new_game_asks_before_starting_over(config):
