@@ -61,7 +61,9 @@ def run_window(session: GameSession, fps: int = 60, max_frames: int | None = Non
     """Open the window and play until it is closed (or ``max_frames`` frames have been shown, after
     which the last frame is saved to ``screenshot`` if given). Returns the exit code.
     ``swarm_status`` is the swarm box's content, or a function returning it, asked about once a
-    second (the swarm node's thread never touches the window's state)."""
+    second (the swarm node's thread never touches the window's state). ``hooks`` adds the
+    autosave (offered every tick), the settings screen and New game, and a stop request, checked
+    once a frame, that ends the loop between ticks."""
     hooks = hooks or WindowHooks()
     pygame.display.init()
     pygame.font.init()

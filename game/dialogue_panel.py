@@ -7,10 +7,10 @@ import pygame
 
 from engine.state import Npc, WorldState
 from game import text
-from game.skin_names import SkinNames
 from game.palette import (
     ACCENT, BORDER, DIALOGUE_BG, INK, INK_DIM, INK_FAINT, NPC_INK, PLAYER_INK, SECTION_BG,
 )
+from game.skin_names import SkinNames
 
 HEIGHT = 236
 WARES_WIDTH = 300
