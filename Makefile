@@ -29,12 +29,12 @@ LLAMA_KEY := $(shell (echo '$(LLAMA_VERSION) $(subst ',,$(CMAKE_ARGS))'; cat $(L
 LLAMA_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 SMOLLM_VERSION := 0.1.2
 
-.PHONY: play test test-fast bench art screenshot clean llama-wheel
+.PHONY: play test test-fast bench art screenshot clean llama-wheel x11-tools
 
 play: $(VENV)/.play-ready
 	$(BIN)/hearth play
 
-test: $(VENV)/.test-ready
+test: $(VENV)/.test-ready x11-tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.test-ready
@@ -48,6 +48,21 @@ art: $(VENV)/.play-ready
 
 screenshot: $(VENV)/.play-ready
 	SDL_VIDEODRIVER=dummy $(BIN)/python tools/screenshot.py
+
+# The real-window test (tests/test_window_x11.py) runs the game under Xvfb and presses keys with
+# xdotool. As root on Debian/Ubuntu the tools are installed when missing; otherwise the test is
+# skipped and names what is missing (and fails instead where HEARTH_REQUIRE_X11=1, as in CI).
+X11_TOOLS := Xvfb xdotool xwd
+x11-tools:
+	@missing=""; for t in $(X11_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing what the real-window test needs:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool x11-apps; \
+		else \
+			echo "note: missing$$missing; tests/test_window_x11.py will be skipped (install xvfb xdotool x11-apps)"; \
+		fi; \
+	fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -2,12 +2,18 @@
 
 A crash at any moment leaves either the old save or the new one on disk, never a torn file.
 Loading validates the format, the version and the state hash, and names what is wrong.
+
+A save from an older version is upgraded on load by the steps in ``UPGRADES`` (one per version,
+each turning the raw state of version N into that of N + 1); a save no step can bring up to date,
+or one whose world no longer fits this Hearth's, is refused with ``OLD_SAVE_ADVICE``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
+import blake3
 import msgspec
 
 from common.files import atomic_write
@@ -16,6 +22,14 @@ from engine.state import WorldState
 
 SAVE_FORMAT = "hearth-save"
 SAVE_VERSION = 1
+#: What a player does with a save this Hearth cannot read: start over, keeping it as a backup.
+OLD_SAVE_ADVICE = ("start a new game with `hearth play --new-game` (the old save is kept as a "
+                   "backup), or open it with the Hearth that wrote it")
+
+#: version -> a function turning the raw (msgpack-decoded) state of that version into the next.
+#: A change to the world state that old saves cannot be read as adds a step here and bumps
+#: ``SAVE_VERSION``.
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 class SaveError(Exception):
@@ -34,9 +48,18 @@ class _Header(msgspec.Struct):
     version: int
 
 
+class _RawSave(msgspec.Struct):
+    """A save whose state is not yet read as this Hearth's ``WorldState``."""
+    format: str
+    version: int
+    state_hash: str
+    state: dict[str, Any]
+
+
 _enc = msgspec.msgpack.Encoder()
+_canonical = msgspec.msgpack.Encoder(order="sorted")
 _header_dec = msgspec.msgpack.Decoder(_Header)
-_save_dec = msgspec.msgpack.Decoder(SaveFile)
+_raw_dec = msgspec.msgpack.Decoder(_RawSave)
 
 
 def encode_save(state: WorldState) -> bytes:
@@ -63,14 +86,27 @@ def decode_save(data: bytes, name: str = "save") -> WorldState:
     if header.version < 1:
         raise SaveError(f"{name}: invalid save version {header.version}")
     try:
-        save = _save_dec.decode(data)
+        raw = _raw_dec.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise SaveError(f"{name}: corrupt save ({e})") from None
-    actual = state_hash(save.state)
-    if actual != save.state_hash:
+    # The hash covers the state exactly as written (canonical msgpack of what was saved), so it is
+    # checked before any upgrade and whatever version wrote it.
+    actual = blake3.blake3(_canonical.encode(raw.state)).hexdigest()
+    if actual != raw.state_hash:
         raise SaveError(f"{name}: corrupt save (state hash {actual[:16]}… does not match "
-                        f"recorded {save.state_hash[:16]}…)")
-    return save.state
+                        f"recorded {raw.state_hash[:16]}…)")
+    state = raw.state
+    for version in range(header.version, SAVE_VERSION):
+        upgrade = UPGRADES.get(version)
+        if upgrade is None:
+            raise SaveError(f"{name}: written by an older Hearth (save version {header.version}; "
+                            f"this one reads version {SAVE_VERSION}): {OLD_SAVE_ADVICE}")
+        state = upgrade(state)
+    try:
+        return msgspec.convert(state, WorldState)
+    except msgspec.ValidationError as e:
+        raise SaveError(f"{name}: the world in this save does not fit this Hearth's "
+                        f"(save version {header.version}: {e}): {OLD_SAVE_ADVICE}") from None
 
 
 def load_game(path: Path | str) -> WorldState:

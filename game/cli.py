@@ -17,6 +17,7 @@ from game.headless import ScriptError
 from game.model_cli import add_commands as add_model_commands
 from game.play_cli import add_command as add_play_command
 from game.play_cli import load_or_new
+from game.settings_cli import add_command as add_settings_command
 from game.skin_cli import add_commands as add_skin_commands
 from game.swarm_cli import add_commands as add_swarm_commands
 from game.voices import VoiceError, load_voice
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_skin_commands(sub)
     add_swarm_commands(sub)
+    add_settings_command(sub)
     return ap
 
 

@@ -7,20 +7,28 @@ moving figures between tiles. Input only ever becomes commands queued on the ses
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pygame
 
 from engine.commands import AcceptQuest, Buy, Command, EndTalk, Give, Interact, Move, Sell
 from engine.state import MAX_SAY_CHARS, TICKS_PER_SECOND, WorldState
+from game.help_overlay import HELP_KEY, draw_help
 from game.notices import describe
-from game.render import ClientUi, make_ui, nearest_npc, render, window_size
+from game.render import ClientUi, make_ui, nearest_npc, play_rect, render, window_size
 from game.session import GameSession
+from game.settings_screen import SETTINGS_KEY
 from game.swarm_box import SwarmBox
 
-__all__ = ["run_window", "render", "parse_shortcut", "MAX_CATCH_UP_TICKS"]
+if TYPE_CHECKING:
+    from game.autosave import Autosaver
+    from game.settings_screen import SettingsScreen
+
+__all__ = ["run_window", "render", "parse_shortcut", "MAX_CATCH_UP_TICKS", "WindowHooks"]
 
 TITLE = "Hearth — Emberbrook"
 TICK_SECONDS = 1.0 / TICKS_PER_SECOND
@@ -35,13 +43,28 @@ SHORTCUT_HELP = "Try /buy ID, /sell ID, /give ID or /accept."
 SWARM_POLL_SECONDS = 1.0
 
 
+@dataclass
+class WindowHooks:
+    """What ``hearth play`` adds to the window: a way to ask it to close (set from a signal
+    handler), the autosave, the in-window "New game" (returns a notice), the settings screen."""
+
+    stop: threading.Event | None = None
+    autosaver: Autosaver | None = None
+    new_game: Callable[[], str] | None = None
+    settings: SettingsScreen | None = None
+
+
 def run_window(session: GameSession, fps: int = 60, max_frames: int | None = None,
                screenshot: str | Path | None = None,
-               swarm_status: SwarmBox | Callable[[], SwarmBox] | None = None) -> int:
+               swarm_status: SwarmBox | Callable[[], SwarmBox] | None = None,
+               hooks: WindowHooks | None = None) -> int:
     """Open the window and play until it is closed (or ``max_frames`` frames have been shown, after
     which the last frame is saved to ``screenshot`` if given). Returns the exit code.
     ``swarm_status`` is the swarm box's content, or a function returning it, asked about once a
-    second (the swarm node's thread never touches the window's state)."""
+    second (the swarm node's thread never touches the window's state). ``hooks`` adds the
+    autosave (offered every tick), the settings screen and New game, and a stop request, checked
+    once a frame, that ends the loop between ticks."""
+    hooks = hooks or WindowHooks()
     pygame.display.init()
     pygame.font.init()
     try:
@@ -55,14 +78,18 @@ def run_window(session: GameSession, fps: int = 60, max_frames: int | None = Non
         clock = pygame.time.Clock()
         lag, last, frames = 0.0, time.perf_counter(), 0
         swarm_polled = float("-inf")
+        save_error = None
         while True:
+            if hooks.stop is not None and hooks.stop.is_set():
+                return 0
             if poll_swarm is not None and last - swarm_polled >= SWARM_POLL_SECONDS:
                 swarm_polled = last
                 ui.swarm_status = poll_swarm()
             for event in pygame.event.get():
                 if event.type == pygame.QUIT:
                     return 0
-                _handle_event(event, session, ui, loop)
+                if not _handle_overlay_event(event, session, ui, hooks):
+                    _handle_event(event, session, ui, loop)
             _sync_text_input(session.state, ui, loop)
 
             now = time.perf_counter()
@@ -70,17 +97,28 @@ def run_window(session: GameSession, fps: int = 60, max_frames: int | None = Non
             last = now
             ticks = 0
             while lag >= TICK_SECONDS and ticks < MAX_CATCH_UP_TICKS:
-                _queue_walk(session, loop)
+                if not _overlay_open(ui, hooks):
+                    _queue_walk(session, loop)
                 for event in session.tick():
                     notice = describe(session.state, event)
                     if notice:
                         ui.notify(notice[0], session.state.tick, refusal=notice[1])
+                if hooks.autosaver is not None:
+                    hooks.autosaver.save_if_due(session.state)
                 lag -= TICK_SECONDS
                 ticks += 1
             if lag >= TICK_SECONDS:
                 lag %= TICK_SECONDS  # too far behind: drop the backlog instead of spiralling
+            if hooks.autosaver is not None and hooks.autosaver.error != save_error:
+                save_error = hooks.autosaver.error
+                if save_error:
+                    ui.notify(save_error, session.state.tick, refusal=True)
 
             render(screen, session, lag / TICK_SECONDS, ui)
+            if ui.help_open:
+                draw_help(screen, play_rect(session.state))
+            elif hooks.settings is not None and hooks.settings.is_open:
+                hooks.settings.draw(screen, play_rect(session.state))
             pygame.display.flip()
             frames += 1
             if max_frames is not None and frames >= max_frames:
@@ -100,6 +138,40 @@ class _InputState:
         #: A direction pressed since the last step started: a quick tap still walks one tile.
         self.tapped: tuple[int, int] | None = None
         self.text_input_on = False
+
+
+def _overlay_open(ui: ClientUi, hooks: WindowHooks) -> bool:
+    return ui.help_open or (hooks.settings is not None and hooks.settings.is_open)
+
+
+def _handle_overlay_event(event: pygame.event.Event, session: GameSession, ui: ClientUi,
+                          hooks: WindowHooks) -> bool:
+    """Keys for the help overlay and the settings screen (F1, F2 and whatever they take while
+    open); returns whether the event was theirs."""
+    settings = hooks.settings
+    if event.type == pygame.TEXTINPUT:
+        return _overlay_open(ui, hooks)  # typing goes nowhere while an overlay covers the map
+    if event.type != pygame.KEYDOWN:
+        return False
+    if ui.help_open:
+        if event.key in (HELP_KEY, pygame.K_ESCAPE):
+            ui.help_open = False
+        return True
+    if settings is not None and settings.is_open:
+        outcome = settings.handle_key(event.key)
+        if outcome == "new_game" and hooks.new_game is not None:
+            ui.input_text = ""
+            ui.notify(hooks.new_game(), session.state.tick)
+        elif outcome == "closed" and settings.message:
+            ui.notify(settings.message, session.state.tick, refusal=settings.message_is_error)
+        return True
+    if event.key == HELP_KEY:
+        ui.help_open = True
+        return True
+    if event.key == SETTINGS_KEY and settings is not None:
+        settings.open()
+        return True
+    return False
 
 
 def _queue_walk(session: GameSession, loop: _InputState) -> None:

@@ -10,6 +10,7 @@ from game import text
 from game.palette import (
     ACCENT, BORDER, DIALOGUE_BG, INK, INK_DIM, INK_FAINT, NPC_INK, PLAYER_INK, SECTION_BG,
 )
+from game.skin_names import SkinNames
 
 HEIGHT = 236
 WARES_WIDTH = 300
@@ -18,8 +19,11 @@ _SIZE = 20
 _PAD = 14
 
 
-def voice_name(npc: Npc) -> str:
-    return npc.skin or "base voice"
+def voice_name(npc: Npc, skins: SkinNames | None = None) -> str:
+    """The skin the NPC wears by name and creator ("Saltbeard, by 1a2b…"), or "base voice"."""
+    if npc.skin is None:
+        return "base voice"
+    return (skins or SkinNames()).label(npc.skin)
 
 
 def transcript(npc: Npc, partial: str | None) -> list[tuple[str, tuple[int, int, int]]]:
@@ -36,8 +40,10 @@ def transcript(npc: Npc, partial: str | None) -> list[tuple[str, tuple[int, int,
 
 
 def draw_dialogue(surface: pygame.Surface, rect: pygame.Rect, state: WorldState, npc: Npc,
-                  partial: str | None, input_text: str, speaker: str = "") -> None:
-    """``speaker`` says what renders the villagers' words (the local model, scripted lines)."""
+                  partial: str | None, input_text: str, speaker: str = "",
+                  skins: SkinNames | None = None) -> None:
+    """``speaker`` says what renders the villagers' words (the local model, scripted lines);
+    ``skins`` names the skin the NPC wears."""
     shade = pygame.Surface(rect.size, pygame.SRCALPHA)
     shade.fill(DIALOGUE_BG)
     surface.blit(shade, rect.topleft)
@@ -52,8 +58,9 @@ def draw_dialogue(surface: pygame.Surface, rect: pygame.Rect, state: WorldState,
     text.draw(surface, text.ellipsize(about, text.font(20), left.width - r.width - 12),
               (r.right + 12, left.top + 6), 20, INK_DIM)
     y = left.top + 30
-    text.draw(surface, f"voice: {voice_name(npc)}" + (f"  ·  {speaker}" if speaker else ""),
-              (left.left, y), 18, INK_FAINT)
+    voice = f"voice: {voice_name(npc, skins)}" + (f"  ·  {speaker}" if speaker else "")
+    text.draw(surface, text.ellipsize(voice, text.font(18), left.width), (left.left, y), 18,
+              INK_FAINT)
     y += 22
 
     # input line at the bottom of the left column

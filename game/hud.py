@@ -97,7 +97,8 @@ def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldStat
 
     swarm_rect = pygame.Rect(inner.left, rect.bottom - SWARM_BOX_HEIGHT - _PAD, inner.width,
                              SWARM_BOX_HEIGHT)
-    controls = ["Arrows / WASD  walk", "E / Space  talk", "Enter  say   Esc  leave"]
+    controls = ["Arrows / WASD  walk", "E / Space  talk", "Enter  say   Esc  leave",
+                "F1  help   F2  settings"]
     cy = swarm_rect.top - 14 - 20 * len(controls)
     _draw_log(surface, inner, y, cy - 36, log)
     if hint:

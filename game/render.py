@@ -20,6 +20,7 @@ from game.dialogue_panel import draw_dialogue
 from game.hud import draw_side_panel
 from game.palette import BUBBLE_BG, BUBBLE_INK, INK, LABEL_BG, REFUSAL, SECTION_BG
 from game.session import GameSession
+from game.skin_names import SkinNames
 from game.swarm_box import SwarmBox
 
 TILE_PX = 24
@@ -51,6 +52,10 @@ class ClientUi:
     #: The latest notices, newest last, for the side panel's log.
     log: deque[Notice] = field(default_factory=lambda: deque(maxlen=LOG_LENGTH))
     swarm_status: SwarmBox | None = None
+    #: The F1 help overlay is showing.
+    help_open: bool = False
+    #: Names of the skins villagers wear, read from the skin store once each.
+    skins: SkinNames = field(default_factory=SkinNames)
     _map_cache: tuple[str, pygame.Surface] | None = field(default=None, repr=False)
 
     def notify(self, message: str, tick: int, refusal: bool = False) -> None:
@@ -147,7 +152,7 @@ def render(surface: pygame.Surface, session: GameSession, alpha: float, ui: Clie
         partial = pending.partial if pending is not None and pending.turn.npc_id == talking.id else None
         panel = dialogue_rect(state)
         draw_dialogue(surface, panel, state, talking, partial, ui.input_text,
-                      getattr(session, "voice_label", ""))
+                      getattr(session, "voice_label", ""), ui.skins)
         if panel.top <= notice_top:
             notice_top = panel.bottom + 12
     _draw_notice(surface, play, notice_top, state, ui.notice)

@@ -109,6 +109,17 @@ class GameSession:
         self._worker.responder = responder
         self.voice_label = _label(responder)
 
+    def restart(self, state: WorldState) -> None:
+        """Play ``state`` from now on (a new game): any reply in progress is dropped, queued input
+        is discarded, and a recording starts over from the new state."""
+        self.cancel_reply()
+        self._inputs.clear()
+        self._posted.clear()
+        self._request_after_say = False
+        self.state = state
+        if self.recorder is not None:
+            self.recorder = Recorder(state)
+
     # -- input ---------------------------------------------------------------------------------
 
     def queue(self, cmd: Command) -> None:

@@ -9,10 +9,14 @@ download_limit = 0
 seeding = true                    # serve the local models and skins to others
 lan_discovery = false             # BitTorrent local service discovery
 loopback = false                  # test mode: every peer is on 127.0.0.1
+public_dht = false                # also join the public BitTorrent DHT (asked on first run)
 ```
 
-Nothing here ever names a public tracker or DHT router: a node talks only to the bootstrap
-nodes it is given and to the peers those lead to.
+A node talks only to the bootstrap nodes it is given and to the peers those lead to. The public
+BitTorrent DHT's well-known routers (``PUBLIC_DHT_ROUTERS``, the ones mainstream clients use) are
+added to them only when ``public_dht`` is true, which only the player sets (the window asks once;
+``hearth settings set public_dht on``); it is absent, and so off, in every fresh config directory,
+so tests, CI and headless runs reach nothing but the nodes they configure.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ from common.paths import config_dir
 
 CONFIG_FILE = "swarm.toml"
 DEFAULT_PORT = 6881
+#: The bootstrap routers of the public BitTorrent DHT that mainstream clients use.
+PUBLIC_DHT_ROUTERS = (
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+)
 
 
 class SettingsError(Exception):
@@ -55,8 +66,14 @@ class SwarmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: for that content drops to this fraction of ``upload_limit`` so the peers trade among
     #: themselves instead of all drawing on the one seed.
     step_back_share: float = 0.125
+    #: Also join the public BitTorrent DHT through ``PUBLIC_DHT_ROUTERS`` (the player's choice;
+    #: off unless set). When true, ``bootstrap`` holds those routers after the configured nodes.
+    public_dht: bool = False
 
     def __post_init__(self) -> None:
+        if self.public_dht:
+            self.bootstrap = self.bootstrap + [r for r in PUBLIC_DHT_ROUTERS
+                                               if r not in self.bootstrap]
         parse_endpoint(self.listen, allow_zero=True)
         for node in self.bootstrap:
             parse_endpoint(node)

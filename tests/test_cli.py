@@ -13,9 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Names each command's help must show whatever else the parser grows: its real subcommands and
 #: options (the full list is read from the parser itself).
 HELP_NAMES = {
-    (): {"play", "replay", "talk", "model", "state", "id", "skin", "seed", "fetch"},
+    (): {"play", "replay", "talk", "model", "state", "id", "skin", "seed", "fetch", "settings"},
     ("play",): {"--headless", "--seed", "--ticks", "--script", "--record", "--save", "--world",
-                "--voice", "--no-skins", "--no-seed"},
+                "--voice", "--no-skins", "--no-seed", "--new-game"},
+    ("settings",): {"list", "set"},
+    ("settings", "set"): {"KEY", "VALUE"},
     ("replay",): {"LOG"},
     ("talk",): {"--save", "--npc", "--seed", "--json", "--voice", "words"},
     ("model",): {"add", "list", "tune", "fetch"},

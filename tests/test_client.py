@@ -246,3 +246,26 @@ def test_notices_skip_walking_into_walls(session):
     assert refusal and "not enough gold" in text
     text, refusal = describe(state, Traded(npc="maren", item="ale", qty=1, gold=4, to_player=True))
     assert not refusal and "mug of ale" in text and "Maren" in text
+
+
+def test_dialogue_panel_names_the_skin_and_its_creator(tmp_path, offscreen):
+    from game.dialogue_panel import draw_dialogue, voice_name
+    from game.skin_names import SkinNames
+    from game.village_skins import BUNDLES_DIR
+    from npc.skins.bundle import read_signed
+    from npc.skins.store import SkinStore
+
+    signed = read_signed(BUNDLES_DIR / "pirate")
+    skin_id = SkinStore(tmp_path).install(BUNDLES_DIR / "pirate")
+    names = SkinNames(tmp_path)
+    state = new_game(seed=1)
+    tobin = state.npc("tobin")
+    assert voice_name(tobin, names) == "base voice"
+    tobin.skin = skin_id
+    label = voice_name(tobin, names)
+    assert label == f"Saltbeard, by {signed.manifest.creator[:16]}"
+    assert skin_id[:16] not in label
+    tobin.skin = "ab" * 32
+    assert voice_name(tobin, names) == f"skin {'ab' * 8}… (not installed)"
+    surface = pygame.Surface(window_size(state))
+    draw_dialogue(surface, dialogue_rect(state), state, tobin, None, "", "scripted lines", names)
