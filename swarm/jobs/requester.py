@@ -423,8 +423,9 @@ class _Run:
             other = self.slots[index]
             if other.status == ACCEPTED:
                 self._requeue(other)
-        for other in self.slots:  # a result of theirs still being checked is void as well
-            if other.status == VERIFYING and other.worker == worker:
+        for other in self.slots:  # whatever else they are doing or did for this job is void
+            if other.status in (ASSIGNED, VERIFYING) and other.worker == worker:
+                transport.send(self.links[worker].sock, p.Cancel(job=self.job, shard=other.index))
                 self._requeue(other)
 
     # ---- receipts -----------------------------------------------------------------------------
