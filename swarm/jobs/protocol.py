@@ -111,6 +111,7 @@ ToRequester = Union[OfferReply, Accepted, Heartbeat, Result, ShardReleased, Coun
 #: Error codes a worker sends.
 MALFORMED = "malformed"
 BUSY = "busy"
+PAUSED = "paused"  # the worker's owner is back: no new shards for now
 UNSERVED = "unserved"  # a model or skin the worker does not serve, or a price below its offer
 BAD_RECEIPT = "bad_receipt"
 FAILED = "failed"  # the backend failed on the shard

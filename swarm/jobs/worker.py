@@ -206,6 +206,8 @@ class Worker:
         transport.reply(self._jobs, peer, p.Accepted(job=msg.job, shard=msg.shard))
 
     def _refusal(self, msg: p.Assign) -> tuple[str, str] | None:
+        if self.gate.paused():
+            return p.PAUSED, "serving is paused on this machine"
         if msg.model != self._model:
             return p.UNSERVED, f"model {msg.model[:12]} is not served here"
         if msg.skin is not None and msg.skin not in self.skins:
