@@ -20,7 +20,7 @@ from swarm.jobs.backend import InferenceBackend
 from swarm.jobs.batchfile import (
     BatchFileError, error_line, parse_batch, render_lines, result_line,
 )
-from swarm.jobs.job_store import JobStore
+from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.receipt import UNITS_PER_GOLD
 from swarm.jobs.requester import (
     DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_VERIFY_FRACTION, JobError, Requester, job_id,
@@ -132,7 +132,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     requester = Requester(identity, store, backend, verify_fraction=args.verify_fraction,
                           heartbeat_timeout=args.heartbeat_timeout, max_price=args.max_price,
                           max_workers=args.workers)
-    if items:
+    held = store.job(job)
+    if items and held is not None and held.state == FINISHED:
+        completions = store.results(job)
+        summary = (f"finished before: {held.accepted} shard(s), {held.receipts} receipt(s); "
+                   f"nothing bought again")
+    elif items:
         offers = _find_offers(args, identity.public_hex, model)
         usable = requester.usable_offers(offers, model, skin)
         if not usable:

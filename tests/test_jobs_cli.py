@@ -126,6 +126,7 @@ def test_submit_with_a_killed_and_a_stalled_worker_completes(procs, tmp_path):
     assert "finished" in run("honest", "jobs", "status", home=tmp_path / "req").stdout
 
 
+@pytest.mark.slow
 def test_a_cheating_worker_is_caught_from_the_command_line(procs, tmp_path):
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(batch_bytes(12))
@@ -136,7 +137,14 @@ def test_a_cheating_worker_is_caught_from_the_command_line(procs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "1 worker(s) caught cheating" in r.stdout
     check_results(requests, out)
+    # The same job again: its results are held, nothing is bought, no worker is needed.
+    out.unlink()
+    again = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+                "--peer", "127.0.0.1:9", home=tmp_path / "req")
+    assert again.returncode == 0 and "nothing bought again" in again.stdout, again.stderr
+    check_results(requests, out)
     # The caught worker is refused from then on.
+    requests.write_bytes(batch_bytes(5))
     again = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
                 "--peer", ws[1].endpoint, home=tmp_path / "req")
     assert again.returncode == 2 and "fraud record" in again.stderr
