@@ -14,6 +14,7 @@ from engine.state import WorldState
 from engine.world import WorldDataError
 from game.cli_error import CliError
 from game.headless import ScriptError
+from game.jobs_cli import add_commands as add_jobs_commands
 from game.model_cli import add_commands as add_model_commands
 from game.play_cli import add_command as add_play_command
 from game.play_cli import load_or_new
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_skin_commands(sub)
     add_swarm_commands(sub)
     add_settings_command(sub)
+    add_jobs_commands(sub)
     return ap
 
 

@@ -86,3 +86,24 @@ def get_item(session: Session, public_key: bytes, salt: bytes = INDEX_SALT,
     finally:
         session.unregister(fut)
     return max(seen, key=lambda i: i.seq) if seen else None
+
+
+def announce(session: Session, info_hash: bytes, port: int) -> None:
+    """Tell the DHT that this node serves ``info_hash`` on ``port`` (TCP); fire and forget, so
+    the caller re-announces now and then (DHT nodes forget announces after a while)."""
+    session.call(lambda ses: ses.dht_announce(lt.sha1_hash(info_hash), port, 0))
+
+
+def get_peers(session: Session, info_hash: bytes,
+              timeout: float = DHT_ITEM_TIMEOUT) -> list[tuple[str, int]]:
+    """The (host, port) endpoints announced under ``info_hash`` (empty when none answer)."""
+    def match(a):
+        if isinstance(a, lt.dht_get_peers_reply_alert) and bytes(a.info_hash.to_bytes()) \
+                == info_hash:
+            return [(str(ip), int(port)) for ip, port in a.peers()]
+        return None
+    try:
+        return session.expect(lambda ses: ses.dht_get_peers(lt.sha1_hash(info_hash)), match,
+                              timeout)
+    except FutureTimeout:
+        return []

@@ -108,3 +108,13 @@ class SwarmNode:
                  timeout: float = dht.DHT_ITEM_TIMEOUT, settle: float = 3.0) -> SignedItem | None:
         """The newest BEP44 item under a key (see :func:`swarm.torrent.dht.get_item`)."""
         return dht.get_item(self.session, public_key, salt, timeout, settle)
+
+    def dht_announce(self, info_hash: bytes, port: int) -> None:
+        """Announce this node as serving ``info_hash`` on TCP ``port`` (see
+        :func:`swarm.torrent.dht.announce`)."""
+        dht.announce(self.session, info_hash, port)
+
+    def dht_get_peers(self, info_hash: bytes,
+                      timeout: float = dht.DHT_ITEM_TIMEOUT) -> list[tuple[str, int]]:
+        """Endpoints announced under ``info_hash`` (see :func:`swarm.torrent.dht.get_peers`)."""
+        return dht.get_peers(self.session, info_hash, timeout)

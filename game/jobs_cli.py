@@ -1,0 +1,354 @@
+"""``hearth jobs submit``, ``hearth jobs status`` and ``hearth worker``: batch inference bought
+from and sold to other players' machines. The model engine both sides need comes from one place,
+``make_backend``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+from common.files import atomic_write
+from common.identity import load_or_create_identity
+from common.paths import data_dir
+from game.cli_error import CliError
+from game.notices import note
+from swarm.jobs.backend import InferenceBackend
+from swarm.jobs.batchfile import (
+    BatchFileError, error_line, parse_batch, render_lines, result_line,
+)
+from swarm.jobs.job_store import FINISHED, JobStore
+from swarm.jobs.receipt import UNITS_PER_GOLD
+from swarm.jobs.requester import (
+    DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_VERIFY_FRACTION, JobError, Requester, job_id,
+)
+from swarm.settings import load_settings, parse_endpoint, parse_endpoints
+
+DHT_WAIT_SECONDS = 10.0
+DHT_LOOKUP_SECONDS = 20.0
+
+
+def make_backend(model: str) -> InferenceBackend:
+    """The model engine that serves shards (``hearth worker``) and re-scores workers' claims
+    (``hearth jobs submit``). ``model`` is a model id (the BLAKE3 of a model file in the model
+    store) or ``default`` for the game's own model. This is the one place the command line gets
+    an ``InferenceBackend``."""
+    raise CliError("this build has no batched inference engine to serve or check jobs with")
+
+
+def jobs_dir() -> Path:
+    d = data_dir() / "jobs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _backend_for(model: str) -> InferenceBackend:
+    backend = make_backend(model)
+    if model != "default" and backend.model_id != model:
+        raise CliError(f"model {model[:16]} is not the one this machine runs "
+                       f"({backend.model_id[:16]})")
+    return backend
+
+
+def _skin(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise CliError(f"--skin {text!r} is not a skin id (64 lowercase hex digits)")
+    return text
+
+
+def _network_settings(args: argparse.Namespace):
+    overrides = {"loopback": True if args.loopback else None,
+                 "listen": args.dht_listen}
+    if args.bootstrap is not None:
+        overrides["bootstrap"] = parse_endpoints(args.bootstrap)
+    return load_settings(**overrides)
+
+
+def _start_dht(args: argparse.Namespace):
+    """A swarm node joined to the DHT through ``--bootstrap`` (or swarm.toml's bootstrap)."""
+    from game.swarm_bridge import start_node
+
+    settings = _network_settings(args)
+    if not settings.bootstrap:
+        raise CliError("finding workers needs the DHT: give --bootstrap HOST:PORT (or set "
+                       "bootstrap in swarm.toml), or name workers with --peer HOST:PORT")
+    node = start_node(settings)
+    deadline = time.monotonic() + DHT_WAIT_SECONDS
+    while not node.dht_node_count():
+        if time.monotonic() > deadline:
+            node.close()
+            raise CliError("no DHT node answered: check --bootstrap HOST:PORT")
+        time.sleep(0.25)
+    return node
+
+
+# ---- jobs submit ---------------------------------------------------------------------------------
+
+def _find_offers(args: argparse.Namespace, requester: str, model: str):
+    from swarm.jobs.discovery import fetch_offers, find_endpoints
+
+    if args.peer:
+        for endpoint in args.peer:
+            parse_endpoint(endpoint)
+        endpoints = list(args.peer)
+    else:
+        node = _start_dht(args)
+        try:
+            note(f"looking up workers for model {model[:16]} in the DHT")
+            endpoints = find_endpoints(node, model, DHT_LOOKUP_SECONDS)
+        finally:
+            node.close()
+    offers = fetch_offers(endpoints, requester, model)
+    if not offers:
+        where = "at " + ", ".join(args.peer) if args.peer else "in the DHT"
+        raise CliError(f"no worker serving model {model[:16]} answered {where}")
+    return offers
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    try:
+        data = args.requests.read_bytes()
+    except OSError as e:
+        raise CliError(f"{args.requests}: cannot read ({e.strerror})") from None
+    try:
+        lines = parse_batch(data, name=str(args.requests))
+    except BatchFileError as e:
+        raise CliError(str(e)) from None
+    skin = _skin(args.skin)
+    backend = _backend_for(args.model)
+    model = backend.model_id
+    identity = load_or_create_identity()
+    store = JobStore(jobs_dir() / "requester.sqlite")
+    job = job_id(data, model, skin)
+    items = [ln.item for ln in lines if ln.item is not None]
+    requester = Requester(identity, store, backend, verify_fraction=args.verify_fraction,
+                          heartbeat_timeout=args.heartbeat_timeout, max_price=args.max_price,
+                          max_workers=args.workers)
+    held = store.job(job)
+    if items and held is not None and held.state == FINISHED:
+        completions = store.results(job)
+        summary = (f"finished before: {held.accepted} shard(s), {held.receipts} receipt(s); "
+                   f"nothing bought again")
+    elif items:
+        offers = _find_offers(args, identity.public_hex, model)
+        usable = requester.usable_offers(offers, model, skin)
+        if not usable:
+            cap = f" at most {args.max_price} micro-gold per 1k tokens" if args.max_price else ""
+            raise CliError(f"{len(offers)} worker(s) answered but none serves this job{cap} "
+                           f"(model, skin, price, or a fraud record of yours against them)")
+        note(f"job {job[:16]}: {len(items)} request(s) on up to {len(usable)} worker(s)")
+        with Progress(TextColumn("[bold]shards"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[detail]}"), console=Console(stderr=True)) as bar:
+            task = bar.add_task("shards", total=None, detail="")
+
+            def progress(p) -> None:
+                rate = p.tokens_out / p.elapsed if p.elapsed > 0 else 0.0
+                bar.update(task, total=p.shards, completed=p.accepted,
+                           detail=f"verifying {p.verifying} · reassigned {p.reassigned} · "
+                                  f"caught {p.caught} · {rate:.0f} tok/s")
+            try:
+                outcome = requester.run(job, model, skin, items, offers,
+                                        input_name=str(args.requests), output_name=str(args.out),
+                                        progress=progress, timeout=args.timeout)
+            except JobError as e:
+                raise CliError(f"{e}; run the same command again to resume the job",
+                               exit_code=1) from None
+            except KeyboardInterrupt:
+                note("interrupted: accepted shards are kept; run the same command to resume")
+                raise
+        completions, caught = outcome.completions, outcome.caught
+        summary = (f"{outcome.shards} shard(s), {outcome.verified_shards} re-scored, "
+                   f"{outcome.reassigned} reassigned, {len(caught)} worker(s) caught cheating; "
+                   f"{outcome.receipts} receipt(s), {outcome.paid / UNITS_PER_GOLD:.6f} gold")
+    else:
+        completions, summary = {}, "nothing to run"
+    created = int(time.time())
+    out = [result_line(job, ln.custom_id, model, completions[ln.custom_id], created)
+           if ln.item is not None else error_line(job, ln.custom_id, ln.error) for ln in lines]
+    atomic_write(args.out, render_lines(out))
+    refused = [ln for ln in lines if ln.item is None]
+    print(f"job {job}: {len(items)} result(s) written to {args.out} ({summary})")
+    if refused:
+        raise CliError(f"{len(refused)} request(s) could not be honoured, first {args.requests} "
+                       f"line {refused[0].line}: {refused[0].error} (their error lines are in "
+                       f"{args.out})", exit_code=1)
+    return 0
+
+
+# ---- jobs status ---------------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = jobs_dir() / "requester.sqlite"
+    rows = JobStore(path).jobs() if path.exists() else []
+    if args.json:
+        print(json.dumps([{"job": r.id, "state": r.state, "model": r.model, "skin": r.skin,
+                           "requests": r.requests, "shards": r.shards,
+                           "shards_accepted": r.accepted, "receipts": r.receipts,
+                           "paid_micro_gold": r.paid, "input": r.input, "output": r.output,
+                           "updated": r.updated} for r in rows]))
+        return 0
+    if not rows:
+        print("no jobs yet")
+        return 0
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.updated))
+        print(f"{r.id[:16]}  {r.state:8s} {r.accepted}/{r.shards} shards  {r.requests} requests  "
+              f"{r.receipts} receipts  {r.paid / UNITS_PER_GOLD:.6f} gold  {when}  "
+              f"{r.input} -> {r.output}")
+    return 0
+
+
+# ---- worker --------------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from swarm.jobs.discovery import REANNOUNCE_SECONDS, announce
+    from swarm.jobs.settings import load_worker_settings
+    from swarm.jobs.transport import z85_key
+    from swarm.jobs.worker import Worker
+    from swarm.jobs.worker_store import WorkerStore
+
+    parse_endpoint(args.listen, allow_zero=True)
+    settings = load_worker_settings(price_per_1k=args.price, capacity=args.capacity)
+    backend = _backend_for(args.model)
+    identity = load_or_create_identity()
+    stop = threading.Event()
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+    worker = Worker(backend, identity, WorkerStore(jobs_dir() / "worker.sqlite"),
+                    listen=args.listen, price_per_1k=settings.price_per_1k,
+                    capacity=settings.capacity)
+    node = None
+    try:
+        worker.start()
+        port = int(worker.offer_endpoint.rpartition(":")[2])
+        if args.bootstrap is not None or _network_settings(args).bootstrap:
+            node = _start_dht(args)
+            announce(node, [backend.model_id], port)
+        print(f"serving: {worker.offer_endpoint} key {identity.public_hex} curve "
+              f"{z85_key(worker.curve_key).decode()} model {backend.model_id} price "
+              f"{settings.price_per_1k}", flush=True)
+        started = time.monotonic()
+        next_announce = started + REANNOUNCE_SECONDS
+        served = -1
+        while not stop.wait(0.5):
+            if args.duration is not None and time.monotonic() - started > args.duration:
+                break
+            if node is not None and time.monotonic() > next_announce:
+                announce(node, [backend.model_id], port)
+                next_announce = time.monotonic() + REANNOUNCE_SECONDS
+            s = worker.stats
+            if s.shards_served != served:
+                served = s.shards_served
+                note(f"served {s.shards_served} shard(s), {s.tokens_generated} tokens, "
+                     f"{s.receipts_held} receipt(s) held "
+                     f"({s.receipts_amount / UNITS_PER_GOLD:.6f} gold)")
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if node is not None:
+            node.close()
+        worker.close()
+    return 0
+
+
+# ---- the parser ----------------------------------------------------------------------------------
+
+def _add_network_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", default=None, metavar="HOST:PORT,...",
+                   help="DHT nodes to join through (default: swarm.toml's bootstrap)")
+    p.add_argument("--dht-listen", default=None, metavar="HOST:PORT",
+                   help="where this machine's DHT node listens (default from swarm.toml)")
+    p.add_argument("--loopback", action="store_true",
+                   help="test mode: every peer and DHT node is on this machine (127.0.0.1)")
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a fraction from 0 to 1")
+    return value
+
+
+def add_commands(sub) -> None:
+    """Register ``jobs`` (submit, status) and ``worker`` on the main parser's subcommands."""
+    p = sub.add_parser("jobs", help="run batch inference on other players' machines",
+                       description="Submit a batch of chat requests to workers found through the "
+                                   "DHT, or list your jobs.")
+    jsub = p.add_subparsers(dest="jobs_command", metavar="SUBCOMMAND", required=True)
+
+    q = jsub.add_parser("submit", help="run a Batch API file on workers",
+                        description="Read REQUESTS (the OpenAI Batch API input format: one "
+                                    "{custom_id, method, url, body} per line), split it into "
+                                    "shards (no worker sees more than one shard of the job while "
+                                    "there are enough workers), run them on workers serving "
+                                    "MODEL, re-score a sample of every worker's output on your "
+                                    "own copy of the model, and write OUT in the Batch API output "
+                                    "format, in input order. A worker caught cheating is paid "
+                                    "nothing for the job, gets a fraud record and is never used "
+                                    "again; its shards are redone. Body fields honoured: "
+                                    "messages, max_tokens, temperature, top_p, seed (model is "
+                                    "read but --model decides); any other field a request "
+                                    "cannot have honoured is an error line for that request. "
+                                    "Exits 0 when every request has an accepted result, 1 when "
+                                    "some could not be honoured or the job could not finish (run "
+                                    "the same command again to resume it: shards already "
+                                    "accepted are not bought again), 2 on a bad file or option.")
+    q.add_argument("requests", type=Path, metavar="REQUESTS.jsonl")
+    q.add_argument("--model", required=True, metavar="MODEL",
+                   help="the model id (BLAKE3 hex) to run, or 'default' for the game's model")
+    q.add_argument("--skin", default=None, metavar="SKIN_ID", help="a skin for every request")
+    q.add_argument("--out", type=Path, required=True, metavar="RESULTS.jsonl")
+    q.add_argument("--max-price", type=int, default=None, metavar="MICRO_GOLD",
+                   help="the most you pay per 1,000 tokens, in micro-gold (1 gold = 1,000,000)")
+    q.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="use at most N workers (default: every suitable one found)")
+    q.add_argument("--peer", action="append", default=None, metavar="HOST:PORT",
+                   help="a worker's endpoint (as its `serving:` line prints); repeatable; "
+                        "skips the DHT")
+    q.add_argument("--verify-fraction", type=_fraction, default=DEFAULT_VERIFY_FRACTION,
+                   metavar="F", help="share of shards re-scored besides each worker's first "
+                                     f"(default {DEFAULT_VERIFY_FRACTION})")
+    q.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT,
+                   metavar="SECONDS", help="reassign a shard whose worker is silent this long")
+    q.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="give up (resumably) after this long")
+    _add_network_args(q)
+    q.set_defaults(func=cmd_submit)
+
+    q = jsub.add_parser("status", help="list your jobs",
+                        description="List the jobs recorded on this machine, running and "
+                                    "finished: shards accepted, receipts, gold paid.")
+    q.add_argument("--json", action="store_true", help="print one JSON array")
+    q.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("worker", help="serve other people's batch inference jobs",
+                       description="Serve shards of jobs on this machine's model until "
+                                   "interrupted, announcing an offer (model, price per 1,000 "
+                                   "tokens, capacity, endpoint, encryption key) signed with your "
+                                   "identity in the DHT. Prints a line `serving: HOST:PORT key "
+                                   "ED25519 curve Z85 ...` once it accepts shards; requesters can "
+                                   "name HOST:PORT with --peer. Every shard accepted yields a "
+                                   "receipt signed by both sides, kept on this machine. Price and "
+                                   "capacity come from worker.toml unless given here.")
+    p.add_argument("--listen", default="0.0.0.0:7880", metavar="HOST:PORT",
+                   help="the offer socket (the encrypted jobs socket uses the next port; "
+                        "port 0 picks free ones; default 0.0.0.0:7880)")
+    p.add_argument("--model", default="default", metavar="MODEL",
+                   help="the model to serve (default: the game's model)")
+    p.add_argument("--price", type=int, default=None, metavar="MICRO_GOLD",
+                   help="price per 1,000 tokens in micro-gold (default from worker.toml: 100)")
+    p.add_argument("--capacity", type=int, default=None, metavar="N",
+                   help="requests decoded at once, as the offer states")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long instead of waiting for Ctrl-C")
+    _add_network_args(p)
+    p.set_defaults(func=cmd_worker)
+

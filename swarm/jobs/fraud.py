@@ -1,0 +1,45 @@
+"""Fraud records: a requester's signed statement that a worker's claim failed re-scoring.
+
+The record carries the evidence (the request, the claimed completion, where and why re-scoring
+disagreed), so anyone holding the same model can re-check it; it is signed by the requester so it
+cannot be forged in someone else's name. The requester keeps it and refuses the worker from then on.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from common.identity import Identity, verify_signature
+from swarm.jobs.backend import Completion, WorkItem
+
+DOMAIN = b"hearth-fraud-v1\x00"
+
+
+class FraudRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    requester: str
+    worker: str
+    job: str
+    shard: int
+    model: str
+    skin: str | None
+    item: WorkItem | None  # None when the result did not even match the shard's requests
+    claim: Completion | None
+    first_mismatch: int | None
+    reason: str
+    created: int
+
+
+class SignedFraud(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    record: FraudRecord
+    signature: str
+
+
+def sign_fraud(record: FraudRecord, identity: Identity) -> SignedFraud:
+    data = DOMAIN + msgspec.msgpack.encode(record)
+    return SignedFraud(record, identity.sign(data).hex())
+
+
+def verify_fraud(signed: SignedFraud) -> bool:
+    data = DOMAIN + msgspec.msgpack.encode(signed.record)
+    return verify_signature(bytes.fromhex(signed.record.requester), data,
+                            bytes.fromhex(signed.signature))

@@ -1,0 +1,142 @@
+"""The jobs wire protocol: one tagged msgspec union per direction, msgpack-encoded.
+
+``ToWorker`` is what a requester sends (to the offer socket: ``Hello``; to the jobs socket:
+``Assign``, ``Cancel``, ``SignReceipt``); ``ToRequester`` is what a worker answers. Every frame is
+size-checked before it is decoded, and decoding checks types, lengths and ranges, so a hostile frame
+costs one ``ProtocolError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import msgspec
+
+from swarm.jobs.backend import Completion, WorkItem
+from swarm.jobs.offers import Hex64, SignedOffer
+from swarm.jobs.receipt import Receipt, ReceiptBody
+
+#: The largest frame either side decodes (a shard of long prompts fits with room to spare).
+MAX_FRAME_BYTES = 4 << 20
+#: The offer socket answers only hellos: anything bigger is not one.
+MAX_HELLO_BYTES = 1024
+MAX_SHARD_ITEMS = 1024
+MAX_TEXT = 1000
+
+Shard = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+
+
+class ProtocolError(ValueError):
+    """A frame that is too big or is not a message of its channel."""
+
+
+class Msg(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="t"):
+    pass
+
+
+# ---- requester -> worker -------------------------------------------------------------------------
+
+class Hello(Msg, tag="hello"):
+    requester: Hex64
+
+
+class Assign(Msg, tag="assign"):
+    job: Hex64
+    shard: Shard
+    requester: Hex64
+    model: Hex64
+    skin: Hex64 | None
+    price_per_1k: Count
+    items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
+
+
+class Cancel(Msg, tag="cancel"):
+    job: Hex64
+    shard: Shard
+
+
+class SignReceipt(Msg, tag="sign"):
+    body: ReceiptBody
+    requester_sig: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{128}$")]
+
+
+ToWorker = Union[Hello, Assign, Cancel, SignReceipt]
+
+
+# ---- worker -> requester -------------------------------------------------------------------------
+
+class OfferReply(Msg, tag="offer"):
+    signed: SignedOffer
+
+
+class Accepted(Msg, tag="accepted"):
+    job: Hex64
+    shard: Shard
+
+
+class Heartbeat(Msg, tag="heartbeat"):
+    job: Hex64
+    shard: Shard
+    done: Count  # items finished so far
+    paused: bool = False
+
+
+class Result(Msg, tag="result"):
+    job: Hex64
+    shard: Shard
+    completions: Annotated[list[Completion], msgspec.Meta(max_length=MAX_SHARD_ITEMS)]
+
+
+class ShardReleased(Msg, tag="released"):
+    """The worker was paused too long and gives the shard back unfinished (no receipt)."""
+    job: Hex64
+    shard: Shard
+
+
+class Countersigned(Msg, tag="countersigned"):
+    receipt: Receipt
+
+
+class Error(Msg, tag="error"):
+    code: Text  # see ERROR_CODES
+    message: Text
+    job: Hex64 | None = None
+    shard: Shard | None = None
+
+
+ToRequester = Union[OfferReply, Accepted, Heartbeat, Result, ShardReleased, Countersigned, Error]
+
+#: Error codes a worker sends.
+MALFORMED = "malformed"
+BUSY = "busy"
+PAUSED = "paused"  # the worker's owner is back: no new shards for now
+UNSERVED = "unserved"  # a model or skin the worker does not serve, or a price below its offer
+BAD_RECEIPT = "bad_receipt"
+FAILED = "failed"  # the backend failed on the shard
+
+_enc = msgspec.msgpack.Encoder()
+_to_worker = msgspec.msgpack.Decoder(ToWorker)
+_to_requester = msgspec.msgpack.Decoder(ToRequester)
+
+
+def encode(msg: Msg) -> bytes:
+    return _enc.encode(msg)
+
+
+def decode_to_worker(frame: bytes, limit: int = MAX_FRAME_BYTES) -> ToWorker:
+    return _decode(_to_worker, frame, limit)
+
+
+def decode_to_requester(frame: bytes, limit: int = MAX_FRAME_BYTES) -> ToRequester:
+    return _decode(_to_requester, frame, limit)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder, frame: bytes, limit: int):
+    if len(frame) > limit:
+        raise ProtocolError(f"frame of {len(frame)} bytes is over the {limit}-byte limit")
+    try:
+        return decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ProtocolError(f"not a message: {e}"[:MAX_TEXT]) from None

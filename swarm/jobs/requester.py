@@ -1,0 +1,476 @@
+"""The requester: splits a job into shards, hands them to workers, checks a sample of the work by
+re-scoring it, and co-signs a receipt for every shard it accepts.
+
+One thread runs the network (a CURVE DEALER per worker, polled together); one re-scores claims on
+the requester's own model so checking never stalls the heartbeats. By default no worker sees more
+than one shard of a job; a shard to be redone goes to a worker that has not seen the job if one is
+left, else to any worker still trusted. A shard is reassigned when its worker's heartbeats stop for
+``heartbeat_timeout`` seconds, when the worker gives it back, or when its claim fails re-scoring.
+
+Checking: every worker's first result in a job is re-scored, and so is a random ``verify_fraction``
+of all shards. A worker caught cheating gets a signed fraud record, is refused from then on, its
+unchecked shards of the job are redone elsewhere, and it is paid nothing for the job: receipts are
+signed only when the job is complete, and never for a caught worker.
+
+Everything accepted is in the job store before it counts, so a killed requester that runs the job
+again buys only the shards it did not hold. Results from anyone but the shard's current worker,
+and any result for a shard already accepted, are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import blake3
+import msgspec
+import zmq
+
+from common.identity import Identity
+from swarm.jobs import protocol as p
+from swarm.jobs import transport
+from swarm.jobs.backend import Completion, InferenceBackend, WorkItem
+from swarm.jobs.fraud import FraudRecord, sign_fraud
+from swarm.jobs.job_store import FINISHED, JobStore
+from swarm.jobs.offers import Offer, OfferError, SignedOffer, verify_offer
+from swarm.jobs.receipt import (
+    Receipt, ReceiptBody, ReceiptError, amount_for, sign_body, verify_receipt,
+)
+
+POLL_MS = 20
+DEFAULT_VERIFY_FRACTION = 0.10
+DEFAULT_HEARTBEAT_TIMEOUT = 5.0
+FINISH_REASONS = ("stop", "length")
+
+PENDING, ASSIGNED, VERIFYING, ACCEPTED = "pending", "assigned", "verifying", "accepted"
+
+
+class JobError(Exception):
+    """The job cannot go on (no worker left, no model to check with...). What was accepted so
+    far stays in the job store, and running the job again resumes it."""
+
+
+def job_id(data: bytes, model: str, skin: str | None) -> str:
+    """A job is its input file, model and skin: the same three resume the same job."""
+    return blake3.blake3(b"hearth-job-v1\x00" + model.encode() + b"\x00"
+                         + (skin or "").encode() + b"\x00" + data).hexdigest()
+
+
+def plan_shards(items: list[WorkItem], count: int) -> list[list[WorkItem]]:
+    """``items`` in ``count`` contiguous shards whose sizes differ by at most one."""
+    count = max(1, min(count, len(items)))
+    size, extra = divmod(len(items), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+@dataclass
+class Progress:
+    shards: int
+    accepted: int
+    verifying: int
+    reassigned: int
+    caught: int
+    workers: int  # workers in use now
+    tokens_out: int
+    elapsed: float
+
+
+@dataclass
+class JobOutcome:
+    job: str
+    completions: dict[str, Completion]
+    shards: int
+    verified_shards: int
+    reassigned: int
+    ignored_results: int  # duplicate, late or unasked-for results
+    caught: list[str]  # workers caught cheating in this job
+    receipts: int
+    paid: int  # micro-gold in co-signed receipts for this job
+
+
+@dataclass
+class _Link:
+    offer: Offer
+    sock: zmq.Socket
+    shard: int | None = None
+    had_shard: bool = False
+    verified: bool = False  # a result of this worker was re-scored in this job
+    usable: bool = True
+
+
+@dataclass
+class _Slot:
+    index: int
+    items: list[WorkItem]
+    status: str = PENDING
+    worker: str | None = None
+    deadline: float = 0.0
+    ids: frozenset[str] = field(default_factory=frozenset)
+
+
+class Requester:
+    """Runs jobs for ``identity``, recording them in ``store``. ``verifier`` is the model the
+    requester re-scores claims with (its ``model_id`` must be the job's model)."""
+
+    def __init__(self, identity: Identity, store: JobStore, verifier: InferenceBackend | None, *,
+                 verify_fraction: float = DEFAULT_VERIFY_FRACTION,
+                 heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+                 max_price: int | None = None, max_workers: int | None = None,
+                 shard_items: int | None = None, receipt_timeout: float = 5.0,
+                 rng: random.Random | None = None):
+        if not 0.0 <= verify_fraction <= 1.0:
+            raise ValueError("verify_fraction is a fraction from 0 to 1")
+        self.identity = identity
+        self.store = store
+        self.verifier = verifier
+        self.verify_fraction = verify_fraction
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_price = max_price
+        self.max_workers = max_workers
+        self.shard_items = shard_items
+        self.receipt_timeout = receipt_timeout
+        self.rng = rng or random.Random()
+
+    # ---- choosing workers ---------------------------------------------------------------------
+
+    def usable_offers(self, offers: list[SignedOffer], model: str,
+                      skin: str | None) -> list[Offer]:
+        """Offers whose signature checks, that serve ``model`` (and ``skin``) at no more than
+        ``max_price``, from workers never caught cheating: cheapest first, one per worker."""
+        caught = self.store.caught()
+        seen: dict[str, Offer] = {}
+        for signed in offers:
+            try:
+                offer = verify_offer(signed)
+            except OfferError:
+                continue
+            if (model not in offer.models or (skin is not None and skin not in offer.skins)
+                    or offer.worker in caught or offer.worker == self.identity.public_hex
+                    or (self.max_price is not None and offer.price_per_1k > self.max_price)):
+                continue
+            seen.setdefault(offer.worker, offer)
+        ranked = sorted(seen.values(), key=lambda o: (o.price_per_1k, o.worker))
+        return ranked[: self.max_workers] if self.max_workers else ranked
+
+    # ---- the job ------------------------------------------------------------------------------
+
+    def run(self, job: str, model: str, skin: str | None, items: list[WorkItem],
+            offers: list[SignedOffer], *, input_name: str = "", output_name: str = "",
+            progress: Callable[[Progress], None] | None = None,
+            timeout: float | None = None) -> JobOutcome:
+        """Complete ``items`` (the job's valid requests, in input order) on the offered workers.
+        Raises JobError when no trusted worker is left or ``timeout`` passes first."""
+        if self.verifier is None:
+            raise JobError("checking workers' results needs the model on this machine")
+        if self.verifier.model_id != model:
+            raise JobError(f"the model here ({self.verifier.model_id[:12]}) is not the job's "
+                           f"model ({model[:12]}): results could not be checked")
+        usable = self.usable_offers(offers, model, skin)
+        accepted = self.store.accepted(job) if items else {}
+        row = self.store.job(job)
+        if row is None:
+            count = (math.ceil(len(items) / self.shard_items) if self.shard_items
+                     else max(1, len(usable)))
+            row = self.store.open_job(job, model, skin, input_name, output_name, len(items),
+                                      max(1, min(count, len(items))) if items else 0)
+        run = _Run(self, job, model, skin, plan_shards(items, row.shards) if items else [],
+                   accepted, usable, progress, timeout)
+        return run.go()
+
+
+class _Run:
+    """One run of one job (a resumed job is a new run over the same store)."""
+
+    def __init__(self, req: Requester, job: str, model: str, skin: str | None,
+                 shards: list[list[WorkItem]], accepted: dict, offers: list[Offer],
+                 progress, timeout):
+        self.req, self.job, self.model, self.skin = req, job, model, skin
+        self.slots = [_Slot(i, items, ids=frozenset(it.custom_id for it in items))
+                      for i, items in enumerate(shards)]
+        for i in accepted:
+            if i < len(self.slots):
+                self.slots[i].status = ACCEPTED
+        n = len(self.slots)
+        self.sampled = set(req.rng.sample(range(n), math.ceil(req.verify_fraction * n))) if n else set()
+        self.offers = offers
+        self.progress, self.timeout = progress, timeout
+        self.ctx = zmq.Context()
+        self.links: dict[str, _Link] = {}
+        self.by_sock: dict[zmq.Socket, str] = {}
+        self.poller = zmq.Poller()
+        self.checks: queue.Queue = queue.Queue()
+        self.verdicts: queue.Queue = queue.Queue()
+        self.reassigned = self.ignored = self.verified_shards = 0
+        self.caught: list[str] = []
+        self.tokens_out = 0
+        self.pending: dict[str, ReceiptBody] = {}  # receipts sent for countersigning
+        self.started = time.monotonic()
+
+    def go(self) -> JobOutcome:
+        checker = threading.Thread(target=self._check_loop, daemon=True, name="job-checker")
+        checker.start()
+        try:
+            for offer in self.offers:
+                self._connect(offer)
+            while any(s.status != ACCEPTED for s in self.slots):
+                self._step()
+            receipts, paid = self._sign_receipts()
+            self.req.store.set_state(self.job, FINISHED)
+            return JobOutcome(self.job, self.req.store.results(self.job), len(self.slots),
+                              self.verified_shards, self.reassigned, self.ignored,
+                              self.caught, receipts, paid)
+        finally:
+            self.checks.put(None)
+            checker.join(5)
+            self.ctx.destroy(0)
+
+    def _connect(self, offer: Offer) -> None:
+        sock = transport.jobs_client(self.ctx, self.req.identity, bytes.fromhex(offer.curve_key),
+                                     offer.endpoint)
+        self.links[offer.worker] = _Link(offer, sock)
+        self.by_sock[sock] = offer.worker
+        self.poller.register(sock, zmq.POLLIN)
+
+    def _drop(self, worker: str) -> None:
+        link = self.links[worker]
+        link.usable = False
+        link.shard = None
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self.timeout is not None and now - self.started > self.timeout:
+            raise JobError(f"the job did not finish within {self.timeout:.0f} s")
+        self._assign(now)
+        busy = any(s.status in (ASSIGNED, VERIFYING) for s in self.slots)
+        if not busy:
+            left = sum(s.status != ACCEPTED for s in self.slots)
+            raise JobError(f"no trusted worker is left to serve {left} unfinished shard(s) "
+                           f"({len(self.caught)} caught cheating, "
+                           f"{sum(not l.usable for l in self.links.values())} unavailable)")
+        for sock, _ in self.poller.poll(POLL_MS):
+            worker = self.by_sock[sock]
+            for _ in range(100):
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    msg = p.decode_to_requester(frame)
+                except p.ProtocolError:
+                    continue  # a malformed frame is dropped; the worker's heartbeats decide
+                self._on_message(worker, msg)
+        while True:
+            try:
+                self._on_verdict(*self.verdicts.get_nowait())
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.status == ASSIGNED and now > slot.deadline:
+                transport.send(self.links[slot.worker].sock, p.Cancel(job=self.job,
+                                                                      shard=slot.index))
+                self._drop(slot.worker)
+                self._requeue(slot)
+        if self.progress is not None:
+            self.progress(self._progress())
+
+    def _progress(self) -> Progress:
+        return Progress(len(self.slots), sum(s.status == ACCEPTED for s in self.slots),
+                        sum(s.status == VERIFYING for s in self.slots), self.reassigned,
+                        len(self.caught), sum(l.shard is not None for l in self.links.values()),
+                        self.tokens_out, time.monotonic() - self.started)
+
+    def _requeue(self, slot: _Slot) -> None:
+        slot.status, slot.worker = PENDING, None
+        self.reassigned += 1
+
+    def _assign(self, now: float) -> None:
+        for slot in self.slots:
+            if slot.status != PENDING:
+                continue
+            idle = [l for l in self.links.values() if l.usable and l.shard is None]
+            fresh = [l for l in idle if not l.had_shard]
+            pick = (fresh or idle or [None])[0]
+            if pick is None:
+                return
+            msg = p.Assign(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
+                           model=self.model, skin=self.skin, price_per_1k=pick.offer.price_per_1k,
+                           items=slot.items)
+            if not transport.send(pick.sock, msg):
+                self._drop(pick.offer.worker)
+                continue
+            pick.shard, pick.had_shard = slot.index, True
+            slot.status, slot.worker = ASSIGNED, pick.offer.worker
+            slot.deadline = now + self.req.heartbeat_timeout
+
+    def _current(self, worker: str, shard: int | None) -> _Slot | None:
+        """The slot ``shard`` if ``worker`` is the one working on it now, else None."""
+        if shard is None or not 0 <= shard < len(self.slots):
+            return None
+        slot = self.slots[shard]
+        return slot if slot.status == ASSIGNED and slot.worker == worker else None
+
+    def _on_message(self, worker: str, msg) -> None:
+        link = self.links[worker]
+        if isinstance(msg, (p.Accepted, p.Heartbeat)):
+            slot = self._current(worker, msg.shard) if msg.job == self.job else None
+            if slot is not None:
+                slot.deadline = time.monotonic() + self.req.heartbeat_timeout
+        elif isinstance(msg, p.Result):
+            slot = self._current(worker, msg.shard) if msg.job == self.job else None
+            if slot is None:
+                self.ignored += 1
+                return
+            link.shard = None
+            self._on_result(slot, worker, msg.completions)
+        elif isinstance(msg, (p.ShardReleased, p.Error)):
+            slot = self._current(worker, msg.shard) if msg.job == self.job else None
+            if slot is not None:
+                self._drop(worker)  # paused, busy or failing: not this job's worker any more
+                self._requeue(slot)
+        elif isinstance(msg, p.Countersigned):
+            self._on_countersigned(worker, msg.receipt)
+
+    # ---- results and checking -----------------------------------------------------------------
+
+    def _on_result(self, slot: _Slot, worker: str, completions: list[Completion]) -> None:
+        problem = self._shape_problem(slot, completions)
+        if problem is not None:
+            self._convict(slot, worker, None, None, None, problem)
+            return
+        link = self.links[worker]
+        if slot.index in self.sampled or not link.verified:
+            link.verified = True
+            slot.status = VERIFYING
+            self.checks.put((slot.index, worker, slot.items, completions))
+        else:
+            self._accept(slot, worker, completions, verified=False)
+
+    @staticmethod
+    def _shape_problem(slot: _Slot, completions: list[Completion]) -> str | None:
+        by_id = {it.custom_id: it for it in slot.items}
+        ids = [c.custom_id for c in completions]
+        if len(ids) != len(set(ids)) or set(ids) != slot.ids:
+            return "the result does not answer exactly the shard's requests"
+        for c in completions:
+            if c.finish_reason not in FINISH_REASONS:
+                return f"{c.custom_id}: finish reason {c.finish_reason!r}"
+            if len(c.tokens) > by_id[c.custom_id].max_tokens:
+                return f"{c.custom_id}: more tokens than max_tokens"
+            if c.prompt_tokens < 0:
+                return f"{c.custom_id}: negative prompt tokens"
+        return None
+
+    def _check_loop(self) -> None:
+        while True:
+            task = self.checks.get()
+            if task is None:
+                return
+            index, worker, items, completions = task
+            by_id = {c.custom_id: c for c in completions}
+            failure = None
+            try:
+                for item in items:
+                    verdict = self.req.verifier.rescore(item, by_id[item.custom_id], self.skin)
+                    if not verdict.ok:
+                        failure = (item, by_id[item.custom_id], verdict)
+                        break
+            except Exception as e:  # the checker failing is not the worker's fault: redo
+                failure = ("error", f"{type(e).__name__}: {e}")
+            self.verdicts.put((index, worker, completions, failure))
+
+    def _on_verdict(self, index: int, worker: str, completions, failure) -> None:
+        slot = self.slots[index]
+        if slot.status != VERIFYING or slot.worker != worker:
+            return  # the worker was caught on another shard meanwhile: this result is void
+        if failure is None:
+            self.verified_shards += 1
+            self._accept(slot, worker, completions, verified=True)
+        elif failure[0] == "error":
+            raise JobError(f"re-scoring failed: {failure[1]}")
+        else:
+            item, claim, verdict = failure
+            self._convict(slot, worker, item, claim, verdict.first_mismatch, verdict.reason)
+
+    def _accept(self, slot: _Slot, worker: str, completions: list[Completion],
+                verified: bool) -> None:
+        self.req.store.accept_shard(self.job, slot.index, worker, verified, completions,
+                                    self.links[worker].offer.price_per_1k)
+        slot.status, slot.worker = ACCEPTED, worker
+        self.tokens_out += sum(len(c.tokens) for c in completions)
+
+    def _convict(self, slot: _Slot, worker: str, item, claim, mismatch, reason: str) -> None:
+        record = FraudRecord(requester=self.req.identity.public_hex, worker=worker, job=self.job,
+                             shard=slot.index, model=self.model, skin=self.skin, item=item,
+                             claim=claim, first_mismatch=mismatch, reason=reason,
+                             created=int(time.time()))
+        signed = sign_fraud(record, self.req.identity)
+        self.req.store.add_fraud(worker, self.job, slot.index, msgspec.json.encode(signed))
+        self.caught.append(worker)
+        self._drop(worker)
+        self._requeue(slot)
+        for index in self.req.store.forfeit_worker(self.job, worker):
+            other = self.slots[index]
+            if other.status == ACCEPTED:
+                self._requeue(other)
+        for other in self.slots:  # whatever else they are doing or did for this job is void
+            if other.status in (ASSIGNED, VERIFYING) and other.worker == worker:
+                transport.send(self.links[worker].sock, p.Cancel(job=self.job, shard=other.index))
+                self._requeue(other)
+
+    # ---- receipts -----------------------------------------------------------------------------
+
+    def _sign_receipts(self) -> tuple[int, int]:
+        """Co-sign a receipt for every accepted shard not yet receipted, unless its worker was
+        caught in this job; wait (bounded) for the workers to countersign."""
+        store = self.req.store
+        done = store.receipted_shards(self.job)
+        caught = store.caught()
+        for index, shard in store.accepted(self.job).items():
+            if index in done or shard.forfeit or shard.worker in caught:
+                continue
+            link = self.links.get(shard.worker)
+            if link is None:
+                continue  # that worker is not reachable in this run; a later run signs it
+            body = ReceiptBody(job=self.job, shard=index, requester=self.req.identity.public_hex,
+                               worker=shard.worker, model=self.model, skin=self.skin,
+                               tokens_in=shard.tokens_in, tokens_out=shard.tokens_out,
+                               price_per_1k=shard.price_per_1k,
+                               amount=amount_for(shard.tokens_in, shard.tokens_out,
+                                                 shard.price_per_1k))
+            msg = p.SignReceipt(body=body, requester_sig=sign_body(body, self.req.identity))
+            if transport.send(link.sock, msg):
+                self.pending[f"{shard.worker}:{index}"] = body
+        deadline = time.monotonic() + self.req.receipt_timeout
+        while self.pending and time.monotonic() < deadline:
+            for sock, _ in self.poller.poll(POLL_MS):
+                try:
+                    msg = p.decode_to_requester(sock.recv(zmq.NOBLOCK))
+                except (p.ProtocolError, zmq.Again):
+                    continue
+                if isinstance(msg, p.Countersigned):
+                    self._on_countersigned(self.by_sock[sock], msg.receipt)
+        receipts = store.receipts(self.job)
+        return len(receipts), sum(r.body.amount for r in receipts)
+
+    def _on_countersigned(self, worker: str, receipt: Receipt) -> None:
+        key = f"{worker}:{receipt.body.shard}"
+        body = self.pending.get(key)
+        if body is None or receipt.body != body:
+            return
+        try:
+            verify_receipt(receipt)
+        except ReceiptError:
+            return
+        self.req.store.add_receipt(receipt)
+        del self.pending[key]

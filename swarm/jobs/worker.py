@@ -1,0 +1,287 @@
+"""The worker: accepts shards over ZeroMQ, runs them on an InferenceBackend, answers with the
+claimed completions, and countersigns the receipts requesters sign for them.
+
+Two threads: the network loop owns both sockets (ZeroMQ sockets are not thread-safe) and the
+compute thread feeds shards to the backend one at a time (the backend batches the requests of a
+shard). They meet through a queue the loop drains between polls. While a shard is queued or
+running, the loop sends its requester a heartbeat every ``heartbeat_interval`` seconds; a requester
+that hears none for its timeout gives the shard to someone else. A frame that is not a message gets
+an error reply (or, when even that cannot be delivered, nothing) and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from common.identity import Identity
+from swarm.jobs import protocol as p
+from swarm.jobs import transport
+from swarm.jobs.away import AlwaysOpen
+from swarm.jobs.backend import Completion, Gate, InferenceBackend, Released
+from swarm.jobs.offers import Offer, SignedOffer, sign_offer
+from swarm.jobs.receipt import Receipt, ReceiptError, sign_body, verify_receipt
+from swarm.jobs.worker_store import WorkerStore
+
+POLL_MS = 20
+#: Shards waiting behind the running one; more are refused with ``busy``.
+MAX_QUEUED_SHARDS = 4
+
+
+@dataclass
+class _Shard:
+    peer: bytes
+    assign: p.Assign
+    done: int = 0
+    cancelled: bool = False
+
+
+@dataclass
+class WorkerStats:
+    shards_served: int = 0
+    tokens_generated: int = 0
+    shards_released: int = 0
+    receipts_held: int = 0
+    receipts_amount: int = 0  # micro-gold
+    frames_refused: int = 0
+    running: list[str] = field(default_factory=list)  # "job:shard" being worked on or queued
+
+
+class Worker:
+    """Serves shards of ``backend.model_id``. ``listen`` is the offer socket's HOST:PORT (what the
+    DHT announces and ``--peer`` names); the CURVE jobs socket binds ``jobs_listen`` (default: the
+    same host, the next port, or any free port when ``listen`` has port 0). ``advertise_host`` is
+    the host written in the offer (default: the listen host, 127.0.0.1 for a wildcard)."""
+
+    def __init__(self, backend: InferenceBackend, identity: Identity, store: WorkerStore, *,
+                 listen: str = "127.0.0.1:0", jobs_listen: str | None = None,
+                 advertise_host: str | None = None, price_per_1k: int = 100, capacity: int = 8,
+                 skins: tuple[str, ...] = (), gate: Gate | None = None,
+                 heartbeat_interval: float = 0.5):
+        self.backend = backend
+        self.identity = identity
+        self.store = store
+        self.price_per_1k = price_per_1k
+        self.capacity = capacity
+        self.skins = tuple(sorted(skins))
+        self.gate = gate or AlwaysOpen()
+        self.heartbeat_interval = heartbeat_interval
+        host, _, port = listen.rpartition(":")
+        self._listen = listen
+        self._jobs_listen = jobs_listen or f"{host}:{int(port) + 1 if int(port) else 0}"
+        self._advertise = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "*", "") else host)
+        self._model = backend.model_id
+        self._ctx = zmq.Context()
+        self._work: queue.Queue[_Shard | None] = queue.Queue()
+        self._outbox: queue.Queue[tuple[_Shard, p.Msg]] = queue.Queue()
+        self._shards: dict[tuple[str, int, bytes], _Shard] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.stats = WorkerStats()
+        self.offer_endpoint = ""
+        self.jobs_endpoint = ""
+        self._signed: SignedOffer | None = None
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        self._offers = transport.offer_server(self._ctx, self._listen)
+        self._jobs = transport.jobs_server(self._ctx, self.identity, self._jobs_listen)
+        self.offer_endpoint = self._public(transport.bound_endpoint(self._offers))
+        self.jobs_endpoint = self._public(transport.bound_endpoint(self._jobs))
+        self.stats.receipts_held, self.stats.receipts_amount = self.store.totals()
+        for target in (self._serve, self._compute):
+            t = threading.Thread(target=target, daemon=True, name=f"worker-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._work.put(None)
+        for t in self._threads:
+            t.join(10)
+        self._ctx.destroy(0)
+
+    def _public(self, bound: str) -> str:
+        return f"{self._advertise}:{bound.rpartition(':')[2]}"
+
+    @property
+    def curve_key(self) -> bytes:
+        return self.identity.curve_keypair()[0]
+
+    def signed_offer(self) -> SignedOffer:
+        """The offer as of now (re-signed hourly so it stays fresh)."""
+        if self._signed is None or time.time() - self._signed.offer.issued > 3600:
+            offer = Offer(worker=self.identity.public_hex, models=[self._model],
+                          skins=list(self.skins), price_per_1k=self.price_per_1k,
+                          capacity=self.capacity, endpoint=self.jobs_endpoint,
+                          curve_key=self.curve_key.hex(), issued=int(time.time()))
+            self._signed = sign_offer(offer, self.identity)
+        return self._signed
+
+    # ---- the network loop ---------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._offers, zmq.POLLIN)
+        poller.register(self._jobs, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                ready = dict(poller.poll(POLL_MS))
+            except zmq.ZMQError:
+                break
+            if self._offers in ready:
+                self._drain(self._offers, self._on_offer_frame)
+            if self._jobs in ready:
+                self._drain(self._jobs, self._on_jobs_frame)
+            self._flush_outbox()
+            if time.monotonic() >= next_beat:
+                self._beat()
+                next_beat = time.monotonic() + self.heartbeat_interval
+
+    def _drain(self, sock: zmq.Socket, handle) -> None:
+        for _ in range(100):  # bounded, so one flood cannot starve the other socket
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:  # a ROUTER frame is [peer, message]; anything else is noise
+                self.stats.frames_refused += 1
+                continue
+            handle(frames[0], frames[1])
+
+    def _on_offer_frame(self, peer: bytes, frame: bytes) -> None:
+        try:
+            msg = p.decode_to_worker(frame, p.MAX_HELLO_BYTES)
+        except p.ProtocolError as e:
+            self.stats.frames_refused += 1
+            transport.reply(self._offers, peer, p.Error(code=p.MALFORMED, message=str(e)))
+            return
+        if isinstance(msg, p.Hello):
+            transport.reply(self._offers, peer, p.OfferReply(signed=self.signed_offer()))
+        else:
+            transport.reply(self._offers, peer, p.Error(
+                code=p.MALFORMED, message="the offer socket answers hellos only"))
+
+    def _on_jobs_frame(self, peer: bytes, frame: bytes) -> None:
+        try:
+            msg = p.decode_to_worker(frame)
+        except p.ProtocolError as e:
+            self.stats.frames_refused += 1
+            transport.reply(self._jobs, peer, p.Error(code=p.MALFORMED, message=str(e)))
+            return
+        if isinstance(msg, p.Hello):
+            transport.reply(self._jobs, peer, p.OfferReply(signed=self.signed_offer()))
+        elif isinstance(msg, p.Assign):
+            self._on_assign(peer, msg)
+        elif isinstance(msg, p.Cancel):
+            for key, shard in list(self._shards.items()):
+                if key[:2] == (msg.job, msg.shard) and key[2] == peer:
+                    shard.cancelled = True
+                    del self._shards[key]
+        elif isinstance(msg, p.SignReceipt):
+            transport.reply(self._jobs, peer, self._countersign(msg))
+
+    def _on_assign(self, peer: bytes, msg: p.Assign) -> None:
+        key = (msg.job, msg.shard, peer)
+        refuse = self._refusal(msg)
+        if refuse is not None:
+            transport.reply(self._jobs, peer, p.Error(code=refuse[0], message=refuse[1],
+                                                      job=msg.job, shard=msg.shard))
+            return
+        if key not in self._shards:  # a repeated assign is acknowledged, not run twice
+            if len(self._shards) > MAX_QUEUED_SHARDS:
+                transport.reply(self._jobs, peer, p.Error(
+                    code=p.BUSY, message="too many shards queued", job=msg.job, shard=msg.shard))
+                return
+            shard = _Shard(peer, msg)
+            self._shards[key] = shard
+            self._work.put(shard)
+        transport.reply(self._jobs, peer, p.Accepted(job=msg.job, shard=msg.shard))
+
+    def _refusal(self, msg: p.Assign) -> tuple[str, str] | None:
+        if self.gate.paused():
+            return p.PAUSED, "serving is paused on this machine"
+        if msg.model != self._model:
+            return p.UNSERVED, f"model {msg.model[:12]} is not served here"
+        if msg.skin is not None and msg.skin not in self.skins:
+            return p.UNSERVED, f"skin {msg.skin[:12]} is not served here"
+        if msg.price_per_1k < self.price_per_1k:
+            return p.UNSERVED, f"the price is {self.price_per_1k} per 1k tokens"
+        if msg.requester == self.identity.public_hex:
+            return p.UNSERVED, "a worker does not serve its own jobs"
+        return None
+
+    def _countersign(self, msg: p.SignReceipt) -> p.Msg:
+        body = msg.body
+        where = {"job": body.job, "shard": body.shard}
+        if body.worker != self.identity.public_hex or not self.store.served_matches(body):
+            return p.Error(code=p.BAD_RECEIPT, message="the receipt is not for work done here",
+                           **where)
+        receipt = Receipt(body=body, requester_sig=msg.requester_sig,
+                          worker_sig=sign_body(body, self.identity))
+        try:
+            verify_receipt(receipt)
+        except ReceiptError as e:
+            return p.Error(code=p.BAD_RECEIPT, message=str(e), **where)
+        self.store.add_receipt(receipt)
+        self.stats.receipts_held, self.stats.receipts_amount = self.store.totals()
+        return p.Countersigned(receipt=receipt)
+
+    def _flush_outbox(self) -> None:
+        while True:
+            try:
+                shard, msg = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            a = shard.assign
+            self._shards.pop((a.job, a.shard, shard.peer), None)
+            if not shard.cancelled:
+                transport.reply(self._jobs, shard.peer, msg)
+
+    def _beat(self) -> None:
+        paused = self.gate.paused()
+        for key, shard in list(self._shards.items()):
+            beat = p.Heartbeat(job=key[0], shard=key[1], done=shard.done, paused=paused)
+            if not transport.reply(self._jobs, shard.peer, beat):
+                shard.cancelled = True  # the requester is gone: nobody to deliver to
+                del self._shards[key]
+        self.stats.running = [f"{k[0][:8]}:{k[1]}" for k in self._shards]
+
+    # ---- the compute thread -------------------------------------------------------------------
+
+    def _compute(self) -> None:
+        while not self._stop.is_set():
+            shard = self._work.get()
+            if shard is None:
+                return
+            if shard.cancelled:
+                continue
+            self._outbox.put((shard, self._run(shard)))
+
+    def _run(self, shard: _Shard) -> p.Msg:
+        a = shard.assign
+
+        def progress(_: Completion) -> None:
+            shard.done += 1
+        try:
+            done = self.backend.generate(a.items, a.skin, gate=self.gate, on_done=progress)
+        except Released:
+            self.stats.shards_released += 1
+            return p.ShardReleased(job=a.job, shard=a.shard)
+        except Exception as e:  # the backend's failure is this shard's failure, not the worker's
+            return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
+                           job=a.job, shard=a.shard)
+        tokens_in = sum(c.prompt_tokens for c in done)
+        tokens_out = sum(len(c.tokens) for c in done)
+        self.store.record_served(a.job, a.shard, a.requester, a.model, a.skin, tokens_in,
+                                 tokens_out, a.price_per_1k)
+        self.stats.shards_served += 1
+        self.stats.tokens_generated += tokens_out
+        return p.Result(job=a.job, shard=a.shard, completions=done)
