@@ -283,6 +283,7 @@ class Engine:
         return verdicts
 
     def close(self) -> None:
+        """Free the contexts and the model (free the skins' adapters first)."""
         self._check_ctx.close()
         self.ctx.close()
         self.model.close()
