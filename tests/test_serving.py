@@ -102,6 +102,7 @@ def model_file(hearth_home):
 def engine(model_file, width, **kw):
     from npc.serving import Engine, EngineOptions
     path, digest = model_file
+    kw.setdefault("n_threads", 1)  # fast on a busy machine; thread count does not change logits
     return Engine(path, EngineOptions(width=width, ctx_per_seq=kw.pop("ctx_per_seq", 256), **kw),
                   model_id=digest, skins=kw.pop("skins", None))
 
@@ -130,8 +131,8 @@ def test_genuine_work_rescores_clean_at_widths_1_3_8(model_file, wide, genuine):
     work, at8 = genuine
     assert {c.finish_reason for c in at8} <= {"stop", "length"}
     assert all(c.tokens or c.finish_reason == "stop" for c in at8)
-    for width in (1, 3):
-        e = engine(model_file, width)
+    for width, threads in ((1, 1), (3, 2)):
+        e = engine(model_file, width, n_threads=threads)
         try:
             seen = []
             got = e.generate(work, on_done=seen.append)
@@ -143,6 +144,12 @@ def test_genuine_work_rescores_clean_at_widths_1_3_8(model_file, wide, genuine):
     verdicts = [wide.rescore(it, c) for it, c in zip(work, at8)]
     assert [v.reason for v in verdicts if not v.ok] == []
     assert sum(v.checked_tokens for v in verdicts) == sum(len(c.tokens) for c in at8)
+
+
+@pytest.mark.model
+def test_self_check_passes_for_the_served_configuration(wide):
+    verdicts = wide.self_check()
+    assert len(verdicts) == 16 and all(v.ok for v in verdicts)
 
 
 @pytest.mark.model
@@ -186,7 +193,8 @@ def test_each_cheat_is_caught(wide, genuine, model_file, tmp_path):
     q8 = tmp_path / "q8_0.gguf"
     quantize(model_file[0], q8, C.LLAMA_FTYPE_MOSTLY_Q8_0)
     from npc.serving import Engine, EngineOptions
-    other = Engine(q8, EngineOptions(width=8, ctx_per_seq=256), model_id="q8")
+    other = Engine(q8, EngineOptions(width=8, ctx_per_seq=256, n_threads=1),
+                   model_id="q8")
     try:
         longer = items(8, max_tokens=24)
         swapped = other.generate(longer)
@@ -247,7 +255,7 @@ def test_release_returns_the_unfinished_ids(wide, genuine):
 def test_abort_flag_stops_a_long_prefill(model_file):
     from npc.llama import Context, LoadOptions, Model
     m = Model(model_file[0])
-    ctx = Context(m, LoadOptions(n_ctx=1024, n_batch=1024, n_seq_max=1))
+    ctx = Context(m, LoadOptions(n_ctx=1024, n_batch=1024, n_seq_max=1, n_threads=1))
     try:
         toks = (m.tokenize("The old mill by the river ground corn for the village. " * 40))[:400]
         entries = [(t, 0, i, i == len(toks) - 1) for i, t in enumerate(toks)]

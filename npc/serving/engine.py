@@ -42,8 +42,12 @@ class EngineOptions:
     width: int = 8
     #: KV cells per sequence: prompt + output must fit.
     ctx_per_seq: int = 1024
-    #: Tokens per llama_decode (prompt chunks and generating sequences together).
+    #: Tokens per llama_decode at most (re-scoring prefills in chunks of this size).
     n_batch: int = 512
+    #: Prompt tokens read per generation step, beside one token per generating sequence. Small
+    #: steps keep generating sequences moving while a new prompt is read, and bound what an
+    #: aborted step throws away (an abort rolls back the whole step).
+    prefill_per_step: int = 64
     n_threads: int = 2
     #: llama.cpp's extra buffer types (the repacked Q4_0 kernels on x86).
     use_extra_bufts: bool = True
@@ -80,7 +84,8 @@ class Engine:
                  model_id: str | None = None,
                  skins: Callable[[str], Adapter] | None = None):
         o = options
-        if o.width < 1 or o.ctx_per_seq < 16 or o.n_batch < 1 or o.n_threads < 1:
+        if (o.width < 1 or o.ctx_per_seq < 16 or o.n_threads < 1 or o.prefill_per_step < 1
+                or o.n_batch < o.width + o.prefill_per_step):
             raise ServingError(f"unusable engine options: {o}")
         self.options = o
         self.model = Model(model_path, use_extra_bufts=o.use_extra_bufts)
@@ -93,7 +98,8 @@ class Engine:
             model_id = blake3_file(self.model.path)
         self._model_id = model_id
         self.skins = skins
-        self._lock = threading.Lock()
+        # Re-entrant: loading a skin may evict another, which calls forget_adapter.
+        self._lock = threading.RLock()
 
     @property
     def model_id(self) -> str:
@@ -157,7 +163,7 @@ class Engine:
              logits_sink: Callable[[int, int, np.ndarray], None] | None = None) -> list[Completion]:
         """The continuous-batching loop. ``logits_sink(item index, output position, logits)``
         sees every row the rule reads (for exactness measurements)."""
-        ctx, width, nb = self.ctx, self.options.width, self.options.n_batch
+        ctx, width = self.ctx, self.options.width
         ctx.clear()
         pending = deque(range(len(items)))
         slots: list[_Seq | None] = [None] * width
@@ -185,11 +191,14 @@ class Engine:
                 order = sorted((s for s in range(width) if slots[s] is not None),
                                key=lambda s: (len(slots[s].feed) > 1, s))
                 entries, taken = [], []
+                prefill_left = self.options.prefill_per_step
                 for s in order:
                     q = slots[s]
-                    take = min(len(q.feed), nb - len(entries))
+                    take = 1 if len(q.feed) == 1 else min(len(q.feed), prefill_left)
                     if take <= 0:
                         break
+                    if len(q.feed) > 1:
+                        prefill_left -= take
                     last = take == len(q.feed)
                     entries += [(q.feed[j], s, q.pos + j, last and j == take - 1) for j in range(take)]
                     taken.append((s, take, len(entries) - 1 if last else -1))
@@ -271,9 +280,11 @@ class Engine:
             self._wear(self._check_ctx, skin)
             return _rescore.check_claim(self._check_ctx, self.eog, prompt, item, claim)
 
-    def self_check(self, items: Sequence) -> list[Verdict]:
-        """Generate ``items`` at this engine's width and re-score every result: the configuration
-        is exact on this machine only if none is rejected. Raises ServingError if one is."""
+    def self_check(self, items: Sequence | None = None) -> list[Verdict]:
+        """Generate ``items`` (by default ``check_items``) at this engine's width and re-score
+        every result: the configuration is exact on this machine only if none is rejected.
+        Raises ServingError if one is; a worker runs this before it serves."""
+        items = list(items) if items is not None else check_items(2 * self.options.width)
         verdicts = [self.rescore(it, c) for it, c in zip(items, self.generate(items))]
         bad = [(it.custom_id, v.reason) for it, v in zip(items, verdicts) if not v.ok]
         if bad:
@@ -287,3 +298,30 @@ class Engine:
         self._check_ctx.close()
         self.ctx.close()
         self.model.close()
+
+
+@dataclass(frozen=True)
+class _Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class _CheckItem:
+    custom_id: str
+    messages: list
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def check_items(n: int, max_tokens: int = 8) -> list[_CheckItem]:
+    """Items for ``Engine.self_check``: prompts of different lengths (so sequences reading a
+    prompt and sequences generating share batches), greedy and sampled."""
+    out = []
+    for i in range(n):
+        ask = "Describe the weather. " * (1 + i % 5) + f"Item {i}."
+        t, p = [(0.0, 1.0), (0.8, 1.0), (1.0, 0.9)][i % 3]
+        out.append(_CheckItem(f"self-check-{i}", [_Message("user", ask)], max_tokens, t, p, i))
+    return out
