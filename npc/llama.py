@@ -158,6 +158,36 @@ class Model:
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 
+    def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens`` (special tokens rendered as their text)."""
+        return b"".join(self.piece(t, special=True) for t in tokens).decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        """The chat template stored in the GGUF (``tokenizer.chat_template``), if any."""
+        tmpl = C.llama_model_chat_template(self.ptr, None)
+        return tmpl.decode("utf-8") if tmpl else None
+
+    def apply_chat_template(self, messages: list[tuple[str, str]], add_assistant: bool = True) -> str:
+        """``messages`` ((role, content) pairs) rendered with the model's own chat template by
+        llama.cpp's built-in template engine, ending with the assistant's opening when asked."""
+        tmpl = C.llama_model_chat_template(self.ptr, None)
+        if not tmpl:
+            raise LlamaError(f"{self.path.name} has no chat template")
+        keep = [(r.encode("utf-8"), c.encode("utf-8")) for r, c in messages]
+        arr = (C.llama_chat_message * max(1, len(keep)))()
+        for i, (r, c) in enumerate(keep):
+            arr[i].role, arr[i].content = r, c
+        size = 2 * sum(len(r) + len(c) for r, c in keep) + 256
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = C.llama_chat_apply_template(tmpl, arr, len(keep), add_assistant, buf, size)
+            if n < 0:
+                raise LlamaError("llama.cpp does not support this model's chat template")
+            if n <= size:
+                return buf.raw[:n].decode("utf-8")
+            size = n
+        raise LlamaError("chat template output kept growing")
+
     def close(self) -> None:
         if getattr(self, "ptr", None):
             C.llama_model_free(self.ptr)
@@ -217,6 +247,7 @@ class Context:
         #: The adapter set changed, so llama.cpp re-plans its graph on the next decode.
         self._replan = False
         self._abort = threading.Event()
+        self._abort_flag: AbortFlag | None = None
 
     # -- adapters ------------------------------------------------------------------------------
 
@@ -284,6 +315,37 @@ class Context:
             if rc != 0:
                 raise LlamaError(f"llama_decode failed ({rc})")
 
+    def decode_entries(self, entries: list[tuple[int, int, int, bool]]) -> int:
+        """One ``llama_decode`` over (token, seq, pos, wants logits) entries of any sequences.
+        Returns 0, or 2 when the abort flag stopped it (ubatches already computed stay in the KV
+        cache; the caller rolls them back). Other failures raise."""
+        if not entries or len(entries) > self.opts.n_batch:
+            raise LlamaError(f"a batch holds 1 to {self.opts.n_batch} tokens, not {len(entries)}")
+        b = self._batch
+        for i, (t, seq, pos, want) in enumerate(entries):
+            b.token[i] = t
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = want
+        b.n_tokens = len(entries)
+        rc = self._llama_decode(b)
+        if rc not in (0, 2):
+            raise LlamaError(f"llama_decode failed ({rc})")
+        return rc
+
+    def abort_flag(self) -> "AbortFlag":
+        """A flag that, once set, stops the running ``llama_decode`` between graph nodes (it
+        returns 2). Installed on first use; the check runs in C, never in Python."""
+        if self._abort_flag is None:
+            self._abort_flag = AbortFlag()
+            C.llama_set_abort_callback(self.ptr, self._abort_flag.callback, self._abort_flag.data)
+        return self._abort_flag
+
+    def seq_pos_max(self, seq: int) -> int:
+        """The last position held for ``seq`` in the KV cache (-1 when empty)."""
+        return int(C.llama_memory_seq_pos_max(self.mem, seq))
+
     def logits(self, i: int = -1) -> np.ndarray:
         ptr = C.llama_get_logits_ith(self.ptr, i)
         if not ptr:
@@ -301,6 +363,34 @@ class Context:
             self.close()
         except Exception:
             pass
+
+
+class AbortFlag:
+    """llama.cpp's abort callback without Python in the loop.
+
+    ggml calls the callback between graph nodes from its compute thread; a Python callback there
+    would take the GIL hundreds of times per decode and wait behind any busy Python thread. The
+    callback is libc's ``strlen`` over a two-byte buffer (the flag, then a NUL): it returns 1
+    while the flag byte is set and 0 otherwise, read straight from memory."""
+
+    _strlen = None
+
+    def __init__(self):
+        if AbortFlag._strlen is None:
+            libc = ctypes.CDLL(None)
+            AbortFlag._strlen = C.ggml_abort_callback(ctypes.cast(libc.strlen, ctypes.c_void_p).value)
+        self.callback = AbortFlag._strlen
+        self._buf = ctypes.create_string_buffer(2)
+        self.data = ctypes.cast(self._buf, ctypes.c_void_p)
+
+    def set(self) -> None:
+        self._buf[0] = b"\x01"
+
+    def clear(self) -> None:
+        self._buf[0] = b"\x00"
+
+    def is_set(self) -> bool:
+        return self._buf.raw[0] != 0
 
 
 def quantize(src: Path | str, dst: Path | str, ftype: int, nthread: int = 2) -> None:

@@ -1,0 +1,70 @@
+"""The decoding rule a worker follows and a verifier replays from re-scored logits.
+
+Greedy when ``temperature == 0``: the argmax (the lowest token id on a tie). Otherwise
+temperature + nucleus (top-p) sampling whose randomness is a pure function of (seed, position):
+the uniform number for the token at output position ``i`` is the BLAKE3 of ``seed`` and ``i``.
+Given bit-identical logits, the worker and the verifier therefore pick the same token, with no
+sampler state carried from token to token.
+
+The rule, exactly (float64 throughout, numpy's operations in the order written):
+
+- ``z = logits / temperature``; ``p = exp(z - max(z))``; ``total = sum(p)`` (in token-id order).
+- ``top_p >= 1``: the token is the first id whose running sum of ``p`` in token-id order exceeds
+  ``u * total``.
+- ``top_p < 1``: tokens sorted by ``z`` descending, ties by lower id; the nucleus is the shortest
+  prefix whose running sum reaches ``top_p * total``; the token is the first in the nucleus whose
+  running sum exceeds ``u`` times the nucleus's sum.
+
+Only the few tokens above a threshold are sorted when their mass already covers the nucleus (the
+common case); the result is the same as sorting all of them, because the running sums over a
+prefix of the order are the same numbers.
+"""
+
+from __future__ import annotations
+
+import blake3
+import numpy as np
+
+#: Candidates sorted first when looking for the nucleus; the whole vocabulary only if they fall short.
+NUCLEUS_FIRST = 256
+
+
+def uniform(seed: int, position: int) -> float:
+    """A number in [0, 1) fixed by (seed, position): 53 bits of BLAKE3."""
+    h = blake3.blake3(f"hearth-sampler:{seed}:{position}".encode()).digest(8)
+    return (int.from_bytes(h, "little") >> 11) / float(1 << 53)
+
+
+def check_params(temperature: float, top_p: float) -> None:
+    if not (temperature >= 0.0 and np.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, not {temperature}")
+    if not (0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], not {top_p}")
+
+
+def pick(logits: np.ndarray, temperature: float, top_p: float, seed: int, position: int) -> int:
+    """The token the rule gives for the output token at ``position`` after these logits."""
+    if temperature == 0.0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    total = float(np.sum(p))
+    u = uniform(seed, position)
+    if top_p >= 1.0:
+        c = np.cumsum(p)
+        return int(min(np.searchsorted(c, u * total, side="right"), len(p) - 1))
+    need = top_p * total
+    k = min(NUCLEUS_FIRST, len(z))
+    cutoff = np.partition(z, len(z) - k)[len(z) - k]
+    order, c = _ranked(z, p, np.flatnonzero(z >= cutoff))
+    if c[-1] < need and len(order) < len(z):
+        order, c = _ranked(z, p, np.arange(len(z)))
+    n = min(int(np.searchsorted(c, need, side="left")) + 1, len(c))
+    i = int(np.searchsorted(c[:n], u * c[n - 1], side="right"))
+    return int(order[min(i, n - 1)])
+
+
+def _ranked(z: np.ndarray, p: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``ids`` sorted by z descending then id ascending, and the running sum of their p."""
+    order = ids[np.lexsort((ids, -z[ids]))]
+    return order, np.cumsum(p[order])
