@@ -36,7 +36,13 @@ def make_backend(model: str) -> InferenceBackend:
     (``hearth jobs submit``). ``model`` is a model id (the BLAKE3 of a model file in the model
     store) or ``default`` for the game's own model. This is the one place the command line gets
     an ``InferenceBackend``."""
-    raise CliError("this build has no batched inference engine to serve or check jobs with")
+    from game.jobs_backend import load_backend
+    from npc.serving import ServingError
+    from npc.store import StoreError
+    try:
+        return load_backend(model)
+    except (ServingError, StoreError) as e:
+        raise CliError(f"cannot serve or check with model {model}: {e}") from None
 
 
 def jobs_dir() -> Path:

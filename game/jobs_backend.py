@@ -1,0 +1,76 @@
+"""The model engine of the compute market: npc's batched engine, offered to swarm as its
+``InferenceBackend``.
+
+swarm never imports npc, so this module is where the two meet: it loads the engine for a model in
+the store (``default`` is the game's own base model, the file every player has), lets it wear
+installed skins through an ``AdapterPool``, and converts npc's plain results (``npc.serving``'s
+``Completion``, ``Verdict``, ``Released``) into swarm's wire types field for field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from swarm.jobs.backend import Completion, Gate, Released, Verdict, WorkItem
+
+
+def _completion(c) -> Completion:
+    return Completion(custom_id=c.custom_id, tokens=list(c.tokens), text=c.text,
+                      prompt_tokens=c.prompt_tokens, finish_reason=c.finish_reason)
+
+
+class EngineBackend:
+    """An ``InferenceBackend`` over ``npc.serving.Engine``."""
+
+    def __init__(self, engine, pool=None):
+        self.engine = engine
+        self.pool = pool
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.model_id
+
+    def generate(self, items: Sequence[WorkItem], skin: str | None = None, *,
+                 gate: Gate | None = None,
+                 on_done: Callable[[Completion], None] | None = None) -> list[Completion]:
+        from npc.serving import Released as EngineReleased
+        done = (lambda c: on_done(_completion(c))) if on_done is not None else None
+        try:
+            return [_completion(c) for c in self.engine.generate(items, skin, gate=gate,
+                                                                 on_done=done)]
+        except EngineReleased as r:
+            raise Released([_completion(c) for c in r.done], list(r.undone)) from None
+
+    def rescore(self, item: WorkItem, claim: Completion, skin: str | None = None) -> Verdict:
+        v = self.engine.rescore(item, claim, skin)
+        return Verdict(ok=v.ok, checked_tokens=v.checked_tokens, first_mismatch=v.first_mismatch,
+                       reason=v.reason)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        self.engine.close()
+
+
+def load_backend(model: str = "default", *, width: int | None = None,
+                 self_check: bool = True) -> EngineBackend:
+    """The engine for ``model`` (a model id in the store, or ``default``), wearing installed
+    skins on request. With ``self_check`` the engine first generates a few items and re-scores
+    them: a configuration that would see its own genuine work rejected refuses to serve
+    (``npc.serving.ServingError``)."""
+    from npc.adapters import AdapterPool
+    from npc.serving import Engine, EngineOptions
+    from npc.skins.store import SkinStore
+    from npc.store import ModelStore
+
+    store = ModelStore()
+    base = store.ensure_default()
+    record = base if model == "default" else store.get(model)
+    options = EngineOptions() if width is None else EngineOptions(width=width)
+    engine = Engine(store.path(record.blake3), options, model_id=record.blake3)
+    pool = AdapterPool(engine, SkinStore(), base_model=base.blake3,
+                       base_gguf=store.path(base.blake3))
+    engine.skins = pool.get
+    if self_check:
+        engine.self_check()
+    return EngineBackend(engine, pool)
