@@ -333,6 +333,7 @@ class EmbeddedChain:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes
     chain: EmbeddedChain
     lock: threading.Lock
 
