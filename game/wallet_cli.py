@@ -135,9 +135,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 if open_batches:
                     problems.append(f"{len(open_batches)} settlement(s) were interrupted: run "
                                     f"`hearth wallet settle` to resolve them, then audit again")
-                elif on_chain != ledger.settled_balance():
-                    problems.append(f"the chain holds {gold(on_chain)} gold, the ledger's "
-                                    f"settled balance is {gold(ledger.settled_balance())}")
+                else:
+                    low = ledger.settled_balance()
+                    high = low + ledger.pending_incoming()
+                    if not low <= on_chain <= high:
+                        expected = gold(low) if low == high else f"{gold(low)} to {gold(high)}"
+                        problems.append(f"the chain holds {gold(on_chain)} gold; the ledger "
+                                        f"expects {expected}")
             except ChainError:
                 pass
             finally:

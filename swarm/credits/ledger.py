@@ -389,6 +389,18 @@ class Ledger:
             "(e.deposit IS NOT NULL OR b.status = 'settled')", (account,)).fetchone()
         return row[0]
 
+    def pending_incoming(self, account: str | None = None) -> int:
+        """What unsettled receipts owe ``account`` when someone else pays them. This ledger only
+        learns of its own settlements, so another payer's settlement shows on chain first: the
+        chain should then hold between ``settled_balance`` and that plus this."""
+        account = account or self.owner
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(e.amount), 0) FROM entries e JOIN receipts r ON r.id = e.receipt "
+            "LEFT JOIN batches b ON b.id = r.batch WHERE e.account = ? AND e.amount > 0 AND "
+            "r.requester != ? AND (b.status IS NULL OR b.status != 'settled')",
+            (account, account)).fetchone()
+        return row[0]
+
     def balances(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT account, balance FROM balances WHERE balance != 0 "
                                     "ORDER BY account"))
