@@ -185,6 +185,10 @@ class ChainClient:
     def block_height(self) -> int:
         return self._run(self._client.get_block_height()).value
 
+    def rent_exempt(self, size: int) -> int:
+        """Lamports an account of ``size`` bytes needs to be rent-exempt."""
+        return self._run(self._client.get_minimum_balance_for_rent_exemption(size)).value
+
     def lamports(self, owner: Pubkey) -> int:
         return self._run(self._client.get_balance(owner)).value
 
