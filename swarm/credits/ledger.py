@@ -22,6 +22,7 @@ point knows exactly which receipts were paid and which transaction may still lan
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -137,8 +138,11 @@ class AuditReport:
         return not self.problems
 
 
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
 def _is_key(text: str) -> bool:
-    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return isinstance(text, str) and _KEY.fullmatch(text) is not None
 
 
 def check_split(skin: str | None, split: Sequence[RoyaltyShare] | None) -> list[RoyaltyShare]:
@@ -239,16 +243,14 @@ class Ledger:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT r.batch, b.status, b.signature FROM receipts r LEFT JOIN "
-                             "batches b ON b.id = r.batch WHERE r.id = ?", (rid,)).fetchone()
-            if row is not None:
-                if row[1] == "settled":
-                    raise LedgerError(f"receipt {rid[:12]}… is already settled (transaction "
-                                      f"{row[2]})")
-                if self._stored_split(rid) != split:
-                    raise LedgerError(f"receipt {rid[:12]}… was recorded with a different "
-                                      f"royalty split")
+            try:
+                db.execute("INSERT INTO receipts (id, body, requester, worker, skin, amount, "
+                           "recorded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (rid, msgspec.json.encode(receipt), body.requester, body.worker,
+                            body.skin, body.amount, time.time()))
+            except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
+                self._check_duplicate(rid, split)
                 return False
             held = dict(db.execute(
                 f"SELECT account, balance FROM balances WHERE account IN "
@@ -262,13 +264,10 @@ class Ledger:
                 if e.account == self.owner and bal + e.amount < 0:
                     raise LedgerError(f"receipt {rid[:12]}… needs {-e.amount} micro-gold from "
                                       f"{e.account[:12]}…, which has {bal} on this ledger")
-            db.execute("INSERT INTO receipts (id, body, requester, worker, skin, amount, recorded)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (rid, msgspec.json.encode(receipt), body.requester, body.worker, body.skin,
-                        body.amount, time.time()))
-            db.executemany("INSERT INTO royalty_splits VALUES (?, ?, ?, ?, ?, ?)",
-                           [(rid, i, c, s, f.numerator, f.denominator)
-                            for i, (c, s, f) in enumerate(split)])
+            if split:
+                db.executemany("INSERT INTO royalty_splits VALUES (?, ?, ?, ?, ?, ?)",
+                               [(rid, i, c, s, f.numerator, f.denominator)
+                                for i, (c, s, f) in enumerate(split)])
             db.executemany("INSERT INTO entries (receipt, account, role, skin, amount) "
                            "VALUES (?, ?, ?, ?, ?)",
                            [(rid, e.account, e.role, e.skin, e.amount) for e in entries])
@@ -279,6 +278,15 @@ class Ledger:
                 db.execute("ROLLBACK")
             raise
         return True
+
+    def _check_duplicate(self, rid: str, split: list[RoyaltyShare]) -> None:
+        """A receipt already in the book: fine if unsettled and recorded with the same split."""
+        row = self.db.execute("SELECT b.status, b.signature FROM receipts r LEFT JOIN batches b "
+                              "ON b.id = r.batch WHERE r.id = ?", (rid,)).fetchone()
+        if row[0] == "settled":
+            raise LedgerError(f"receipt {rid[:12]}… is already settled (transaction {row[1]})")
+        if self._stored_split(rid) != split:
+            raise LedgerError(f"receipt {rid[:12]}… was recorded with a different royalty split")
 
     def deposit(self, deposit_id: str, account: str, amount: int, note: str) -> bool:
         """Gold that reached ``account`` from outside the book (an airdrop, a purchase): the

@@ -86,9 +86,15 @@ def payouts(batch: list[tuple[Receipt, list[RoyaltyShare]]], payer_hex: str) -> 
 
 def build_transaction(payer: Keypair, gold: Gold, batch: list[tuple[Receipt, list[RoyaltyShare]]],
                       have_account: set[str], blockhash: Hash) -> Transaction:
-    """One settlement transaction: token accounts created where missing, a transfer per
-    recipient, and the batch memo."""
-    payer_key = payer.pubkey()
+    """One settlement transaction (legacy format, signed by the payer)."""
+    ixs = settlement_instructions(payer.pubkey(), gold, batch, have_account)
+    return Transaction([payer], Message(ixs, payer.pubkey()), blockhash)
+
+
+def settlement_instructions(payer_key: Pubkey, gold: Gold,
+                            batch: list[tuple[Receipt, list[RoyaltyShare]]],
+                            have_account: set[str]) -> list[Instruction]:
+    """Token accounts created where missing, a transfer per recipient, and the batch memo."""
     source = gold.account_of(payer_key)
     ixs: list[Instruction] = []
     for recipient, amount in sorted(payouts(batch, str(bytes(payer_key).hex())).items()):
@@ -102,35 +108,49 @@ def build_transaction(payer: Keypair, gold: Gold, batch: list[tuple[Receipt, lis
     memo = batch_memo([receipt_id(r.body) for r, _ in batch])
     ixs.append(create_memo(MemoParams(program_id=MEMO_PROGRAM_ID, signer=payer_key,
                                       message=memo.encode())))
-    return Transaction([payer], Message(ixs, payer_key), blockhash)
+    return ixs
 
 
 def pack(payer: Keypair, gold: Gold, pending: list[tuple[Receipt, list[RoyaltyShare]]],
          have_account: set[str], blockhash: Hash,
          limit: int = PACKET_LIMIT) -> list[tuple[list, Transaction]]:
-    """Greedy packing: add receipts in order while the serialized transaction still fits."""
-    out: list[tuple[list, Transaction]] = []
+    """Greedy packing: add receipts in order while the serialized transaction still fits.
+
+    A transaction's size depends only on its set of recipients (amounts are fixed-width and the
+    memo is one hash), so a receipt whose recipients are all in the transaction already always
+    fits, and only one that brings a new recipient is tried."""
+    payer_hex = str(bytes(payer.pubkey()).hex())
     have_account = set(have_account)  # grows as earlier transactions of this run create accounts
+    out: list[tuple[list, Transaction]] = []
     current: list = []
-    tx: Transaction | None = None
+    recipients: set[str] = set()
+
+    def close() -> None:
+        out.append((current, build_transaction(payer, gold, current, have_account, blockhash)))
+        have_account.update(recipients)
+
     for item in pending:
+        new = set(payouts([item], payer_hex)) - recipients
+        if current and not new:
+            current.append(item)
+            continue
         trial = build_transaction(payer, gold, current + [item], have_account, blockhash)
         if len(bytes(trial)) <= limit:
             current.append(item)
-            tx = trial
+            recipients |= new
             continue
         if not current:
             raise SettleError(f"receipt {receipt_id(item[0].body)[:12]}… alone does not fit one "
                               f"transaction (its skin lineage is too long)")
-        out.append((current, tx))
-        have_account.update(payouts(current, str(bytes(payer.pubkey()).hex())))
-        current = [item]
-        tx = build_transaction(payer, gold, current, have_account, blockhash)
-        if len(bytes(tx)) > limit:
+        close()
+        current, recipients = [], set()
+        trial = build_transaction(payer, gold, [item], have_account, blockhash)
+        if len(bytes(trial)) > limit:
             raise SettleError(f"receipt {receipt_id(item[0].body)[:12]}… alone does not fit one "
                               f"transaction (its skin lineage is too long)")
+        current, recipients = [item], set(payouts([item], payer_hex))
     if current:
-        out.append((current, tx))
+        close()
     return out
 
 
@@ -172,7 +192,9 @@ def settle(ledger: Ledger, client: ChainClient, payer: Keypair, *, max_receipts:
         raise SettleError("the paying key is not the ledger's owner")
     report = SettleReport()
     recover(ledger, client, report, on_step)
-    pending = ledger.pending_to_pay(max_receipts)
+    # Receipts to the same recipients side by side, so each transfer pays for as many as can be.
+    pending = sorted(ledger.pending_to_pay(max_receipts),
+                     key=lambda item: (item[0].body.worker, item[0].body.skin or ""))
     if not pending:
         return report
     gold = client.gold()
