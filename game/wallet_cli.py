@@ -40,10 +40,21 @@ def parse_gold(text: str) -> int:
     return int(units)
 
 
+def ledger_path() -> Path:
+    """One ledger per chain, so a switch to a real cluster starts a fresh book rather than
+    counting embedded play money as settled there."""
+    settings = load_wallet_settings()
+    if settings.rpc_url is None:
+        return data_dir() / "credits" / LEDGER_FILE
+    import blake3
+    key = settings.mint or blake3.blake3(settings.rpc_url.encode()).hexdigest()[:16]
+    return data_dir() / "credits" / f"ledger-{key}.sqlite"
+
+
 def open_ledger() -> tuple[Ledger, object]:
     identity = load_or_create_identity()
     try:
-        return Ledger(data_dir() / "credits" / LEDGER_FILE, identity.public_hex), identity
+        return Ledger(ledger_path(), identity.public_hex), identity
     except LedgerError as e:
         raise CliError(str(e)) from None
 
