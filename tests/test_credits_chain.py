@@ -98,3 +98,27 @@ def test_settlement_transactions_fit_a_packet_and_carry_at_least_15_receipts(tmp
     per_tx = len(receipts) / len(packed)
     assert per_tx >= 15, per_tx
     assert len(fresh) > len(packed)  # creating recipients' accounts costs room
+
+
+def test_airdrops_are_refused_on_a_chain_that_is_not_the_embedded_one(tmp_path):
+    """A real cluster answers Hearth's own methods with "method not found"; the embedded chain
+    with those methods turned away stands in for one (no public cluster is contacted)."""
+    from swarm.credits.chain import ChainClient
+    from swarm.credits.chain_server import RpcError
+
+    with running_chain(tmp_path / "chain") as chain:
+        real_handle = chain.chain.handle
+
+        def cluster_like(method, params):
+            if method.startswith("hearth"):
+                raise RpcError(-32601, f"Method not found: {method}")
+            return real_handle(method, params)
+        chain.chain.handle = cluster_like
+        with ChainClient(chain.url) as client:
+            with pytest.raises(ChainError, match="set mint"):
+                client.gold()
+        with ChainClient(chain.url, mint=str(chain.chain.mint)) as client:
+            gold = client.gold()
+            assert not gold.embedded and gold.decimals == 6
+            with pytest.raises(ChainError, match="only on the embedded chain"):
+                client.mint_gold(keypair_for(party(tmp_path, "a")).pubkey(), 5)

@@ -31,7 +31,7 @@ import msgspec
 from solana.exceptions import SolanaRpcException
 from solana.rpc.async_api import AsyncClient
 from solana.rpc.core import RPCException
-from solana.rpc.jsonrpc import JsonRpcRequest
+from solana.rpc.jsonrpc import JsonRpcRequest, SolanaJsonRpcError
 from solana.rpc.models import TxOpts
 from solders.hash import Hash
 from solders.keypair import Keypair
@@ -141,6 +141,8 @@ class ChainClient:
                 from None
         except RPCException as e:
             raise ChainError(_rpc_message(e)) from None
+        except SolanaJsonRpcError as e:
+            raise ChainError(f"the chain refused: {e}") from None
 
     # ---- what the chain is ---------------------------------------------------------------------
 
