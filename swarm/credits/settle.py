@@ -97,7 +97,7 @@ def settlement_instructions(payer_key: Pubkey, gold: Gold,
     """Token accounts created where missing, a transfer per recipient, and the batch memo."""
     source = gold.account_of(payer_key)
     ixs: list[Instruction] = []
-    for recipient, amount in sorted(payouts(batch, str(bytes(payer_key).hex())).items()):
+    for recipient, amount in sorted(payouts(batch, bytes(payer_key).hex()).items()):
         owner = pubkey_of(recipient)
         if recipient not in have_account:
             ixs.append(create_idempotent_associated_token_account(payer_key, owner, gold.mint))
@@ -119,7 +119,7 @@ def pack(payer: Keypair, gold: Gold, pending: list[tuple[Receipt, list[RoyaltySh
     A transaction's size depends only on its set of recipients (amounts are fixed-width and the
     memo is one hash), so a receipt whose recipients are all in the transaction already always
     fits, and only one that brings a new recipient is tried."""
-    payer_hex = str(bytes(payer.pubkey()).hex())
+    payer_hex = bytes(payer.pubkey()).hex()
     have_account = set(have_account)  # grows as earlier transactions of this run create accounts
     out: list[tuple[list, Transaction]] = []
     current: list = []
@@ -188,7 +188,7 @@ def recover(ledger: Ledger, client: ChainClient, report: SettleReport,
 def settle(ledger: Ledger, client: ChainClient, payer: Keypair, *, max_receipts: int | None = None,
            on_step: Step | None = None) -> SettleReport:
     """Pay the ledger owner's unpaid receipts. Safe to kill at any point and run again."""
-    if str(bytes(payer.pubkey()).hex()) != ledger.owner:
+    if bytes(payer.pubkey()).hex() != ledger.owner:
         raise SettleError("the paying key is not the ledger's owner")
     report = SettleReport()
     recover(ledger, client, report, on_step)
