@@ -213,6 +213,39 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notices(args: argparse.Namespace) -> int:
+    from swarm.credits.notice import notices_from
+
+    ledger, _ = open_ledger()
+    with ledger:
+        notices = notices_from(ledger)
+    args.out.write_bytes(b"".join(msgspec.json.encode(n) + b"\n" for n in notices))
+    print(f"wrote {len(notices)} settlement notice(s) to {args.out}")
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from swarm.credits.notice import NoticeError, SettlementNotice, apply_notice
+
+    ledger, _ = open_ledger()
+    marked = 0
+    with ledger:
+        client = _client(start=True)
+        try:
+            for n, line in enumerate(args.file.read_bytes().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    notice = msgspec.json.decode(line, type=SettlementNotice)
+                    marked += apply_notice(ledger, client, notice)
+                except (msgspec.DecodeError, NoticeError, ChainError) as e:
+                    raise CliError(f"{args.file}:{n}: {e}") from None
+        finally:
+            client.close()
+    print(f"{marked} of your receipt(s) confirmed settled")
+    return 0
+
+
 def add_commands(sub) -> None:
     wp = sub.add_parser(
         "wallet", help="your gold credits: balance, pending receipts, settle, audit",
@@ -255,3 +288,18 @@ def add_commands(sub) -> None:
                                     "receipt twice changes nothing.")
     p.add_argument("file", type=Path, metavar="FILE")
     p.set_defaults(func=cmd_record)
+
+    p = wsub.add_parser("notices", help="write notices of the settlements you paid",
+                        description="Write one settlement notice per transaction that paid your "
+                                    "receipts (its signed bytes and the receipt ids its memo "
+                                    "names), for the workers and creators you paid.")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p.set_defaults(func=cmd_notices)
+
+    p = wsub.add_parser("confirm", help="mark receipts settled from a payer's notices",
+                        description="Check each notice against the chain (signatures, the "
+                                    "memo naming its receipts, that it executed, what it paid "
+                                    "you) and mark the receipts you hold that it paid as "
+                                    "settled.")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.set_defaults(func=cmd_confirm)

@@ -75,6 +75,21 @@ def test_three_parties_settle_on_one_chain_process(tmp_path):
             assert r.returncode == 0 and "checked against the chain" in r.stdout, \
                 name + r.stdout + r.stderr
 
+        # earners learn of their settlements from the payers' notices, checked against the chain
+        for payer, earner in (("requester", "worker"), ("worker", "creator")):
+            notices = tmp_path / f"{payer}-notices.jsonl"
+            r = hearth("wallet", "notices", "--out", notices, home=homes[payer], config=config,
+                       timeout=120)
+            assert r.returncode == 0, r.stderr
+            r = hearth("wallet", "confirm", notices, home=homes[earner], config=config,
+                       timeout=120)
+            assert r.returncode == 0 and f"{len(jobs[payer])} of your receipt(s)" in r.stdout, \
+                r.stdout + r.stderr
+        for name, home in homes.items():
+            view = _wallet(home, config)
+            assert view["chain"] == view["settled"], name
+            assert not view["pending"], name
+
         # a settlement replayed by hand is refused; nothing moves
         again = hearth("wallet", "settle", home=homes["requester"], config=config, timeout=120)
         assert "0 receipt(s) settled" in again.stdout

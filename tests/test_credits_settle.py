@@ -219,3 +219,30 @@ def test_kill_9_at_every_step_of_settlement(setup):
             assert not s["ledger"].pending()
             assert_books_match_chain(s["ledger"], s["client"], s["parties"], 50_000_000)
     assert kills >= len(STEPS)  # every step was reached and killed at least once
+
+
+def test_an_earner_marks_receipts_settled_only_from_a_notice_the_chain_backs(setup):
+    import msgspec
+
+    from swarm.credits.notice import NoticeError, apply_notice, notices_from
+
+    s = setup
+    worker = s["workers"][0]
+    _record(s, len(s["workers"]) * 2)
+    settle(s["ledger"], s["client"], s["payer"])
+    with Ledger(s["path"] / "worker.sqlite", worker.public_hex) as mine:
+        # the worker's own copies of the receipts it signed (shards 0 and 24 of _record)
+        held = [make_receipt(s["req"], worker, shard=i, tokens_out=50 + i,
+                             skin=SKIN if i % 3 == 0 else None)
+                for i in range(0, len(s["workers"]) * 2, len(s["workers"]))]
+        for r in held:
+            mine.record(r, lineage(*s["creators"]) if r.body.skin else None)
+        notices = notices_from(s["ledger"])
+        forged = msgspec.structs.replace(notices[0], receipts=notices[0].receipts[:-1])
+        with pytest.raises(NoticeError, match="memo does not name"):
+            apply_notice(mine, s["client"], forged)
+        marked = sum(apply_notice(mine, s["client"], n) for n in notices)
+        assert marked == len(held)
+        assert sum(apply_notice(mine, s["client"], n) for n in notices) == 0  # idempotent
+        assert not mine.pending()
+        assert mine.settled_balance() == s["client"].gold_balance(pubkey_of(worker.public_hex))

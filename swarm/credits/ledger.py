@@ -360,6 +360,45 @@ class Ledger:
             db.execute("PRAGMA synchronous=NORMAL")
         return batch
 
+    def record_paid(self, signature: str, tx: bytes, memo: str, receipt_ids: list[str]) -> int:
+        """Someone else's settlement that paid receipts this ledger holds (checked by the caller
+        against the chain): the batch is written settled at once. Returns how many receipts it
+        newly marked; a batch already known changes nothing."""
+        db = self.db
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM batches WHERE signature = ?", (signature,)).fetchone():
+                db.execute("ROLLBACK")
+                return 0
+            batch = db.execute("INSERT INTO batches (signature, tx, last_valid_height, memo, "
+                               "status, created, settled) VALUES (?, ?, 0, ?, 'settled', ?, ?)",
+                               (signature, tx, memo, time.time(), time.time())).lastrowid
+            marked = 0
+            for rid in receipt_ids:
+                marked += db.execute("UPDATE receipts SET batch = ? WHERE id = ? AND batch IS "
+                                     "NULL AND requester != ?", (batch, rid, self.owner)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.execute("PRAGMA synchronous=NORMAL")
+        return marked
+
+    def settled_batches(self) -> list[tuple[Batch, list[str]]]:
+        """The settled batches this ledger paid, with their receipt ids (for settlement notices)."""
+        out = []
+        for batch in self.batches():
+            if batch.status == "settled":
+                ids = [r for r, in self.db.execute(
+                    "SELECT id FROM receipts WHERE batch = ? AND requester = ? ORDER BY id",
+                    (batch.id, self.owner))]
+                if ids:
+                    out.append((batch, ids))
+        return out
+
     def open_batches(self) -> list[Batch]:
         """Batches signed (perhaps sent) but not yet known to have landed or expired."""
         return [self._batch(row) for row in self.db.execute(
@@ -436,6 +475,15 @@ class Ledger:
 
     def receipt_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
+
+    def receipts_by_id(self, ids: list[str]) -> list[tuple[Receipt, list[RoyaltyShare]] | None]:
+        """The stored receipt (and its split) for each id, None where this ledger has none."""
+        out = []
+        for rid in ids:
+            row = self.db.execute("SELECT body FROM receipts WHERE id = ?", (rid,)).fetchone()
+            out.append(None if row is None else (msgspec.json.decode(row[0], type=Receipt),
+                                                 self._stored_split(rid)))
+        return out
 
     def batch_receipts(self, batch_id: int) -> list[tuple[Receipt, list[RoyaltyShare]]]:
         rows = self.db.execute("SELECT id, body FROM receipts WHERE batch = ? ORDER BY id",
