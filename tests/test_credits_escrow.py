@@ -58,3 +58,7 @@ def test_escrow_locks_releases_with_both_signatures_and_returns_the_rest(tmp_pat
         assert client.accounts_exist([escrow.account]) == [False]
         total = sum(client.gold_balance(k.pubkey()) for k in (req, wrk, cre))
         assert total == 10_000_001
+    with running_chain(tmp_path / "chain") as chain, client_for(chain) as client:
+        # after a restart the closed escrow stays closed and every balance is as it was
+        assert client.accounts_exist([escrow.account]) == [False]
+        assert client.gold_balance(req.pubkey()) == 9_000_000

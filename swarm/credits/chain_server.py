@@ -123,15 +123,18 @@ class EmbeddedChain:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def _persist(self, keys: list[Pubkey], signature: str | None, err: str | None) -> None:
-        rows = []
+        rows, closed = [], []
         for key in keys:
             acct = self.svm.get_account(key)
-            if acct is not None:
+            if acct is None or acct.lamports == 0:
+                closed.append((str(key),))  # a closed account must not come back on restart
+            else:
                 rows.append((str(key), bytes(acct)))
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?)", rows)
+            db.executemany("DELETE FROM accounts WHERE pubkey = ?", closed)
             if signature is not None and err is None:
                 db.execute("INSERT OR REPLACE INTO signatures VALUES (?, ?, ?)",
                            (signature, self.position, err))
