@@ -126,3 +126,59 @@ def _stop_chain_serving(directory) -> None:
         if "swarm.credits.chain_server" in cmd and str(directory) in cmd:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", ["recorded", "sent"])
+def test_the_chain_killed_mid_settlement_restarts_with_the_books_intact(tmp_path, step):
+    """kill -9 of `hearth chain` after the batch is recorded (not yet sent) or after it landed:
+    restarted on the same state, the next settle pays every receipt exactly once."""
+    import signal
+
+    from credits_helpers import party
+
+    from swarm.credits.chain import ChainClient, ChainError, keypair_for, pubkey_of
+    from swarm.credits.ledger import Ledger
+    from swarm.credits.settle import SettleError, settle
+
+    port = _free_port()
+    config = tmp_path / "config"
+    config.mkdir()
+
+    def start_chain():
+        proc = hearth_popen("chain", "--listen", f"127.0.0.1:{port}", "--dir", tmp_path / "chain",
+                            home=tmp_path / "chainhome", config=config)
+        assert "listening on" in proc.stdout.readline()
+        return proc
+
+    req = party(tmp_path, "req")
+    workers = [party(tmp_path, f"w{i}") for i in range(5)]
+    url = f"http://127.0.0.1:{port}"
+    chain = start_chain()
+    try:
+        with Ledger(tmp_path / "ledger.sqlite", req.public_hex) as ledger:
+            with ChainClient(url) as client:
+                sig = client.mint_gold(keypair_for(req).pubkey(), 1_000_000)
+            ledger.deposit(sig, req.public_hex, 1_000_000, "airdrop")
+            for i in range(10):
+                ledger.record(make_receipt(req, workers[i % 5], shard=i))
+
+            def kill_chain(name, info):
+                if name == step:
+                    chain.send_signal(signal.SIGKILL)
+                    chain.wait(timeout=30)
+            with ChainClient(url) as client, pytest.raises((ChainError, SettleError)):
+                settle(ledger, client, keypair_for(req), on_step=kill_chain)
+                client.block_height()  # after "sent" the settle itself may finish first
+            chain = start_chain()
+            with ChainClient(url) as client:
+                report = settle(ledger, client, keypair_for(req))
+                assert report.expired == (1 if step == "recorded" else 0)
+                assert not ledger.pending() and ledger.audit().ok
+                for w in workers:
+                    assert client.gold_balance(pubkey_of(w.public_hex)) == \
+                        ledger.settled_balance(w.public_hex)
+                assert client.gold_balance(keypair_for(req).pubkey()) == ledger.settled_balance()
+    finally:
+        chain.terminate()
+        chain.wait(timeout=30)
