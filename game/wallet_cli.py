@@ -213,6 +213,23 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from swarm.credits.settle import count_outside_gold
+
+    ledger, _ = open_ledger()
+    with ledger:
+        client = _client(start=True)
+        try:
+            added = count_outside_gold(ledger, client)
+        except (SettleError, ChainError, LedgerError) as e:
+            raise CliError(str(e)) from None
+        finally:
+            client.close()
+    print(f"counted {gold(added)} gold from outside the ledger" if added else
+          "the ledger already explains everything your wallet holds")
+    return 0
+
+
 def cmd_notices(args: argparse.Namespace) -> int:
     from swarm.credits.notice import notices_from
 
@@ -288,6 +305,14 @@ def add_commands(sub) -> None:
                                     "receipt twice changes nothing.")
     p.add_argument("file", type=Path, metavar="FILE")
     p.set_defaults(func=cmd_record)
+
+    p = wsub.add_parser("sync", help="count gold that reached your wallet from outside",
+                        description="Gold bought or sent to your wallet outside Hearth is not in "
+                                    "your ledger, so it cannot pay receipts. This records the "
+                                    "part of your chain balance the ledger cannot explain (beyond "
+                                    "its settled balance and what unconfirmed receipts may have "
+                                    "paid you) as a deposit.")
+    p.set_defaults(func=cmd_sync)
 
     p = wsub.add_parser("notices", help="write notices of the settlements you paid",
                         description="Write one settlement notice per transaction that paid your "

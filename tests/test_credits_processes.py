@@ -114,6 +114,16 @@ def test_a_wallet_starts_the_embedded_chain_when_none_answers(tmp_path):
         assert _wallet(home, config)["chain"] == 1_500_000
         r = hearth("wallet", "airdrop", "0.0000001", home=home, config=config, timeout=60)
         assert r.returncode == 2 and "at most 6 decimals" in r.stderr
+        # gold that arrives from outside the ledger is counted once by `wallet sync`
+        from swarm.credits.chain import ChainClient, keypair_for
+        with ChainClient(f"http://127.0.0.1:{port}") as client:
+            client.mint_gold(keypair_for(load_or_create_identity(home)).pubkey(), 250_000)
+        r = hearth("wallet", "sync", home=home, config=config, timeout=60)
+        assert "counted 0.25 gold" in r.stdout, r.stderr
+        r = hearth("wallet", "sync", home=home, config=config, timeout=60)
+        assert "already explains" in r.stdout, r.stderr
+        view = _wallet(home, config)
+        assert view["ledger"] == view["chain"] == 1_750_000
     finally:
         _stop_chain_serving(home / "chain")
 

@@ -234,3 +234,18 @@ def settle(ledger: Ledger, client: ChainClient, payer: Keypair, *, max_receipts:
         if on_step:
             on_step("settled", {"signature": signature, "receipts": len(ids)})
     return report
+
+
+def count_outside_gold(ledger: Ledger, client: ChainClient) -> int:
+    """Record as a deposit the gold the owner's chain account holds beyond everything the ledger
+    can explain (its settled balance plus what unconfirmed receipts may have paid it): gold bought
+    or sent from outside. Returns the amount recorded (0 if none)."""
+    if ledger.open_batches():
+        raise SettleError("a settlement is still in flight: run settle first")
+    held = client.gold_balance(pubkey_of(ledger.owner))
+    surplus = held - ledger.settled_balance() - ledger.pending_incoming()
+    if surplus <= 0:
+        return 0
+    ledger.deposit(f"outside:{client.block_height()}:{held}", ledger.owner, surplus,
+                   "from outside")
+    return surplus
