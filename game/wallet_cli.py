@@ -59,6 +59,17 @@ def open_ledger() -> tuple[Ledger, object]:
         raise CliError(str(e)) from None
 
 
+def skin_earnings(skin_id: str) -> dict[str, tuple[int, int]]:
+    """creator -> (settled, pending) micro-gold earned from jobs wearing the skin, as far as this
+    client's ledger knows ({} when there is no ledger yet: nothing is created to find out)."""
+    path = ledger_path()
+    if not path.exists():
+        return {}
+    ledger, _ = open_ledger()
+    with ledger:
+        return ledger.royalties_from(skin_id)
+
+
 def _client(start: bool) -> ChainClient | None:
     """The chain client, or None when the chain does not answer (and is not to be started)."""
     try:

@@ -126,6 +126,22 @@ def test_an_expired_batch_gives_its_receipts_back(world):
     ledger.add_batch("sig-2", b"tx", 6, "memo", [rid])
 
 
+def test_royalties_earned_from_a_skin_are_summed_per_creator(world):
+    ledger, req, wrk, c1, c2 = (world[k] for k in ("ledger", "req", "wrk", "c1", "c2"))
+    receipts = [make_receipt(req, wrk, shard=i, skin=SKIN) for i in range(3)]
+    for r in receipts:
+        ledger.record(r, lineage(c1, c2))
+    ledger.record(make_receipt(req, wrk, shard=9))  # no skin: no royalty
+    rids = [rid for rid, _, _ in ledger.pending()][:1]
+    ledger.mark_batch(ledger.add_batch("sig", b"tx", 1, "memo", rids), "settled")
+    earned = ledger.royalties_from(SKIN)
+    assert set(earned) == {c1.public_hex, c2.public_hex}
+    fee = receipts[0].body.amount // 10
+    assert earned[c2.public_hex] == (fee * 3 // 10, 2 * (fee * 3 // 10))
+    assert sum(a + b for a, b in earned.values()) == 3 * fee
+    assert ledger.royalties_from(PARENT_SKIN) == {}
+
+
 def test_royalty_split_is_checked(world):
     ledger, req, wrk, c1, c2 = (world[k] for k in ("ledger", "req", "wrk", "c1", "c2"))
     r = make_receipt(req, wrk, skin=SKIN)

@@ -309,7 +309,8 @@ class Ledger:
                 raise LedgerError(f"deposit {deposit_id!r} would overflow {account[:12]}…")
             db.execute("INSERT INTO deposits VALUES (?, ?, ?, ?, ?)",
                        (deposit_id, account, amount, note, time.time()))
-            db.executemany("INSERT INTO entries (deposit, account, role, amount) VALUES (?, ?, ?, ?)",
+            db.executemany("INSERT INTO entries (deposit, account, role, amount) "
+                           "VALUES (?, ?, ?, ?)",
                            [(deposit_id, account, "deposit", amount),
                             (deposit_id, OUTSIDE, "outside", -amount)])
             self._add_to_balances([(account, amount), (OUTSIDE, -amount)])
@@ -472,6 +473,18 @@ class Ledger:
                      settled=(status == "settled") if ref and role != "deposit" else True,
                      signature=sig, note=note)
                 for ref, role, amount, skin, t, status, sig, note in rows]
+
+    def royalties_from(self, skin_id: str) -> dict[str, tuple[int, int]]:
+        """What each creator earned from jobs that wore ``skin_id``, as far as this ledger's
+        receipts go: creator -> (settled, pending) micro-gold."""
+        out: dict[str, list[int]] = {}
+        for creator, amount, status in self.db.execute(
+                "SELECT e.account, e.amount, b.status FROM entries e JOIN receipts r ON "
+                "r.id = e.receipt LEFT JOIN batches b ON b.id = r.batch WHERE r.skin = ? AND "
+                "e.role = 'royalty'", (skin_id,)):
+            slot = out.setdefault(creator, [0, 0])
+            slot[0 if status == "settled" else 1] += amount
+        return {creator: (settled, pending) for creator, (settled, pending) in out.items()}
 
     def receipt_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM receipts").fetchone()[0]
