@@ -142,6 +142,20 @@ def test_royalties_earned_from_a_skin_are_summed_per_creator(world):
     assert ledger.royalties_from(PARENT_SKIN) == {}
 
 
+def test_earnings_since_a_moment_count_work_and_royalties(world):
+    import time
+
+    req, wrk, c1, c2 = (world[k] for k in ("req", "wrk", "c1", "c2"))
+    with Ledger(world["path"] / "worker.sqlite", wrk.public_hex) as mine:
+        mine.record(make_receipt(req, wrk, shard=0))
+        away = time.time()
+        later = [make_receipt(req, wrk, shard=i, skin=SKIN) for i in (1, 2)]
+        for r in later:
+            mine.record(r, [(wrk.public_hex, SKIN, Fraction(1))])  # the worker made the skin
+        assert mine.earned_since(away) == sum(r.body.amount for r in later)
+        assert mine.earned_since(time.time() + 1) == 0
+
+
 def test_royalty_split_is_checked(world):
     ledger, req, wrk, c1, c2 = (world[k] for k in ("ledger", "req", "wrk", "c1", "c2"))
     r = make_receipt(req, wrk, skin=SKIN)

@@ -474,6 +474,16 @@ class Ledger:
                      signature=sig, note=note)
                 for ref, role, amount, skin, t, status, sig, note in rows]
 
+    def earned_since(self, since: float, account: str | None = None) -> int:
+        """Micro-gold ``account`` earned (as worker or creator) from receipts recorded at or
+        after ``since`` (a Unix time): what the game reports as earned while the player was
+        away."""
+        account = account or self.owner
+        return self.db.execute(
+            "SELECT COALESCE(SUM(e.amount), 0) FROM entries e JOIN receipts r ON r.id = e.receipt "
+            "WHERE e.account = ? AND e.role IN ('worker', 'royalty') AND r.recorded >= ?",
+            (account, since)).fetchone()[0]
+
     def royalties_from(self, skin_id: str) -> dict[str, tuple[int, int]]:
         """What each creator earned from jobs that wore ``skin_id``, as far as this ledger's
         receipts go: creator -> (settled, pending) micro-gold."""
