@@ -16,7 +16,8 @@ from common.paths import data_dir
 from game.cli_error import CliError
 from swarm.credits.chain import ChainClient, ChainError, connect, keypair_for, load_wallet_settings
 from swarm.credits.ledger import Ledger, LedgerError
-from swarm.credits.settle import SettleError, settle
+from swarm.credits.escrow import recover_escrows
+from swarm.credits.settle import SettleError, holdings, settle
 from swarm.jobs.receipt import UNITS_PER_GOLD, Receipt
 
 LEDGER_FILE = "ledger.sqlite"
@@ -89,7 +90,7 @@ def cmd_wallet(args: argparse.Namespace) -> int:
         on_chain = None
         if client is not None:
             try:
-                on_chain = client.gold_balance(keypair_for(identity).pubkey())
+                on_chain = holdings(ledger, client)
             except ChainError:
                 on_chain = None
             finally:
@@ -131,6 +132,7 @@ def cmd_settle(args: argparse.Namespace) -> int:
                 elif name == "recovered":
                     print(f"resolved an interrupted settlement {info['signature']}: "
                           f"{info['status'] or 'expired'}", file=sys.stderr, flush=True)
+            recover_escrows(ledger, client)
             report = settle(ledger, client, keypair_for(identity), on_step=step)
         except (SettleError, ChainError, LedgerError) as e:
             raise CliError(str(e)) from None
@@ -151,7 +153,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         checked_chain = False
         if client is not None:
             try:
-                on_chain = client.gold_balance(keypair_for(identity).pubkey())
+                on_chain = holdings(ledger, client)
                 checked_chain = True
                 open_batches = ledger.open_batches()
                 if open_batches:

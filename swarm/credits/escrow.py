@@ -7,7 +7,15 @@ than the requester agrees to.
 
 The two signatures are gathered the way two processes would: one side builds the message
 (``release_message`` / ``refund_message``), each side signs its bytes (``sign``), and either one
-submits the assembled transaction (``submit``).
+submits the assembled transaction (``submit``). ``pay_from_escrow`` and ``close_escrow`` do this
+for the requester with a ``cosign`` callback that asks the worker.
+
+The requester's ledger knows every step: an escrow is written there (with the signature of the
+transaction that opens it) before that transaction is sent, and a release is written as a
+settlement batch of the receipts it pays — memo and all — before it is submitted, so a crash is
+resolved the way an interrupted settlement is (``recover_escrows``, ``settle.recover``). The
+gold in open escrows still belongs to the requester: ``settle.holdings`` counts it with the
+wallet.
 
 What this escrow cannot do without a custom on-chain program, and why:
 - **Time-out refunds.** The SPL Token program has no notion of time. If the worker disappears, the
@@ -24,6 +32,7 @@ What this escrow cannot do without a custom on-chain program, and why:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from solders.hash import Hash
@@ -34,13 +43,19 @@ from solders.pubkey import Pubkey
 from solders.signature import Signature
 from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import Transaction
+from spl.memo.constants import MEMO_PROGRAM_ID
+from spl.memo.instructions import create_memo
+from spl.memo.models import MemoParams
 from spl.token.constants import MULTISIG_LEN, TOKEN_PROGRAM_ID
 from spl.token.instructions import (
     close_account, create_idempotent_associated_token_account, initialize_multisig, transfer,
 )
 from spl.token.models import CloseAccountParams, InitializeMultisigParams, TransferParams
 
-from swarm.credits.chain import ChainClient, ChainError, Gold
+from swarm.credits.chain import ChainClient, ChainError, Gold, pubkey_of
+from swarm.credits.ledger import Ledger
+from swarm.credits.settle import batch_memo, payouts
+from swarm.jobs.receipt import receipt_id
 
 
 class EscrowError(RuntimeError):
@@ -55,8 +70,8 @@ class Escrow:
     account: Pubkey  # the escrow's gold token account (the multisig's associated account)
 
 
-def open_escrow(client: ChainClient, requester: Keypair, worker: Pubkey,
-                budget: int) -> tuple[Escrow, str]:
+def open_escrow(ledger: Ledger, client: ChainClient, requester: Keypair, worker: Pubkey,
+                budget: int) -> Escrow:
     """Make the 2-of-2 multisig and its gold account and lock ``budget`` in it (one
     transaction, signed by the requester alone: locking needs no one else's consent)."""
     gold = client.gold()
@@ -76,9 +91,67 @@ def open_escrow(client: ChainClient, requester: Keypair, worker: Pubkey,
                                    source=gold.account_of(requester.pubkey()),
                                    dest=escrow.account, owner=requester.pubkey(),
                                    amount=budget))]
-    blockhash, _ = client.latest_blockhash()
+    blockhash, last_valid = client.latest_blockhash()
     tx = Transaction([requester, multisig], Message(ixs, requester.pubkey()), blockhash)
-    return escrow, _send(client, bytes(tx))
+    ledger.add_escrow(str(escrow.account), str(escrow.multisig), bytes(worker).hex(), budget,
+                      str(tx.signatures[0]), last_valid)
+    _send(client, bytes(tx))
+    ledger.set_escrow(str(escrow.account), "open")
+    return escrow
+
+
+def escrow_from(ledger: Ledger, row: dict) -> Escrow:
+    return Escrow(pubkey_of(ledger.owner), pubkey_of(row["worker"]),
+                  Pubkey.from_string(row["multisig"]), Pubkey.from_string(row["account"]))
+
+
+def recover_escrows(ledger: Ledger, client: ChainClient) -> None:
+    """Resolve escrows whose opening transaction a crash left unconfirmed."""
+    for row in ledger.escrows("opening"):
+        status = client.statuses([row["signature"]])[0]
+        if status == "ok":
+            ledger.set_escrow(row["account"], "open")
+        elif status == "failed" or client.block_height() > row["last_valid_height"]:
+            ledger.set_escrow(row["account"], "failed")  # it can never open: nothing was locked
+
+
+def pay_from_escrow(ledger: Ledger, client: ChainClient, escrow: Escrow, requester: Keypair,
+                    cosign: Callable[[Message], Signature]) -> int:
+    """Pay the owner's recorded, unpaid receipts for this escrow's worker out of the escrow: one
+    release per call, recorded as a settlement batch before it is submitted. Returns how many
+    receipts it paid."""
+    worker_hex = bytes(escrow.worker).hex()
+    batch = [(r, split) for r, split in ledger.pending_to_pay()
+             if r.body.worker == worker_hex]
+    if not batch:
+        return 0
+    owed = payouts(batch, ledger.owner)
+    if sum(owed.values()) > client.token_balance(escrow.account):
+        raise EscrowError("the escrow holds less than these receipts owe")
+    blockhash, last_valid = client.latest_blockhash()
+    ids = [receipt_id(r.body) for r, _ in batch]
+    memo = batch_memo(ids)
+    message = release_message(client, escrow, {pubkey_of(k): v for k, v in owed.items()},
+                              requester.pubkey(), blockhash, memo)
+    signatures = {requester.pubkey(): sign(message, requester), escrow.worker: cosign(message)}
+    tx = _assemble(message, signatures)
+    batch_id = ledger.add_batch(str(tx.signatures[0]), bytes(tx), last_valid, memo, ids)
+    _send(client, bytes(tx))
+    ledger.mark_batch(batch_id, "settled")
+    return len(ids)
+
+
+def close_escrow(ledger: Ledger, client: ChainClient, escrow: Escrow, requester: Keypair,
+                 cosign: Callable[[Message], Signature]) -> int:
+    """On completion: what is left returns to the requester and the escrow account is closed.
+    Returns the amount returned."""
+    remaining = client.token_balance(escrow.account)
+    blockhash, _ = client.latest_blockhash()
+    message = refund_message(client, escrow, remaining, blockhash)
+    submit(client, message, {requester.pubkey(): sign(message, requester),
+                             escrow.worker: cosign(message)})
+    ledger.set_escrow(str(escrow.account), "closed")
+    return remaining
 
 
 def _pay(escrow: Escrow, gold: Gold, recipient: Pubkey, amount: int) -> Instruction:
@@ -87,15 +160,19 @@ def _pay(escrow: Escrow, gold: Gold, recipient: Pubkey, amount: int) -> Instruct
                                    amount=amount, signers=[escrow.requester, escrow.worker]))
 
 
-def release_message(client: ChainClient, escrow: Escrow, payouts: dict[Pubkey, int],
-                    fee_payer: Pubkey, blockhash: Hash) -> Message:
-    """The message that pays an accepted shard out of escrow: the worker's share and any
-    royalties (recipients' gold accounts are created if missing, paid by ``fee_payer``)."""
+def release_message(client: ChainClient, escrow: Escrow, amounts: dict[Pubkey, int],
+                    fee_payer: Pubkey, blockhash: Hash, memo: str | None = None) -> Message:
+    """The message that pays accepted shards out of escrow: the worker's share and any
+    royalties (recipients' gold accounts are created if missing, paid by ``fee_payer``), and
+    the memo naming the receipts paid."""
     gold = client.gold()
     ixs: list[Instruction] = []
-    for recipient, amount in sorted(payouts.items(), key=lambda kv: bytes(kv[0])):
+    for recipient, amount in sorted(amounts.items(), key=lambda kv: bytes(kv[0])):
         ixs.append(create_idempotent_associated_token_account(fee_payer, recipient, gold.mint))
         ixs.append(_pay(escrow, gold, recipient, amount))
+    if memo is not None:
+        ixs.append(create_memo(MemoParams(program_id=MEMO_PROGRAM_ID, signer=fee_payer,
+                                          message=memo.encode())))
     return Message.new_with_blockhash(ixs, fee_payer, blockhash)
 
 
@@ -124,6 +201,10 @@ def sign(message: Message, keypair: Keypair) -> Signature:
 
 def submit(client: ChainClient, message: Message, signatures: dict[Pubkey, Signature]) -> str:
     """Assemble the transaction from each required signer's signature and send it."""
+    return _send(client, bytes(_assemble(message, signatures)))
+
+
+def _assemble(message: Message, signatures: dict[Pubkey, Signature]) -> Transaction:
     keys = list(message.account_keys[:message.header.num_required_signatures])
     missing = [str(k) for k in keys if k not in signatures]
     if missing:
@@ -132,7 +213,7 @@ def submit(client: ChainClient, message: Message, signatures: dict[Pubkey, Signa
     tx = Transaction.populate(message, [signatures[k] for k in keys])
     if not all(tx.verify_with_results()):
         raise EscrowError("a signature does not match the escrow transaction")
-    return _send(client, bytes(tx))
+    return tx
 
 
 def _send(client: ChainClient, raw: bytes) -> str:

@@ -52,6 +52,18 @@ CREATE TABLE IF NOT EXISTS batches (
     created REAL NOT NULL,
     settled REAL
 );
+-- Escrow accounts the owner locked gold in (swarm/credits/escrow.py): written before the
+-- transaction that opens one is sent, so a crash never forgets where the gold went.
+CREATE TABLE IF NOT EXISTS escrows (
+    account TEXT PRIMARY KEY,
+    multisig TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    budget INTEGER NOT NULL CHECK (budget > 0),
+    signature TEXT NOT NULL,
+    last_valid_height INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('opening', 'open', 'closed', 'failed')),
+    created REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -399,6 +411,34 @@ class Ledger:
                 if ids:
                     out.append((batch, ids))
         return out
+
+    def add_escrow(self, account: str, multisig: str, worker: str, budget: int, signature: str,
+                   last_valid_height: int) -> None:
+        """An escrow whose opening transaction is signed and about to be sent."""
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            self.db.execute("INSERT INTO escrows VALUES (?, ?, ?, ?, ?, ?, 'opening', ?)",
+                            (account, multisig, worker, budget, signature, last_valid_height,
+                             time.time()))
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def set_escrow(self, account: str, status: str) -> None:
+        if status not in ("open", "closed", "failed"):
+            raise LedgerError(f"unknown escrow status {status!r}")
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            self.db.execute("UPDATE escrows SET status = ? WHERE account = ?", (status, account))
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def escrows(self, *statuses: str) -> list[dict]:
+        """The owner's escrows (those in ``statuses``, or all), oldest first."""
+        rows = self.db.execute("SELECT account, multisig, worker, budget, signature, "
+                               "last_valid_height, status FROM escrows ORDER BY created")
+        keys = ("account", "multisig", "worker", "budget", "signature", "last_valid_height",
+                "status")
+        return [dict(zip(keys, row)) for row in rows if not statuses or row[6] in statuses]
 
     def open_batches(self) -> list[Batch]:
         """Batches signed (perhaps sent) but not yet known to have landed or expired."""

@@ -236,13 +236,22 @@ def settle(ledger: Ledger, client: ChainClient, payer: Keypair, *, max_receipts:
     return report
 
 
+def holdings(ledger: Ledger, client: ChainClient) -> int:
+    """The owner's gold on chain: their gold account plus what their open escrows hold (which
+    together is what the ledger's settled balance should equal)."""
+    total = client.gold_balance(pubkey_of(ledger.owner))
+    for row in ledger.escrows("open", "opening"):
+        total += client.token_balance(Pubkey.from_string(row["account"]))
+    return total
+
+
 def count_outside_gold(ledger: Ledger, client: ChainClient) -> int:
     """Record as a deposit the gold the owner's chain account holds beyond everything the ledger
     can explain (its settled balance plus what unconfirmed receipts may have paid it): gold bought
     or sent from outside. Returns the amount recorded (0 if none)."""
     if ledger.open_batches():
         raise SettleError("a settlement is still in flight: run settle first")
-    held = client.gold_balance(pubkey_of(ledger.owner))
+    held = holdings(ledger, client)
     surplus = held - ledger.settled_balance() - ledger.pending_incoming()
     if surplus <= 0:
         return 0
