@@ -12,6 +12,7 @@ from engine.replay import LogError, load_log, replay
 from engine.saves import SaveError, save_game
 from engine.state import WorldState
 from engine.world import WorldDataError
+from game.chain_cli import add_command as add_chain_command
 from game.cli_error import CliError
 from game.headless import ScriptError
 from game.jobs_cli import add_commands as add_jobs_commands
@@ -22,18 +23,23 @@ from game.settings_cli import add_command as add_settings_command
 from game.skin_cli import add_commands as add_skin_commands
 from game.swarm_cli import add_commands as add_swarm_commands
 from game.voices import VoiceError, load_voice
+from game.wallet_cli import add_commands as add_wallet_commands
 from common.identity import IdentityError
 from npc.gguf_info import GGUFError
 from npc.skins.manifest import SkinError
 from npc.skins.train import TrainingDataError
 from npc.store import StoreError
 from swarm.content import ContentError
+from swarm.credits.chain import ChainError
+from swarm.credits.ledger import LedgerError
+from swarm.credits.settle import SettleError
 from swarm.settings import SettingsError
 
 #: What the layers below the command line raise when what was asked cannot be done (a bad file,
 #: an unknown id, a failed download...): the message is the whole story, so no traceback is shown.
 LIBRARY_ERRORS = (SaveError, LogError, WorldDataError, ScriptError, VoiceError, SkinError,
-                  IdentityError, TrainingDataError, StoreError, GGUFError, ContentError, SettingsError)
+                  IdentityError, TrainingDataError, StoreError, GGUFError, ContentError, SettingsError,
+                  LedgerError, ChainError, SettleError)
 
 
 # ---- replay ------------------------------------------------------------------------------------
@@ -184,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_swarm_commands(sub)
     add_settings_command(sub)
     add_jobs_commands(sub)
+    add_wallet_commands(sub)
+    add_chain_command(sub)
     return ap
 
 

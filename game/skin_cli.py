@@ -159,6 +159,7 @@ def _percent(share) -> str:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
+    from game.wallet_cli import gold, skin_earnings
     from npc.skins.store import SkinStore
 
     store = SkinStore()
@@ -173,6 +174,8 @@ def cmd_lineage(args: argparse.Namespace) -> int:
                       for s in chain],
             "split": [{"creator": c, "skin": sid, "share": float(share),
                        "fraction": str(share)} for c, sid, share in split],
+            "earned": {c: {"settled": a, "pending": b}
+                       for c, (a, b) in skin_earnings(chain[0].skin_id).items()},
         }, ensure_ascii=False))
         return 0
     for depth, s in enumerate(chain):
@@ -195,6 +198,13 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         detail = ", ".join(f"{names[sid]} {_percent(share)}" if len(entries) > 1 else names[sid]
                            for sid, share in entries)
         print(f"  {_percent(total):>8}  to {creator}  ({detail})")
+    earned = skin_earnings(chain[0].skin_id)
+    if earned:
+        print()
+        print(f"Royalties from jobs wearing {chain[0].manifest.name}, in your ledger:")
+        for creator, (settled, pending) in earned.items():
+            print(f"  {gold(settled + pending):>12} gold to {creator}  "
+                  f"({gold(pending)} not yet settled)")
     return 0
 
 
