@@ -80,6 +80,8 @@ class Worker:
         self._outbox: queue.Queue[tuple[_Shard, p.Msg]] = queue.Queue()
         self._shards: dict[tuple[str, int, bytes], _Shard] = {}
         self._stop = threading.Event()
+        self._closing = threading.Lock()
+        self._closed = False
         self._threads: list[threading.Thread] = []
         self.stats = WorkerStats()
         self.offer_endpoint = ""
@@ -101,11 +103,20 @@ class Worker:
         return self
 
     def close(self) -> None:
-        self._stop.set()
-        self._work.put(None)
-        for t in self._threads:
-            t.join(10)
-        self._ctx.destroy(0)
+        """Stop serving (safe to call twice, from any thread; a second caller waits for the
+        first). The sockets belong to the network thread alone, so the context is destroyed only
+        once that thread has left its loop; a shard still computing is abandoned (no receipt)."""
+        with self._closing:
+            if self._closed:
+                return
+            self._stop.set()
+            self._work.put(None)
+            for t in self._threads:
+                if t is threading.current_thread():
+                    continue
+                t.join(None if t.name == "worker-_serve" else 10)
+            self._ctx.destroy(0)
+            self._closed = True
 
     def _public(self, bound: str) -> str:
         return f"{self._advertise}:{bound.rpartition(':')[2]}"
