@@ -27,6 +27,7 @@ from game.swarm_box import SwarmBox
 if TYPE_CHECKING:
     from game.autosave import Autosaver
     from game.settings_screen import SettingsScreen
+    from game.window_worker import WindowWorker
 
 __all__ = ["run_window", "render", "parse_shortcut", "MAX_CATCH_UP_TICKS", "WindowHooks"]
 
@@ -52,6 +53,8 @@ class WindowHooks:
     autosaver: Autosaver | None = None
     new_game: Callable[[], str] | None = None
     settings: SettingsScreen | None = None
+    #: Serving other people's jobs while the player is away: told of every input.
+    worker: WindowWorker | None = None
 
 
 def run_window(session: GameSession, fps: int = 60, max_frames: int | None = None,
@@ -88,9 +91,13 @@ def run_window(session: GameSession, fps: int = 60, max_frames: int | None = Non
             for event in pygame.event.get():
                 if event.type == pygame.QUIT:
                     return 0
+                if hooks.worker is not None:
+                    _tell_worker(hooks.worker, event)
                 if not _handle_overlay_event(event, session, ui, hooks):
                     _handle_event(event, session, ui, loop)
             _sync_text_input(session.state, ui, loop)
+            if hooks.worker is not None:
+                hooks.worker.poll()
 
             now = time.perf_counter()
             lag += now - last
@@ -129,6 +136,19 @@ def run_window(session: GameSession, fps: int = 60, max_frames: int | None = Non
             clock.tick(fps)
     finally:
         pygame.display.quit()
+
+
+_PLAYER_INPUT = (pygame.KEYDOWN, pygame.KEYUP, pygame.TEXTINPUT, pygame.MOUSEMOTION,
+                 pygame.MOUSEBUTTONDOWN, pygame.MOUSEWHEEL)
+
+
+def _tell_worker(worker: WindowWorker, event: pygame.event.Event) -> None:
+    if event.type in _PLAYER_INPUT:
+        worker.input_seen()
+    elif event.type == pygame.WINDOWMINIMIZED:
+        worker.set_minimised(True)
+    elif event.type in (pygame.WINDOWRESTORED, pygame.WINDOWFOCUSGAINED):
+        worker.set_minimised(False)
 
 
 class _InputState:

@@ -14,6 +14,7 @@ from game.palette import (
 from game.swarm_box import SwarmBox
 
 if TYPE_CHECKING:
+    from game.window_worker import JobsStatus
     from swarm.torrent import SwarmStatus
 
 #: What the swarm box says when the window has no swarm node (`hearth play --no-seed`).
@@ -145,8 +146,7 @@ class SwarmBoxText(NamedTuple):
     lines: list[str]
 
 
-def swarm_box_text(box: SwarmBox | None) -> SwarmBoxText:
-    """``box`` None: the window has no swarm node, or it has not reported yet."""
+def _node_text(box: SwarmBox | None) -> SwarmBoxText:
     if box is None:
         return SwarmBoxText("offline", False, NO_SWARM_NOTE, [])
     if box.failed:
@@ -162,6 +162,39 @@ def swarm_box_text(box: SwarmBox | None) -> SwarmBoxText:
         f"rates: up {rate_text(node.upload_rate)}, down {rate_text(node.download_rate)}",
         f"sharing: {sharing_text(node)}",
     ])
+
+
+def swarm_box_text(box: SwarmBox | None) -> SwarmBoxText:
+    """``box`` None: the window has no swarm node, or it has not reported yet. Serving jobs, when
+    the window does, adds its lines at the foot."""
+    text = _node_text(box)
+    if box is not None and box.jobs is not None:
+        return text._replace(lines=text.lines + jobs_lines(box.jobs))
+    return text
+
+
+_PAUSED = {"player_present": "paused while you play", "busy_cpu": "paused: the machine is busy",
+           "on_battery": "paused on battery", "off": "off (F2: serve while away)",
+           "loading": "loading the model"}
+
+
+def jobs_lines(jobs: JobsStatus) -> list[str]:
+    """Serving other people's jobs, in words: the state, then what was served and earned."""
+    if jobs.state == "failed":
+        return [f"jobs: cannot serve ({jobs.note})"]
+    head = "jobs: serving" if jobs.state == "serving" else f"jobs: {_PAUSED.get(jobs.state, jobs.state)}"
+    out = [head]
+    if jobs.shards or jobs.receipts:
+        out.append(f"served {jobs.shards} shard{'s' if jobs.shards != 1 else ''}, "
+                   f"{jobs.tokens} tokens; {jobs.receipts} receipt{'s' if jobs.receipts != 1 else ''}")
+        out.append(f"earned while away: {gold_text(jobs.earned)} gold")
+    return out
+
+
+def gold_text(micro: int) -> str:
+    """Micro-gold as gold, without trailing zeros: 460 -> ``0.00046``."""
+    whole, frac = divmod(int(micro), 1_000_000)
+    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 def rate_text(bytes_per_second: float) -> str:

@@ -121,14 +121,26 @@ def _play_window(args: argparse.Namespace, state: WorldState, voice: str, dress:
                              name="hearth-dress", daemon=True).start()
         return f"New game started; the last one is kept as {kept.name}" if kept else "New game"
 
+    worker = _window_worker(swarm)
     hooks = WindowHooks(stop=stop, autosaver=autosaver, new_game=new_game,
-                        settings=_settings_screen(args, swarm))
+                        settings=_settings_screen(args, swarm, worker), worker=worker)
+
+    def status():
+        from dataclasses import replace
+
+        from game.hud import NO_SWARM_NOTE
+        from game.swarm_box import SwarmBox
+        box = swarm.status() if not args.no_seed else SwarmBox(note=NO_SWARM_NOTE)
+        return replace(box, jobs=worker.status()) if worker is not None else box
+
     try:
-        code = run_window(session, swarm_status=swarm.status if not args.no_seed else None,
+        code = run_window(session, swarm_status=status if (worker or not args.no_seed) else None,
                           hooks=hooks)
     finally:
         restore()
         session.close()
+        if worker is not None:
+            worker.close()
         swarm.close()
         # Whatever ended the window (closing it, Ctrl-C, SIGTERM, an error), the game is kept.
         autosaver.save_now(session.state)
@@ -201,6 +213,11 @@ class WindowSwarm:
         self._closed = False
         self._restarting = False
 
+    def node(self):
+        """The running swarm node, if any (for announcing in its DHT)."""
+        swarm = self._swarm
+        return swarm.node if swarm is not None else None
+
     def status(self):
         from game.swarm_box import SwarmBox
         swarm = self._swarm
@@ -230,13 +247,34 @@ class WindowSwarm:
                 self._swarm = None
 
 
-def _settings_screen(args: argparse.Namespace, swarm: WindowSwarm):
+def _window_worker(swarm: WindowSwarm):
+    """The window's worker (serving other people's jobs while the player is away, if they said
+    so in worker.toml); None when worker.toml cannot be read (the game runs without it)."""
+    from swarm.settings import SettingsError
+    from game.window_worker import WindowWorker
+
+    def announce(model_id: str, port: int) -> None:
+        from swarm.jobs.discovery import announce as dht_announce
+        node = swarm.node()
+        if node is not None:
+            dht_announce(node, [model_id], port)
+    try:
+        return WindowWorker(announce=announce)
+    except SettingsError as e:
+        note(f"hearth: serving jobs is off: {e}")
+        return None
+
+
+def _settings_screen(args: argparse.Namespace, swarm: WindowSwarm, worker=None):
     """The settings screen, opened by itself on first run to ask the first-run choices."""
     from game.settings_screen import SettingsScreen
     screen = SettingsScreen.load()
     if not args.no_seed:
         screen.on_saved.append(lambda changed: swarm.restart()
                                if any(f == "swarm.toml" for f, _ in changed) else None)
+    if worker is not None:
+        screen.on_saved.append(lambda changed: worker.reconfigure()
+                               if any(f == "worker.toml" for f, _ in changed) else None)
     if screen.needs_first_run():
         screen.open(first_run=True)
     return screen

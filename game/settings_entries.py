@@ -13,6 +13,7 @@ from typing import Any, Callable, Literal
 
 import msgspec
 
+from swarm.jobs.settings import WorkerSettings
 from swarm.settings import PUBLIC_DHT_ROUTERS, SettingsError, SwarmSettings
 
 #: toggle: a bool; rate: bytes per second (0 = unlimited) chosen from ``RATE_STEPS``;
@@ -54,9 +55,15 @@ def _check_swarm(raw: dict[str, Any]) -> SwarmSettings:
     return msgspec.convert(raw, SwarmSettings)
 
 
+def _check_worker(raw: dict[str, Any]) -> WorkerSettings:
+    return msgspec.convert(raw, WorkerSettings)
+
+
 SETTINGS_FILES: dict[str, SettingsFile] = {
     "swarm.toml": SettingsFile("swarm.toml", _check_swarm,
                                (msgspec.ValidationError, SettingsError)),
+    "worker.toml": SettingsFile("worker.toml", _check_worker,
+                                (msgspec.ValidationError, SettingsError)),
 }
 
 ENTRIES: list[Entry] = [
@@ -71,6 +78,18 @@ ENTRIES: list[Entry] = [
           "The most the game sends per second to other players."),
     Entry("swarm.toml", "download_limit", "Download limit", "rate", 0,
           "The most the game fetches per second from other players."),
+    Entry("worker.toml", "serve", "Serve others' jobs while I'm away", "toggle", False,
+          "While you are away from the window, run other players' batch requests on this "
+          "machine's model for gold credits. It stops the moment you touch a key.",
+          first_run=True),
+    Entry("worker.toml", "idle_seconds", "Away after", "number", 180,
+          "How long without a key press or mouse move counts as away.",
+          low=60, high=1800, step=60, unit="s"),
+    Entry("worker.toml", "cpu_cap_percent", "Pause above other programs' CPU", "number", 25,
+          "Serving pauses while other programs use more of the machine than this.",
+          low=5, high=100, step=5, unit="%"),
+    Entry("worker.toml", "run_on_battery", "Serve on battery", "toggle", False,
+          "Off: serving pauses while the machine runs on battery."),
 ]
 
 

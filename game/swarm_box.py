@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from game.window_worker import JobsStatus
     from swarm.torrent import SwarmStatus
 
 
@@ -20,3 +21,5 @@ class SwarmBox:
     note: str | None = None
     #: The node could not start; ``note`` says why.
     failed: bool = False
+    #: Serving other people's jobs from the window; None when the window does not serve.
+    jobs: JobsStatus | None = None

@@ -73,7 +73,11 @@ def test_agreeing_adds_the_public_routers_and_limits_reach_the_swarm(config):
     s = load_settings()
     assert s.public_dht and list(PUBLIC_DHT_ROUTERS) == s.bootstrap
     assert s.upload_limit == RATE_STEPS[4] and s.download_limit == 0
-    assert saved == [[("swarm.toml", "public_dht"), ("swarm.toml", "upload_limit")]]
+    # The first-run question about serving jobs was shown and left at no: that answer is kept.
+    assert saved == [[("swarm.toml", "public_dht"), ("swarm.toml", "upload_limit"),
+                      ("worker.toml", "serve")]]
+    from game.window_worker import player_agreed
+    assert not player_agreed()
 
 
 def test_keys_the_screen_does_not_show_are_kept(config):
@@ -89,6 +93,7 @@ def test_keys_the_screen_does_not_show_are_kept(config):
 
 def test_a_bad_hand_edited_file_is_named_and_left_alone(config):
     config.mkdir(parents=True)
+    write_config("worker.toml", {"serve": False})  # answered: only swarm.toml is in question
     (config / "swarm.toml").write_text('listen = "nowhere"\n')
     screen = SettingsScreen.load()
     screen.open()
@@ -202,42 +207,28 @@ def test_saved_swarm_settings_restart_the_windows_node(config):
         swarm.close()
 
 
-def test_another_file_and_its_entries_need_only_registering(config, monkeypatch, capsys):
-    """How further settings join the screen: a file with its loader's check, and entries."""
+def test_serving_jobs_is_asked_on_first_run_and_set_like_any_other_setting(config, capsys):
+    """worker.toml joins the screen through its file check and entries alone."""
     from game.cli import main
-    from game.settings_entries import Entry, SettingsFile
-
-    def check(raw: dict) -> dict:  # stands for the loader of the file being added
-        if not 0 < raw.get("cpu_cap", 0.5) <= 1:
-            raise ValueError("cpu_cap must be in (0, 1]")
-        return raw
-
-    monkeypatch.setitem(SETTINGS_FILES, "worker.toml", SettingsFile("worker.toml", check,
-                                                                     (ValueError,)))
-    added = [Entry("worker.toml", "serve_while_away", "Serve jobs while away", "toggle", False,
-                   "Let other players' jobs run here while you are away.", first_run=True),
-             Entry("worker.toml", "idle_minutes", "Idle minutes", "number", 10,
-                   "How long the machine is idle first.", low=1, high=120, step=5, unit="min"),
-             Entry("worker.toml", "cpu_cap", "CPU cap", "number", 0.5,
-                   "The share of the CPU jobs may use.", low=0.1, high=1.0, step=0.1)]
-    ENTRIES.extend(added)  # the one list every reader shares; restored below
-    try:
-        write_config("swarm.toml", {"public_dht": False})
-        screen = SettingsScreen.load()
-        assert screen.needs_first_run()  # the new first-run question is asked
-        screen.open(first_run=True)
-        screen.selected = ENTRIES.index(added[1])
+    from game.window_worker import player_agreed
+    write_config("swarm.toml", {"public_dht": False})
+    screen = SettingsScreen.load()
+    assert screen.needs_first_run()  # serving while away has not been asked yet
+    screen.open(first_run=True)
+    screen.selected = next(i for i, e in enumerate(ENTRIES) if e.key == "serve")
+    screen.handle_key(pygame.K_RETURN)  # yes
+    screen.selected = next(i for i, e in enumerate(ENTRIES) if e.key == "idle_seconds")
+    screen.handle_key(pygame.K_RIGHT)
+    screen.selected = next(i for i, e in enumerate(ENTRIES) if e.key == "cpu_cap_percent")
+    for _ in range(3):
         screen.handle_key(pygame.K_RIGHT)
-        screen.selected = ENTRIES.index(added[2])
-        for _ in range(3):
-            screen.handle_key(pygame.K_RIGHT)
-        assert screen.handle_key(pygame.K_ESCAPE) == "closed"
-        assert read_config("worker.toml") == {"serve_while_away": False, "idle_minutes": 15,
-                                              "cpu_cap": 0.8}
-        assert read_config("swarm.toml") == {"public_dht": False}
-        assert main(["settings", "set", "cpu_cap", "0.25"]) == 0
-        assert read_config("worker.toml")["cpu_cap"] == 0.25
-        assert main(["settings", "set", "idle_minutes", "500"]) == 2
-        assert "between 1 and 120" in capsys.readouterr().err
-    finally:
-        del ENTRIES[-len(added):]
+    assert screen.handle_key(pygame.K_ESCAPE) == "closed"
+    assert read_config("worker.toml") == {"serve": True, "idle_seconds": 240,
+                                          "cpu_cap_percent": 40}
+    assert read_config("swarm.toml") == {"public_dht": False}
+    assert player_agreed()
+    assert main(["settings", "set", "cpu_cap_percent", "50"]) == 0
+    assert read_config("worker.toml")["cpu_cap_percent"] == 50
+    assert main(["settings", "set", "idle_seconds", "5000"]) == 2
+    assert "between 60 and 1800" in capsys.readouterr().err
+    assert read_config("worker.toml")["idle_seconds"] == 240  # a refused value changes nothing
