@@ -14,6 +14,8 @@ import msgspec
 from common.identity import load_or_create_identity
 from common.paths import data_dir
 from game.cli_error import CliError
+from game.notices import note
+from npc.skins.manifest import SkinError
 from swarm.credits.chain import ChainClient, ChainError, connect, keypair_for, load_wallet_settings
 from swarm.credits.ledger import Ledger, LedgerError
 from swarm.credits.escrow import recover_escrows
@@ -53,11 +55,49 @@ def ledger_path() -> Path:
 
 
 def open_ledger() -> tuple[Ledger, object]:
+    """The wallet's ledger, with every receipt this machine's jobs produced recorded in it first
+    (those of jobs it bought and of shards it served: nothing has to be recorded by hand)."""
     identity = load_or_create_identity()
     try:
-        return Ledger(ledger_path(), identity.public_hex), identity
+        ledger = Ledger(ledger_path(), identity.public_hex)
     except LedgerError as e:
         raise CliError(str(e)) from None
+    record_job_receipts(ledger)
+    return ledger, identity
+
+
+def record_job_receipts(ledger: Ledger) -> int:
+    """Record the receipts in the local jobs stores (requester and worker side) the ledger does
+    not hold yet; returns how many were new. A receipt the ledger refuses is reported and left
+    out, never half-recorded."""
+    from game.jobs_cli import jobs_dir
+    from npc.skins.store import SkinStore
+    from swarm.jobs.job_store import JobStore
+    from swarm.jobs.receipt import receipt_id
+    from swarm.jobs.worker_store import WorkerStore
+
+    receipts = []
+    for name, store_type in (("requester.sqlite", JobStore), ("worker.sqlite", WorkerStore)):
+        path = jobs_dir() / name
+        if path.exists():
+            store = store_type(path)
+            try:
+                receipts += store.receipts()
+            finally:
+                store.close()
+    known = ledger.receipts_by_id([receipt_id(r.body) for r in receipts]) if receipts else []
+    new = 0
+    skins = SkinStore()
+    for receipt, have in zip(receipts, known):
+        if have is not None:
+            continue
+        try:
+            split = skins.royalty_split(receipt.body.skin) if receipt.body.skin else None
+            new += ledger.record(receipt, split)
+        except (LedgerError, SkinError) as e:
+            note(f"hearth: receipt for job {receipt.body.job[:16]} shard {receipt.body.shard} "
+                 f"not recorded: {e}")
+    return new
 
 
 def skin_earnings(skin_id: str) -> dict[str, tuple[int, int]]:

@@ -243,3 +243,51 @@ def test_cli_worker_and_submit_meet_through_a_bootstrap_node(dht_nodes, procs, t
             home=tmp_path / "req")
     assert r.returncode == 0, r.stderr
     check_results(requests, out)
+
+
+@pytest.mark.slow
+def test_a_jobs_receipts_reach_both_wallets_and_settle_on_the_chain(procs, tmp_path):
+    """Receipts of a finished job are in the requester's and the worker's ledgers without being
+    recorded by hand; the requester settles them on the embedded chain and the worker's gold
+    arrives there."""
+    import socket
+    from conftest import hearth_popen
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    homes = {"req": tmp_path / "req", "w0": tmp_path / "w0"}
+    for home in homes.values():
+        (home / "config").mkdir(parents=True)
+        (home / "config" / "wallet.toml").write_text(f'listen = "127.0.0.1:{port}"\n')
+    chain = hearth_popen("chain", "--dir", tmp_path / "chain", home=tmp_path / "chainhome",
+                         config=homes["req"] / "config")
+    try:
+        assert "listening on" in chain.stdout.readline()
+        requests = tmp_path / "requests.jsonl"
+        requests.write_bytes(batch_bytes(8))
+        w = procs("honest", homes["w0"])
+        r = run("honest", "jobs", "submit", requests, "--model", "default", "--out",
+                tmp_path / "out.jsonl", "--peer", w.endpoint, home=homes["req"])
+        assert r.returncode == 0, r.stderr
+        w.stop()
+
+        def wallet(home):
+            r = run("honest", "wallet", "--json", home=home)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        # The ledger never lets a balance go below zero: without gold the requester's receipt
+        # waits in the job store (and says so), and is recorded once the gold is there.
+        r = run("honest", "wallet", "--json", home=homes["req"])
+        assert json.loads(r.stdout)["pending"] == [] and "not recorded" in r.stderr
+        assert run("honest", "wallet", "airdrop", "1", home=homes["req"]).returncode == 0
+        mine, theirs = wallet(homes["req"]), wallet(homes["w0"])
+        assert len(mine["pending"]) == len(theirs["pending"]) >= 1
+        owed = sum(p["amount"] for p in mine["pending"])
+        assert owed > 0 and mine["ledger"] == 1_000_000 - owed and theirs["ledger"] == owed
+        r = run("honest", "wallet", "settle", home=homes["req"])
+        assert r.returncode == 0 and "settled in" in r.stdout, r.stdout + r.stderr
+        assert wallet(homes["w0"])["chain"] == owed  # the worker's gold is on chain
+        assert wallet(homes["req"])["pending"] == []
+    finally:
+        chain.terminate()
+        chain.wait(timeout=30)
