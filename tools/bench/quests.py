@@ -1,0 +1,109 @@
+"""Quest completion with the model voice: the demo script played on new games of seeds 1..N with
+the villagers in the shipped skins, for every quest of the village.
+
+For each run: whether the quest was completed, how many dialogue turns it took, and how many
+ticks committed something the books cannot explain (goods or gold appearing or vanishing without
+the engine's own ``ItemMinted``, ``ItemConsumed`` or ``GoldMinted`` event) -- an illegal commit.
+
+    python tools/bench/quests.py [--seeds 10]
+
+Last line: ``quest_completion=<completed>/<runs> turns_per_quest_p50=<N> illegal_commits=<N>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from engine.commands import GoldMinted, ItemConsumed, ItemMinted  # noqa: E402
+from engine.sim import step  # noqa: E402
+from engine.world import new_game  # noqa: E402
+
+DEMO_SCRIPT = ROOT / "assets" / "demo.script"
+
+
+def books(state) -> tuple[Counter, int]:
+    items = Counter(state.player.inventory)
+    gold = state.player.gold
+    for n in state.npcs:
+        items.update(n.inventory)
+        gold += n.gold
+    return items, gold
+
+
+def explained(before: tuple[Counter, int], after: tuple[Counter, int], events) -> bool:
+    items, gold = Counter(before[0]), before[1]
+    for e in events:
+        if isinstance(e, ItemMinted):
+            items[e.item] += e.qty
+        elif isinstance(e, ItemConsumed):
+            items[e.item] -= e.qty
+        elif isinstance(e, GoldMinted):
+            gold += e.amount
+    return +items == +after[0] and gold == after[1]
+
+
+def run(responder, seed: int, say) -> tuple[bool, int, int, str]:
+    """(completed, dialogue turns, illegal commits, where the quest ended)."""
+    from game.headless import Director, load_script
+    from game.play_cli import DEFAULT_HEADLESS_TICKS
+    from game.village_skins import dress_villagers
+    state = new_game(seed)
+    state, _ = step(state, dress_villagers(state, say=say))
+    director = Director(state, responder, load_script(DEMO_SCRIPT, state), out=lambda line: None)
+    illegal = 0
+    real_step = director._step
+
+    def checked(cmds):
+        nonlocal illegal
+        before = books(director.state)
+        events = real_step(cmds)
+        illegal += not explained(before, books(director.state), events)
+        return events
+    director._step = checked
+    director.run(state.tick + DEFAULT_HEADLESS_TICKS)
+    q = director.state.quest
+    where = ("complete" if q.complete else "not started" if not q.started
+             else f"stalled at step {q.step + 1}/{len(q.steps)}")
+    return q.complete, len(director.turns), illegal, where
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10, help="runs per quest (seeds 1..N)")
+    args = ap.parse_args()
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    from game.voices import load_model_voice
+    responder = load_model_voice(say=say)
+    quests = [new_game(1).quest]  # the village's quests (one today: The Silent Bell)
+    done = runs = illegal = 0
+    turns: list[int] = []
+    for quest in quests:
+        print(f"== {quest.title}")
+        for seed in range(1, args.seeds + 1):
+            t0 = time.perf_counter()
+            ok, n_turns, bad, where = run(responder, seed, say)
+            runs += 1
+            done += ok
+            illegal += bad
+            if ok:
+                turns.append(n_turns)
+            print(f"seed {seed}: {where}, {n_turns} turns, {bad} illegal commits "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    p50 = statistics.median(turns) if turns else float("nan")
+    print(f"quest_completion={done}/{runs} turns_per_quest_p50={p50:g} illegal_commits={illegal}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
