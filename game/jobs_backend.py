@@ -46,6 +46,13 @@ class EngineBackend:
         return Verdict(ok=v.ok, checked_tokens=v.checked_tokens, first_mismatch=v.first_mismatch,
                        reason=v.reason)
 
+    def skins(self) -> tuple[str, ...]:
+        """The installed skins made for the model served (what an offer can list)."""
+        if self.pool is None:
+            return ()
+        return tuple(s.skin_id for s in self.pool.store.list()
+                     if s.manifest.base_model == self.pool.base_model)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()

@@ -230,7 +230,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                                                       signal.SIGTERM)}
     worker = Worker(backend, identity, WorkerStore(jobs_dir() / "worker.sqlite"),
                     listen=args.listen, price_per_1k=settings.price_per_1k,
-                    capacity=settings.capacity)
+                    capacity=settings.capacity, skins=getattr(backend, "skins", tuple)())
     node = None
     try:
         worker.start()

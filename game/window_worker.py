@@ -132,7 +132,8 @@ class WindowWorker:
             worker = Worker(backend, load_or_create_identity(),
                             WorkerStore(jobs_dir() / "worker.sqlite"), listen=WINDOW_LISTEN,
                             price_per_1k=self.settings.price_per_1k,
-                            capacity=self.settings.capacity, gate=self.gate).start()
+                            capacity=self.settings.capacity, gate=self.gate,
+                            skins=backend.skins()).start()
         except Exception as e:  # the game goes on without serving; the panel says why
             self._note = str(e) or type(e).__name__
             self.state = FAILED

@@ -79,3 +79,29 @@ def test_three_real_workers_complete_a_200_request_job(tmp_path):
     # Each worker holds a receipt for each shard it served, countersigned by the requester.
     held = [w.stderr.read() for w in workers]
     assert sum("receipt" in h for h in held) >= 1, held
+
+
+def test_a_job_wearing_a_skin_runs_on_a_worker_that_offers_it(tmp_path):
+    from npc.skins.bundle import read_signed
+    from game.village_skins import BUNDLES_DIR
+    bundle = BUNDLES_DIR / "pirate"
+    skin_id = read_signed(bundle).skin_id
+    for home in ("worker", "requester"):
+        r = hearth("skin", "install", bundle, home=tmp_path / home, timeout=600)
+        assert r.returncode == 0, r.stderr
+    requests, out = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    batch_file(requests, 6)
+    worker = hearth_popen("worker", "--listen", "127.0.0.1:0", "--loopback",
+                          home=tmp_path / "worker", env={"PYTHONUNBUFFERED": "1"})
+    try:
+        peer = serving_endpoint(worker)
+        r = hearth("jobs", "submit", requests, "--model", "default", "--skin", skin_id, "--out", out,
+                   "--peer", peer, "--loopback", "--verify-fraction", "1",
+                   home=tmp_path / "requester", timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(got) == 6 and all(g["response"]["status_code"] == 200 for g in got)
+        assert "0 worker(s) caught cheating" in r.stderr + r.stdout  # re-scored with the skin
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
