@@ -127,6 +127,7 @@ def genuine(wide):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_genuine_work_rescores_clean_at_widths_1_3_8(model_file, wide, genuine):
     work, at8 = genuine
     assert {c.finish_reason for c in at8} <= {"stop", "length"}
@@ -147,12 +148,14 @@ def test_genuine_work_rescores_clean_at_widths_1_3_8(model_file, wide, genuine):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_self_check_passes_for_the_served_configuration(wide):
     verdicts = wide.self_check()
     assert len(verdicts) == 16 and all(v.ok for v in verdicts)
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_skin_batch_rescores_clean_only_with_its_skin(wide):
     work = items(4, max_tokens=8)
     got = wide.generate(work, skin="pirate")
@@ -161,6 +164,7 @@ def test_skin_batch_rescores_clean_only_with_its_skin(wide):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_each_cheat_is_caught(wide, genuine, model_file, tmp_path):
     from npc.llama import C, quantize
     from npc.serving import Completion
@@ -229,6 +233,7 @@ class StepGate:
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_pause_and_resume_give_the_same_tokens(wide, genuine):
     work, honest = genuine
     gate = StepGate()
@@ -239,6 +244,7 @@ def test_pause_and_resume_give_the_same_tokens(wide, genuine):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_release_returns_the_unfinished_ids(wide, genuine):
     from npc.serving import Released
     work, honest = genuine
@@ -252,6 +258,7 @@ def test_release_returns_the_unfinished_ids(wide, genuine):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_abort_flag_stops_a_long_prefill(model_file):
     from npc.llama import Context, LoadOptions, Model
     m = Model(model_file[0])
@@ -282,6 +289,7 @@ def test_abort_flag_stops_a_long_prefill(model_file):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_items_that_cannot_be_served_are_refused_by_name(wide):
     from npc.serving import ServingError
     for bad in (Item("too-long", [Msg("user", "word " * 400)], 10),
