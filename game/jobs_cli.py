@@ -52,11 +52,28 @@ def jobs_dir() -> Path:
 
 
 def _backend_for(model: str) -> InferenceBackend:
-    backend = make_backend(model)
+    return _same_model(make_backend(model), model)
+
+
+def _same_model(backend: InferenceBackend, model: str) -> InferenceBackend:
     if model != "default" and backend.model_id != model:
         raise CliError(f"model {model[:16]} is not the one this machine runs "
                        f"({backend.model_id[:16]})")
     return backend
+
+
+def _verifier_for(model: str) -> InferenceBackend | None:
+    """The model to re-score workers' claims with; None when a model named by id is not on
+    this machine (a second worker then checks)."""
+    try:
+        backend = make_backend(model)
+    except CliError:
+        if model == "default" or len(model) != 64 \
+                or any(c not in "0123456789abcdef" for c in model):
+            raise
+        note(f"model {model[:16]} is not on this machine: a second worker will check the results")
+        return None
+    return _same_model(backend, model)
 
 
 def _skin(text: str | None) -> str | None:
@@ -129,8 +146,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except BatchFileError as e:
         raise CliError(str(e)) from None
     skin = _skin(args.skin)
-    backend = _backend_for(args.model)
-    model = backend.model_id
+    backend = _verifier_for(args.model)
+    model = backend.model_id if backend is not None else args.model
     identity = load_or_create_identity()
     store = JobStore(jobs_dir() / "requester.sqlite")
     job = job_id(data, model, skin)

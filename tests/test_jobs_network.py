@@ -368,3 +368,34 @@ def test_fuzzed_frames_at_a_worker_get_errors_and_it_keeps_serving(workers, tmp_
     finally:
         ctx.destroy(0)
     assert w.stats.frames_refused > 5000 and replies > 5000
+
+
+# ---- a requester without the model: a second worker checks ---------------------------------------
+
+@pytest.mark.parametrize("cheat", ["one_token", "short"])
+def test_without_the_model_a_second_worker_checks_and_catches_a_cheat(workers, tmp_path, cheat):
+    honest = [workers(f"w{i}") for i in range(2)]
+    cheater = workers("cheater", HashBackend(cheat=cheat))
+    items = items_of(30)
+    req = Requester(load_or_create_identity(tmp_path / "requester"),
+                    JobStore(tmp_path / "requester.sqlite"), None, heartbeat_timeout=1.5)
+    outcome = req.run(job_id(b"second" + cheat.encode(), MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in [*honest, cheater]])
+    check_all(items, outcome)
+    assert outcome.caught == [cheater.identity.public_hex] and outcome.verified_shards >= 2
+    ((_, _, _, blob),) = req.store.frauds()
+    record = msgspec.json.decode(blob, type=SignedFraud).record
+    assert "re-scored by worker" in record.reason
+    # The checks ran on the workers: every shard's claims at least once, the cheat's by an
+    # honest worker.
+    assert sum(w.backend.rescored_items for w in [*honest, cheater]) >= len(items)
+    assert sum(w.backend.rescored_items for w in honest) >= 10
+    assert cheater.store.receipts() == []
+
+
+def test_without_the_model_and_without_a_second_worker_the_job_stops(workers, tmp_path):
+    only = workers("only")
+    req = Requester(load_or_create_identity(tmp_path / "requester"),
+                    JobStore(tmp_path / "requester.sqlite"), None)
+    with pytest.raises(JobError, match="no second worker"):
+        req.run(job_id(b"alone", MODEL, None), MODEL, None, items_of(5), [only.signed_offer()])

@@ -39,6 +39,7 @@ from tests.conftest import hearth  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SKINS = ROOT / "assets" / "skins"
 BUNDLES = SKINS / "bundles"
+VILLAGE_BUNDLE = ROOT / "assets" / "village" / "bundle"
 DEMO = tomllib.loads((SKINS / "demo_skins.toml").read_text(encoding="utf-8"))["skin"]
 #: Player lines in none of the training files, one villager each (round-robin).
 HELD_OUT = ["Hi there, friend.", "What is good here?", "Tell me about the mill pond.",
@@ -470,6 +471,30 @@ def test_demo_bundles_verify_and_are_small(base):
             assert m.parent is None and m.royalty == 0
 
 
+def test_the_village_voice_bundle_verifies(base):
+    from npc.skins.bundle import verify_bundle
+    v = verify_bundle(VILLAGE_BUNDLE, base_model=base[0].blake3, base_gguf=base[1])
+    m = v.manifest
+    assert m.name == "Emberbrook" and m.creator == demo_key() and m.parent is None
+    data = (ROOT / "assets" / "village" / "village.jsonl").read_text().splitlines()
+    assert m.training.examples == len(data) >= 300
+
+
+def test_village_training_data_is_what_the_engine_says():
+    """Every example's reply opens with the fact and takes the action the engine decides for
+    its player line in its state: the generator's checks, re-read from the committed file."""
+    rows = [json.loads(line) for line in
+            (ROOT / "assets" / "village" / "village.jsonl").read_text().splitlines()]
+    kinds = set()
+    for row in rows:
+        system, user, reply = (m["content"] for m in row["messages"])
+        said = json.loads(reply)
+        assert set(said) == {"action", "say"} and said["say"]
+        kinds.add(said["action"].split()[0])
+        assert user.startswith("Traveller says: ")
+    assert {"none", "sell", "give", "start_quest"} <= kinds
+
+
 # ---- agreement: llama.cpp vs PyTorch ------------------------------------------------------------
 
 def agreement_prompts(model) -> list[list[int]]:
@@ -543,6 +568,43 @@ def test_llama_cpp_matches_pytorch_and_needs_the_qk_permutation(hf, base, tmp_pa
     # The same comparison fails for the adapter converted without the permutation.
     assert min(bad_r) < PEARSON_MIN or bad_top1 < len(clear)
     assert np.mean(bad_r) < np.mean(good_r) - 0.003
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5.x
+@pytest.mark.parametrize("bundle", [*(s["dir"] for s in DEMO), "village"])
+def test_every_shipped_adapter_matches_pytorch(hf, base, bundle):
+    import torch
+    from peft import PeftModel
+
+    from npc.llama import Adapter, Context, LoadOptions, Model
+
+    path = VILLAGE_BUNDLE if bundle == "village" else BUNDLES / bundle
+    model = Model(base[1])
+    ctx = Context(model, LoadOptions(n_ctx=1024, n_seq_max=1, n_batch=512, n_threads=2))
+    adapter = Adapter(model, path / "adapter.gguf")
+    torch_model = PeftModel.from_pretrained(copy.deepcopy(hf[0]), str(path))
+    torch_model.eval()
+    rows = []
+    try:
+        ctx.set_adapter(adapter)
+        for toks in agreement_prompts(model):
+            with torch.no_grad():
+                ref = torch_model(input_ids=torch.tensor([toks])).logits[0, -1].numpy()
+            ctx.seq_rm(0)
+            ctx.decode(toks, 0, 0)
+            got = ctx.logits(-1).copy()
+            top2 = np.sort(ref)[-2:]
+            rows.append((pearson(ref, got), top2[1] - top2[0], int(ref.argmax()), int(got.argmax())))
+    finally:
+        ctx.set_adapter(None)
+        adapter.close(), ctx.close(), model.close()
+    r = [row[0] for row in rows]
+    clear = [row for row in rows if row[1] > 1.0]
+    print(f"\n{bundle}: pearson min {min(r):.5f} mean {np.mean(r):.5f}, top-1 "
+          f"{sum(row[2] == row[3] for row in clear)}/{len(clear)} (clear margins)")
+    assert min(r) >= PEARSON_MIN and all(row[2] == row[3] for row in clear)
 
 
 # ---- effect: the skin shows through the game's own voice ---------------------------------------

@@ -1,7 +1,7 @@
 """The jobs wire protocol: one tagged msgspec union per direction, msgpack-encoded.
 
 ``ToWorker`` is what a requester sends (to the offer socket: ``Hello``; to the jobs socket:
-``Assign``, ``Cancel``, ``SignReceipt``); ``ToRequester`` is what a worker answers. Every frame is
+``Assign``, ``Rescore``, ``Cancel``, ``SignReceipt``); ``ToRequester`` is what a worker answers. Every frame is
 size-checked before it is decoded, and decoding checks types, lengths and ranges, so a hostile frame
 costs one ``ProtocolError`` and nothing else.
 """
@@ -12,7 +12,7 @@ from typing import Annotated, Union
 
 import msgspec
 
-from swarm.jobs.backend import Completion, WorkItem
+from swarm.jobs.backend import Completion, Verdict, WorkItem
 from swarm.jobs.offers import Hex64, SignedOffer
 from swarm.jobs.receipt import Receipt, ReceiptBody
 
@@ -52,6 +52,17 @@ class Assign(Msg, tag="assign"):
     items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
 
 
+class Rescore(Msg, tag="rescore"):
+    """Check another worker's claims for a shard (for a requester without the model)."""
+    job: Hex64
+    shard: Shard
+    requester: Hex64
+    model: Hex64
+    skin: Hex64 | None
+    items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
+    claims: Annotated[list[Completion], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
+
+
 class Cancel(Msg, tag="cancel"):
     job: Hex64
     shard: Shard
@@ -62,7 +73,7 @@ class SignReceipt(Msg, tag="sign"):
     requester_sig: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{128}$")]
 
 
-ToWorker = Union[Hello, Assign, Cancel, SignReceipt]
+ToWorker = Union[Hello, Assign, Rescore, Cancel, SignReceipt]
 
 
 # ---- worker -> requester -------------------------------------------------------------------------
@@ -89,6 +100,13 @@ class Result(Msg, tag="result"):
     completions: Annotated[list[Completion], msgspec.Meta(max_length=MAX_SHARD_ITEMS)]
 
 
+class Rescored(Msg, tag="rescored"):
+    """A ``Rescore``'s answer: one verdict per item, in the order asked."""
+    job: Hex64
+    shard: Shard
+    verdicts: Annotated[list[Verdict], msgspec.Meta(max_length=MAX_SHARD_ITEMS)]
+
+
 class ShardReleased(Msg, tag="released"):
     """The worker was paused too long and gives the shard back unfinished (no receipt)."""
     job: Hex64
@@ -106,7 +124,8 @@ class Error(Msg, tag="error"):
     shard: Shard | None = None
 
 
-ToRequester = Union[OfferReply, Accepted, Heartbeat, Result, ShardReleased, Countersigned, Error]
+ToRequester = Union[OfferReply, Accepted, Heartbeat, Result, Rescored, ShardReleased,
+                    Countersigned, Error]
 
 #: Error codes a worker sends.
 MALFORMED = "malformed"

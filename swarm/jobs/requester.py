@@ -116,11 +116,15 @@ class _Slot:
     worker: str | None = None
     deadline: float = 0.0
     ids: frozenset[str] = field(default_factory=frozenset)
+    checker: str | None = None  # the second worker re-scoring this shard's claims
+    claims: list[Completion] = field(default_factory=list)
 
 
 class Requester:
     """Runs jobs for ``identity``, recording them in ``store``. ``verifier`` is the model the
-    requester re-scores claims with (its ``model_id`` must be the job's model)."""
+    requester re-scores claims with (its ``model_id`` must be the job's model); with None, a
+    second worker (never the claimant) re-scores them, which is only as trustworthy as that
+    worker."""
 
     def __init__(self, identity: Identity, store: JobStore, verifier: InferenceBackend | None, *,
                  verify_fraction: float = DEFAULT_VERIFY_FRACTION,
@@ -170,9 +174,7 @@ class Requester:
             timeout: float | None = None) -> JobOutcome:
         """Complete ``items`` (the job's valid requests, in input order) on the offered workers.
         Raises JobError when no trusted worker is left or ``timeout`` passes first."""
-        if self.verifier is None:
-            raise JobError("checking workers' results needs the model on this machine")
-        if self.verifier.model_id != model:
+        if self.verifier is not None and self.verifier.model_id != model:
             raise JobError(f"the model here ({self.verifier.model_id[:12]}) is not the job's "
                            f"model ({model[:12]}): results could not be checked")
         usable = self.usable_offers(offers, model, skin)
@@ -276,6 +278,9 @@ class _Run:
                 break
         now = time.monotonic()
         for slot in self.slots:
+            if slot.status == VERIFYING and slot.checker is not None and now > slot.deadline:
+                self._drop(slot.checker)
+                self._ask_checker(slot)
             if slot.status == ASSIGNED and now > slot.deadline:
                 transport.send(self.links[slot.worker].sock, p.Cancel(job=self.job,
                                                                       shard=slot.index))
@@ -291,7 +296,7 @@ class _Run:
                         self.tokens_out, time.monotonic() - self.started)
 
     def _requeue(self, slot: _Slot) -> None:
-        slot.status, slot.worker = PENDING, None
+        slot.status, slot.worker, slot.checker, slot.claims = PENDING, None, None, []
         self.reassigned += 1
 
     def _assign(self, now: float) -> None:
@@ -320,12 +325,26 @@ class _Run:
         slot = self.slots[shard]
         return slot if slot.status == ASSIGNED and slot.worker == worker else None
 
+    def _checking(self, worker: str, shard: int | None) -> _Slot | None:
+        """The slot ``shard`` if ``worker`` is re-scoring it for us now, else None."""
+        if shard is None or not 0 <= shard < len(self.slots):
+            return None
+        slot = self.slots[shard]
+        return slot if slot.status == VERIFYING and slot.checker == worker else None
+
     def _on_message(self, worker: str, msg) -> None:
         link = self.links[worker]
         if isinstance(msg, (p.Accepted, p.Heartbeat)):
             slot = self._current(worker, msg.shard) if msg.job == self.job else None
+            slot = slot or (self._checking(worker, msg.shard) if msg.job == self.job else None)
             if slot is not None:
                 slot.deadline = time.monotonic() + self.req.heartbeat_timeout
+        elif isinstance(msg, p.Rescored):
+            slot = self._checking(worker, msg.shard) if msg.job == self.job else None
+            if slot is None:
+                self.ignored += 1
+                return
+            self._on_rescored(slot, worker, msg.verdicts)
         elif isinstance(msg, p.Result):
             slot = self._current(worker, msg.shard) if msg.job == self.job else None
             if slot is None:
@@ -338,6 +357,10 @@ class _Run:
             if slot is not None:
                 self._drop(worker)  # paused, busy or failing: not this job's worker any more
                 self._requeue(slot)
+            checked = self._checking(worker, msg.shard) if msg.job == self.job else None
+            if checked is not None:
+                self._drop(worker)
+                self._ask_checker(checked)
         elif isinstance(msg, p.Countersigned):
             self._on_countersigned(worker, msg.receipt)
 
@@ -352,9 +375,48 @@ class _Run:
         if slot.index in self.sampled or not link.verified:
             link.verified = True
             slot.status = VERIFYING
-            self.checks.put((slot.index, worker, slot.items, completions))
+            if self.req.verifier is not None:
+                self.checks.put((slot.index, worker, slot.items, completions))
+            else:
+                slot.claims = completions
+                self._ask_checker(slot)
         else:
             self._accept(slot, worker, completions, verified=False)
+
+    def _ask_checker(self, slot: _Slot) -> None:
+        """Send the slot's claims to a second worker to re-score: an idle one if any, never the
+        claimant. With none left the job cannot be checked, so it stops (resumably)."""
+        claimant = slot.worker
+        others = [l for l in self.links.values() if l.usable and l.offer.worker != claimant]
+        others.sort(key=lambda l: l.shard is not None)
+        by_id = {c.custom_id: c for c in slot.claims}
+        for link in others:
+            msg = p.Rescore(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
+                            model=self.model, skin=self.skin, items=slot.items,
+                            claims=[by_id[it.custom_id] for it in slot.items])
+            if transport.send(link.sock, msg):
+                slot.checker = link.offer.worker
+                slot.deadline = time.monotonic() + self.req.heartbeat_timeout
+                return
+            self._drop(link.offer.worker)
+        raise JobError("no second worker is left to check results with, and this machine "
+                       "has no copy of the model")
+
+    def _on_rescored(self, slot: _Slot, checker: str, verdicts) -> None:
+        if len(verdicts) != len(slot.items):
+            self._drop(checker)
+            self._ask_checker(slot)
+            return
+        by_id = {c.custom_id: c for c in slot.claims}
+        failure = None
+        for item, verdict in zip(slot.items, verdicts):
+            if not verdict.ok:
+                failure = (item, by_id[item.custom_id],
+                           msgspec.structs.replace(verdict, reason=f"re-scored by worker "
+                                                                   f"{checker}: {verdict.reason}"))
+                break
+        slot.checker = None
+        self._on_verdict(slot.index, slot.worker, slot.claims, failure)
 
     @staticmethod
     def _shape_problem(slot: _Slot, completions: list[Completion]) -> str | None:
@@ -427,6 +489,8 @@ class _Run:
             if other.status in (ASSIGNED, VERIFYING) and other.worker == worker:
                 transport.send(self.links[worker].sock, p.Cancel(job=self.job, shard=other.index))
                 self._requeue(other)
+            elif other.status == VERIFYING and other.checker == worker:
+                self._ask_checker(other)  # a cheat's verdict on others is worth nothing
 
     # ---- receipts -----------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ MAX_QUEUED_SHARDS = 4
 @dataclass
 class _Shard:
     peer: bytes
-    assign: p.Assign
+    assign: p.Assign | p.Rescore  # work to do, or another worker's claims to check
     done: int = 0
     cancelled: bool = False
 
@@ -189,7 +189,7 @@ class Worker:
             return
         if isinstance(msg, p.Hello):
             transport.reply(self._jobs, peer, p.OfferReply(signed=self.signed_offer()))
-        elif isinstance(msg, p.Assign):
+        elif isinstance(msg, (p.Assign, p.Rescore)):
             self._on_assign(peer, msg)
         elif isinstance(msg, p.Cancel):
             for key, shard in list(self._shards.items()):
@@ -199,7 +199,7 @@ class Worker:
         elif isinstance(msg, p.SignReceipt):
             transport.reply(self._jobs, peer, self._countersign(msg))
 
-    def _on_assign(self, peer: bytes, msg: p.Assign) -> None:
+    def _on_assign(self, peer: bytes, msg: p.Assign | p.Rescore) -> None:
         key = (msg.job, msg.shard, peer)
         refuse = self._refusal(msg)
         if refuse is not None:
@@ -216,14 +216,17 @@ class Worker:
             self._work.put(shard)
         transport.reply(self._jobs, peer, p.Accepted(job=msg.job, shard=msg.shard))
 
-    def _refusal(self, msg: p.Assign) -> tuple[str, str] | None:
+    def _refusal(self, msg: p.Assign | p.Rescore) -> tuple[str, str] | None:
         if self.gate.paused():
             return p.PAUSED, "serving is paused on this machine"
         if msg.model != self._model:
             return p.UNSERVED, f"model {msg.model[:12]} is not served here"
         if msg.skin is not None and msg.skin not in self.skins:
             return p.UNSERVED, f"skin {msg.skin[:12]} is not served here"
-        if msg.price_per_1k < self.price_per_1k:
+        if isinstance(msg, p.Rescore):
+            if len(msg.claims) != len(msg.items):
+                return p.MALFORMED, "one claim per item is needed"
+        elif msg.price_per_1k < self.price_per_1k:
             return p.UNSERVED, f"the price is {self.price_per_1k} per 1k tokens"
         if msg.requester == self.identity.public_hex:
             return p.UNSERVED, "a worker does not serve its own jobs"
@@ -278,6 +281,8 @@ class Worker:
 
     def _run(self, shard: _Shard) -> p.Msg:
         a = shard.assign
+        if isinstance(a, p.Rescore):
+            return self._rescore(shard, a)
 
         def progress(_: Completion) -> None:
             shard.done += 1
@@ -296,3 +301,14 @@ class Worker:
         self.stats.shards_served += 1
         self.stats.tokens_generated += tokens_out
         return p.Result(job=a.job, shard=a.shard, completions=done)
+
+    def _rescore(self, shard: _Shard, a: p.Rescore) -> p.Msg:
+        verdicts = []
+        try:
+            for item, claim in zip(a.items, a.claims):
+                verdicts.append(self.backend.rescore(item, claim, a.skin))
+                shard.done += 1
+        except Exception as e:
+            return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
+                           job=a.job, shard=a.shard)
+        return p.Rescored(job=a.job, shard=a.shard, verdicts=verdicts)
