@@ -29,7 +29,7 @@ LLAMA_KEY := $(shell (echo '$(LLAMA_VERSION) $(subst ',,$(CMAKE_ARGS))'; cat $(L
 LLAMA_DIR := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_KEY)
 SMOLLM_VERSION := 0.1.2
 
-.PHONY: play test test-fast bench art screenshot clean llama-wheel x11-tools
+.PHONY: play test test-fast bench art screenshot clean llama-wheel x11-tools village-voice
 
 play: $(VENV)/.play-ready
 	$(BIN)/hearth play
@@ -45,6 +45,11 @@ bench: $(VENV)/.test-ready
 
 art: $(VENV)/.play-ready
 	SDL_VIDEODRIVER=dummy $(BIN)/python tools/make_art.py
+
+# The world-tuned village voice: its training data written by the engine, then trained and signed.
+village-voice: $(VENV)/.test-ready
+	$(BIN)/python tools/make_village_data.py
+	$(BIN)/python tools/make_village_voice.py
 
 screenshot: $(VENV)/.play-ready
 	SDL_VIDEODRIVER=dummy $(BIN)/python tools/screenshot.py
