@@ -19,6 +19,14 @@ class VoiceError(Exception):
     pass
 
 
+#: Whether skins are worn on top of the village voice (its adapter stacked under theirs) or
+#: instead of it. Stacked, the shipped skins keep their voice and their actions
+#: (tests/test_skin_training.py passes either way) but a turn costs more: dialogue bench turn p95
+#: 1.02 s over the four skins, 1.2-1.5 s for Whisperwind, against 0.76 s and 0.71 s worn alone
+#: (tools/bench/dialogue_stacked.txt, dialogue_village.txt). So a skin replaces it for now.
+VILLAGE_UNDER_SKINS = False
+
+
 def load_model_voice(say: Callable[[str], None] = print, retune: bool = False,
                      village: bool = True):
     """The local model: import it into the store on first run, pick the fastest stable
@@ -44,7 +52,8 @@ def load_model_voice(say: Callable[[str], None] = print, retune: bool = False,
     if village:
         from game.village_skins import install_village_voice
         village_id = install_village_voice(say)
-    return ModelVoice(runtime, pool=pool, base_model=base.blake3, village=village_id)
+    return ModelVoice(runtime, pool=pool, base_model=base.blake3, village=village_id,
+                      village_under_skins=VILLAGE_UNDER_SKINS)
 
 
 def load_voice(kind: str, say: Callable[[str], None] = note) -> Responder:

@@ -612,8 +612,8 @@ def test_every_shipped_adapter_matches_pytorch(hf, base, bundle):
 
 @pytest.fixture(scope="module")
 def demo_voice(base, tmp_path_factory):
-    """The game's voice (ModelVoice + AdapterPool + Runtime) with every demo skin installed:
-    (voice, {skin dir: skin id})."""
+    """The game's voice (ModelVoice + AdapterPool + Runtime) with every demo skin and the village
+    voice installed: (voice, {skin dir: skin id})."""
     from npc.adapters import AdapterPool
     from npc.runtime import Runtime
     from npc.skins.store import SkinStore
@@ -622,9 +622,13 @@ def demo_voice(base, tmp_path_factory):
     store = SkinStore(tmp_path_factory.mktemp("skin-home"))
     ids = {s["dir"]: store.install(BUNDLES / s["dir"], base_model=base[0].blake3,
                                    base_gguf=base[1]) for s in DEMO}
+    from game.voices import VILLAGE_UNDER_SKINS
+    village = store.install(VILLAGE_BUNDLE, base_model=base[0].blake3, base_gguf=base[1])
     runtime = Runtime(base[1], n_ctx=4096, n_slots=4, n_threads=2)
     pool = AdapterPool(runtime, store, base_model=base[0].blake3)
-    voice = ModelVoice(runtime, pool=pool, base_model=base[0].blake3)
+    # As the game speaks: the village voice for villagers without a skin, and under every skin.
+    voice = ModelVoice(runtime, pool=pool, base_model=base[0].blake3, village=village,
+                       village_under_skins=VILLAGE_UNDER_SKINS)
     yield voice, ids
     pool.close()
     runtime.close()

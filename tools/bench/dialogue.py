@@ -440,7 +440,9 @@ def main() -> int:
         if voice == "village" and village is None:
             say("the village voice is not available: skipped")
             continue
-        responder.village = village if voice == "village" else None
+        # base: the plain model; village and every skin: as the game speaks (the village voice,
+        # alone or under the skin).
+        responder.village = None if voice == "base" else village
         skin = None if voice in ("base", "village") else installed.get(voice)
         if voice not in ("base", "village") and skin is None:
             say(f"skin {voice} is not installed: skipped")
