@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 
@@ -42,6 +43,9 @@ PUBLIC_DHT_ROUTERS = (
 
 class SettingsError(Exception):
     pass
+
+
+T = TypeVar("T")
 
 
 class SwarmSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -123,20 +127,25 @@ def parse_rate(text: str) -> int:
     return int(float(m[1]) * scale)
 
 
-def load_settings(path: Path | None = None, **overrides) -> SwarmSettings:
-    """Settings from ``path`` (default: ``swarm.toml`` in the config directory, if it exists),
-    then ``overrides`` (command-line values; None means not given)."""
-    path = path or config_dir() / CONFIG_FILE
+def load_toml(path: Path, kind: type[T], overrides: dict,
+              error: type[Exception] = SettingsError) -> T:
+    """Settings of type ``kind`` from the TOML file ``path`` (if it exists), then ``overrides``
+    (None means not given). A file that cannot be read or a bad value raises ``error`` naming
+    the file."""
     raw: dict = {}
     if path.is_file():
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise SettingsError(f"{path}: {e}") from None
+            raise error(f"{path}: {e}") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(raw, SwarmSettings)
-    except msgspec.ValidationError as e:
-        raise SettingsError(f"{path}: {e}") from None
-    except SettingsError as e:
-        raise SettingsError(f"{path}: {e}") from None
+        return msgspec.convert(raw, kind)
+    except (msgspec.ValidationError, error) as e:
+        raise error(f"{path}: {e}") from None
+
+
+def load_settings(path: Path | None = None, **overrides) -> SwarmSettings:
+    """Settings from ``path`` (default: ``swarm.toml`` in the config directory, if it exists),
+    then ``overrides`` (command-line values; None means not given)."""
+    return load_toml(path or config_dir() / CONFIG_FILE, SwarmSettings, overrides)

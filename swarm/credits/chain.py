@@ -23,7 +23,6 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from spl.token.instructions import get_associated_token_address
 
 from common.identity import Identity
 from common.paths import config_dir, data_dir
-from swarm.settings import parse_endpoint
+from swarm.settings import load_toml, parse_endpoint
 
 CONFIG_FILE = "wallet.toml"
 #: How long a client waits for an embedded chain it started to answer.
@@ -76,18 +75,7 @@ class WalletSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 def load_wallet_settings(path: Path | None = None, **overrides) -> WalletSettings:
-    path = path or config_dir() / CONFIG_FILE
-    raw: dict = {}
-    if path.is_file():
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ChainError(f"{path}: {e}") from None
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return msgspec.convert(raw, WalletSettings)
-    except msgspec.ValidationError as e:
-        raise ChainError(f"{path}: {e}") from None
+    return load_toml(path or config_dir() / CONFIG_FILE, WalletSettings, overrides, ChainError)
 
 
 def keypair_for(identity: Identity) -> Keypair:

@@ -16,13 +16,12 @@ otherwise quiet.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import msgspec
 
 from common.paths import config_dir
-from swarm.settings import SettingsError
+from swarm.settings import SettingsError, load_toml
 
 CONFIG_FILE = "worker.toml"
 
@@ -52,15 +51,4 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def load_worker_settings(path: Path | None = None, **overrides) -> WorkerSettings:
     """Settings from ``path`` (default: ``worker.toml`` in the config directory, if it exists),
     then ``overrides`` (None means not given)."""
-    path = path or config_dir() / CONFIG_FILE
-    raw: dict = {}
-    if path.is_file():
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise SettingsError(f"{path}: {e}") from None
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return msgspec.convert(raw, WorkerSettings)
-    except (msgspec.ValidationError, SettingsError) as e:
-        raise SettingsError(f"{path}: {e}") from None
+    return load_toml(path or config_dir() / CONFIG_FILE, WorkerSettings, overrides)
