@@ -8,8 +8,6 @@ and never buys them again. Fraud records outlive the job: a caught worker is ref
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import msgspec
 
 from swarm.jobs.backend import Completion
 from swarm.jobs.receipt import Receipt, receipt_id
+from swarm.jobs.sqlite_store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -71,19 +70,9 @@ class AcceptedShard:
     price_per_1k: int
 
 
-class JobStore:
+class JobStore(SqliteStore):
     def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def _tx(self, statements: list[tuple[str, tuple]]) -> None:
         with self._lock:

@@ -8,13 +8,12 @@ actually done: same requester, model, skin, token counts and the price the worke
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from pathlib import Path
 
 import msgspec
 
 from swarm.jobs.receipt import Receipt, ReceiptBody, receipt_id
+from swarm.jobs.sqlite_store import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
@@ -27,19 +26,9 @@ CREATE TABLE IF NOT EXISTS receipts (
 """
 
 
-class WorkerStore:
+class WorkerStore(SqliteStore):
     def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        super().__init__(path, SCHEMA)
 
     def record_served(self, job: str, shard: int, requester: str, model: str, skin: str | None,
                       tokens_in: int, tokens_out: int, price_per_1k: int) -> None:
