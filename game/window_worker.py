@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 
 from swarm.jobs.away import (OFF, PLAYER_PRESENT, SERVING, AwayPolicy, Observation, SwitchGate,
-                             on_battery)
+                             on_battery, other_cpu_percent)
 from swarm.jobs.settings import CONFIG_FILE, WorkerSettings, load_worker_settings
 
 POLL_SECONDS = 1.0
@@ -73,7 +73,8 @@ class WindowWorker:
         self._loading = False
         self._polled = float("-inf")
         self._battery = (float("-inf"), False)
-        self._held_at_start: tuple[int, int] | None = None
+        #: Micro-gold the worker's receipts were worth when serving started (earned = since then).
+        self._amount_at_start = 0
         self._closed = threading.Event()
 
     # -- what the window reports ---------------------------------------------------------------
@@ -97,7 +98,7 @@ class WindowWorker:
         self._polled = now
         decision = self.policy.decide(Observation(
             now=now, last_input=self.last_input, minimised=self.minimised,
-            other_cpu_percent=_other_cpu(), on_battery=self._on_battery(now)))
+            other_cpu_percent=other_cpu_percent(), on_battery=self._on_battery(now)))
         if decision.serve and self._worker is None:
             self._start_engine()
             return
@@ -143,7 +144,7 @@ class WindowWorker:
             backend.close()
             return
         self._worker = worker
-        self._held_at_start = (worker.stats.receipts_held, worker.stats.receipts_amount)
+        self._amount_at_start = worker.stats.receipts_amount
         if self._announce is not None:
             try:
                 self._announce(backend.model_id, int(worker.offer_endpoint.rpartition(":")[2]))
@@ -156,10 +157,9 @@ class WindowWorker:
         if w is None:
             return JobsStatus(self.state, note=self._note)
         s = w.stats
-        held0, amount0 = self._held_at_start or (0, 0)
         return JobsStatus(self.state if self.state != LOADING else SERVING, s.shards_served,
-                          s.tokens_generated, s.receipts_held, s.receipts_amount - amount0,
-                          self._note)
+                          s.tokens_generated, s.receipts_held,
+                          s.receipts_amount - self._amount_at_start, self._note)
 
     def reconfigure(self) -> None:
         """worker.toml changed (the settings screen): serve, or stop serving, as it now says."""
@@ -186,12 +186,3 @@ class WindowWorker:
             w.close()
             w.backend.close()
 
-
-_cpu_lock = threading.Lock()
-
-
-def _other_cpu() -> float:
-    """CPU other programs use (psutil's non-blocking reading since the last call)."""
-    from swarm.jobs.away import other_cpu_percent
-    with _cpu_lock:
-        return other_cpu_percent()

@@ -121,13 +121,10 @@ class Runtime:
         """``adapter`` is one adapter or a stack applied together; ``adapter_key`` names it for
         the prefix cache (a skin id, or a stack's ids joined by ``STACK_SEP``) and must be given
         with an adapter, so a cached prefix is never reused under different weights."""
-        if adapter == ():
-            adapter = None
-        if adapter is not None and not adapter_key:
-            raise ValueError("an adapter needs an adapter_key for the prefix cache")
+        adapter, cache_key = _cache_key(adapter, adapter_key, key)
         with self._lock:
-            return self._generate(prompt, (adapter_key if adapter is not None else None, key),
-                                  grammar, max_tokens, on_text, cancel, adapter, stop_at_eog,
+            return self._generate(prompt, cache_key, grammar, max_tokens, on_text, cancel, adapter,
+                                  stop_at_eog,
                                   _ngram_table(avoid or [], NO_COPY_NGRAM), frozenset(ban or ()))
 
     def prefill(self, prompt: list[int], key: Hashable,
@@ -135,15 +132,11 @@ class Runtime:
                 adapter_key: str | None = None) -> int:
         """Compute and cache ``prompt`` in ``key``'s slot without generating (a prompt's stable
         head, ahead of the request that will start with it); returns the tokens computed."""
-        if adapter == ():
-            adapter = None
-        if adapter is not None and not adapter_key:
-            raise ValueError("an adapter needs an adapter_key for the prefix cache")
+        adapter, cache_key = _cache_key(adapter, adapter_key, key)
         if not prompt or len(prompt) + 8 > self.seq_capacity:
             return 0
         with self._lock:
-            _, n_common = self._prefill(prompt, (adapter_key if adapter is not None else None, key),
-                                        adapter)
+            _, n_common = self._prefill(prompt, cache_key, adapter)
         return len(prompt) - n_common
 
     def _prefill(self, prompt, key, adapter) -> tuple[_Slot, int]:
@@ -250,6 +243,16 @@ class Runtime:
     def close(self) -> None:
         self.ctx.close()
         self.model.close()
+
+
+def _cache_key(adapter, adapter_key: str | None, key: Hashable):
+    """(the adapter or stack to apply, or None; the prefix-cache key: (adapter key, ``key``)).
+    A prefix is never reused under other weights, so an adapter needs its key."""
+    if adapter == ():
+        adapter = None
+    if adapter is not None and not adapter_key:
+        raise ValueError("an adapter needs an adapter_key for the prefix cache")
+    return adapter, (adapter_key if adapter is not None else None, key)
 
 
 def _ngram_table(seqs: list[list[int]], n: int) -> dict[tuple[int, ...], set[int]]:

@@ -91,17 +91,10 @@ class ModelVoice:
         computed (0 when already cached). Called while the player is still typing."""
         prompt = trim_history(request, None, self._count, self.runtime.seq_capacity)
         head = self.runtime.tokenize_segments(prompt.segments[:prompt.n_prefix])
-        layers = self._layers(request) if self.pool is not None else []
         with ExitStack() as stack:
-            held = []
-            for skin in layers:
-                try:
-                    held.append((skin, stack.enter_context(self.pool.hold(skin))))
-                except Exception as e:
-                    self._skin_failed(skin, str(e) or type(e).__name__)
-            return self.runtime.prefill(head, key=request.npc_id,
-                                        adapter=tuple(a for _, a in held) or None,
-                                        adapter_key=STACK_SEP.join(k for k, _ in held) or None)
+            key, adapters = self._hold(stack, request)
+            return self.runtime.prefill(head, key=request.npc_id, adapter=adapters,
+                                        adapter_key=key)
 
     def _bound(self, request: DialogueRequest) -> int:
         if request.fact:
@@ -117,26 +110,35 @@ class ModelVoice:
             return [village] if village else []
         return [village, skin] if village and self.village_under_skins else [skin]
 
-    def _generate(self, request: DialogueRequest, tokens: list[int], grammar: ReplyGrammar,
-                  on_text, cancel):
+    def _hold(self, stack: ExitStack, request: DialogueRequest
+              ) -> tuple[str | None, tuple[Adapter, ...] | None]:
+        """Hold (until ``stack`` closes) the adapters this villager speaks with; their prefix-cache
+        key and the stack, or (None, None) for the plain model. One that cannot be worn is
+        recorded as failed and left out."""
         layers = self._layers(request)
         if layers and self.pool is None:
             for skin in layers:
                 self._skin_failed(skin, "this voice has no adapter pool")
-            layers = []
+            return None, None
+        held = []
+        for skin in layers:
+            try:
+                held.append((skin, stack.enter_context(self.pool.hold(skin))))
+            except Exception as e:  # not installed, fails verification, refused by llama.cpp...
+                self._skin_failed(skin, str(e) or type(e).__name__)
+        if not held:
+            return None, None
+        return STACK_SEP.join(k for k, _ in held), tuple(a for _, a in held)
+
+    def _generate(self, request: DialogueRequest, tokens: list[int], grammar: ReplyGrammar,
+                  on_text, cancel):
         with ExitStack() as stack:
-            held = []
-            for skin in layers:
+            key, adapters = self._hold(stack, request)
+            if adapters is not None:
                 try:
-                    held.append((skin, stack.enter_context(self.pool.hold(skin))))
-                except Exception as e:  # not installed, fails verification, refused by llama.cpp...
-                    self._skin_failed(skin, str(e) or type(e).__name__)
-            if held:
-                try:
-                    return self._run(request, tokens, grammar, on_text, cancel,
-                                     STACK_SEP.join(k for k, _ in held), tuple(a for _, a in held))
+                    return self._run(request, tokens, grammar, on_text, cancel, key, adapters)
                 except Exception as e:  # llama.cpp would not apply them: speak without
-                    for skin, _ in held:
+                    for skin in key.split(STACK_SEP):
                         self._skin_failed(skin, f"generating with it failed: {e}")
         return self._run(request, tokens, grammar, on_text, cancel, None, None)
 
