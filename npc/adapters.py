@@ -5,19 +5,29 @@ adapter, loaded once, and kept until the pool is over its count or byte cap; the
 recently used adapter is evicted. Eviction tells the runtime to forget the adapter first, so no
 cached prefix and no active-adapter pointer outlives the weights. An adapter held for a
 generation (``hold``) is never evicted while it is in use.
+
+A stack of skins (ids joined by ``STACK_SEP``, bottom first: a skin worn on top of the village
+voice) is loaded as one adapter composed from the verified layers (``npc.skins.compose``), so
+wearing it costs one LoRA per weight, not one per layer. Composed files are cached beside the
+skin store and made again when missing or refused.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import blake3
+
 from npc.llama import Adapter, LlamaError, Model
+from npc.runtime import STACK_SEP
 from npc.skins.bundle import verify_bundle
+from npc.skins.compose import compose
 from npc.skins.manifest import SkinError
 from npc.skins.store import SkinStore
 
@@ -46,6 +56,11 @@ class _Loaded:
     pins: int = 0
 
 
+def stack_key(layers: Sequence[str]) -> str:
+    """The pool's (and the prefix cache's) key for skins worn together, bottom first."""
+    return STACK_SEP.join(layers)
+
+
 class AdapterPool:
     def __init__(self, runtime, skin_store: SkinStore, *, base_model: str | None = None,
                  base_gguf: Path | str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -61,6 +76,8 @@ class AdapterPool:
         self.base_gguf = Path(base_gguf) if base_gguf is not None else Path(runtime.model.path)
         self.max_bytes = max_bytes
         self.max_loaded = max_loaded
+        #: Where composed stacks are cached: beside the skin store.
+        self.stacks_dir = skin_store.root.parent / "skin-stacks"
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -84,21 +101,45 @@ class AdapterPool:
             if entry is not None:
                 self._loaded.move_to_end(skin_id)
                 return entry.adapter
-            if not self.store.is_installed(skin_id):
-                raise SkinError(f"skin {skin_id} is not installed")
-            verified = verify_bundle(self.store.path(skin_id), base_model=self.base_model,
-                                     base_gguf=self.base_gguf)
-            if verified.skin_id != skin_id:
-                raise SkinError(f"{verified.path}: holds skin {verified.skin_id}, not {skin_id}")
-            path = verified.adapter_path
-            adapter = load_adapter(self.runtime.model, path, key=skin_id)
+            layers = skin_id.split(STACK_SEP)
+            if len(layers) == 1:
+                path = self._verified(skin_id)
+                adapter = load_adapter(self.runtime.model, path, key=skin_id)
+            else:
+                path, adapter = self._composed(layers, skin_id)
             self._loaded[skin_id] = _Loaded(adapter, path.stat().st_size)
             self._evict(keep=skin_id)
             return adapter
 
+    def _verified(self, skin_id: str) -> Path:
+        """The adapter file of an installed skin, after full verification."""
+        if not self.store.is_installed(skin_id):
+            raise SkinError(f"skin {skin_id} is not installed")
+        verified = verify_bundle(self.store.path(skin_id), base_model=self.base_model,
+                                 base_gguf=self.base_gguf)
+        if verified.skin_id != skin_id:
+            raise SkinError(f"{verified.path}: holds skin {verified.skin_id}, not {skin_id}")
+        return verified.adapter_path
+
+    def _composed(self, layers: list[str], key: str) -> tuple[Path, Adapter]:
+        """The stack's composed adapter: every layer verified first, the cached composition
+        reused when llama.cpp takes it, composed (again) otherwise."""
+        if len(set(layers)) != len(layers):
+            raise SkinError(f"stack {key}: a skin appears twice")
+        paths = [self._verified(layer) for layer in layers]
+        out = self.stacks_dir / f"{blake3.blake3(key.encode()).hexdigest()[:32]}.gguf"
+        if out.exists():
+            try:
+                return out, Adapter(self.runtime.model, out, key=key)
+            except LlamaError:
+                pass  # damaged or from another version: compose it again
+        compose(paths, out)
+        return out, load_adapter(self.runtime.model, out, key=key)
+
     @contextmanager
     def hold(self, skin_id: str) -> Iterator[Adapter]:
-        """``get``, with the adapter pinned (not evictable) until the block ends."""
+        """``get``, with the adapter pinned (not evictable) until the block ends. ``skin_id``
+        may be a stack (``stack_key``)."""
         with self._lock:
             adapter = self.get(skin_id)
             self._loaded[skin_id].pins += 1

@@ -91,11 +91,13 @@ class Runtime:
 
     def forget_adapter(self, adapter_key: str) -> None:
         """Drop every cached prefix computed under this adapter, alone or in a stack (whose key
-        joins its adapters' keys with ``+``); call before freeing it."""
+        joins its adapters' keys with ``+``; a composed stack's adapter has that key itself);
+        call before freeing it."""
         with self._lock:
             for s in self.slots:
                 if (isinstance(s.key, tuple) and s.key and s.key[0]
-                        and adapter_key in s.key[0].split(STACK_SEP)):
+                        and (s.key[0] == adapter_key
+                             or adapter_key in s.key[0].split(STACK_SEP))):
                     self.ctx.seq_rm(s.seq)
                     s.key, s.tokens, s.used = None, [], 0
             if any(getattr(a, "key", None) == adapter_key for a in self.ctx.adapters):

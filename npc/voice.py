@@ -44,7 +44,7 @@ class ModelVoice:
         BLAKE3 of the base model skins must be made for (the runtime may run a requantization
         of it). ``village`` is the skin id of the world-tuned village voice: every villager
         without a skin speaks with it, and with ``village_under_skins`` it is stacked under each
-        worn skin too (for skins trained on top of it)."""
+        worn skin too."""
         self.runtime = runtime
         self.village = village
         self.village_under_skins = village_under_skins
@@ -114,12 +114,19 @@ class ModelVoice:
               ) -> tuple[str | None, tuple[Adapter, ...] | None]:
         """Hold (until ``stack`` closes) the adapters this villager speaks with; their prefix-cache
         key and the stack, or (None, None) for the plain model. One that cannot be worn is
-        recorded as failed and left out."""
+        recorded as failed and left out. A skin over the village voice is worn as one adapter
+        composed of both (the pool's stacks), so it costs a turn what a skin alone costs."""
         layers = self._layers(request)
         if layers and self.pool is None:
             for skin in layers:
                 self._skin_failed(skin, "this voice has no adapter pool")
             return None, None
+        if len(layers) > 1:
+            key = STACK_SEP.join(layers)
+            try:
+                return key, (stack.enter_context(self.pool.hold(key)),)
+            except Exception:  # noqa: BLE001 - held layer by layer below, which names the culprit
+                pass
         held = []
         for skin in layers:
             try:

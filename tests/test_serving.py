@@ -74,6 +74,8 @@ def test_sampler_nucleus_matches_sorting_the_whole_vocabulary():
         x = (rng.standard_normal(3000) * rng.uniform(1, 8)).astype(np.float32)
         if trial % 4 == 0:
             x[:50] = x.max()  # ties at the top are ranked by token id
+        if trial % 3 == 1:  # a grammar's mask: all but a few tokens at -inf
+            x[rng.permutation(len(x))[:len(x) - int(rng.integers(1, 300))]] = -np.inf
         t, p = float(rng.uniform(0.3, 1.5)), float(rng.uniform(0.05, 0.99))
         z = x.astype(np.float64) / t
         w = np.exp(z - z.max())

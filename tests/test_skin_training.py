@@ -574,18 +574,29 @@ def test_llama_cpp_matches_pytorch_and_needs_the_qk_permutation(hf, base, tmp_pa
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # PEFT on transformers 5.x
 # (pirate is checked above, with the permutation)
-@pytest.mark.parametrize("bundle", [*(s["dir"] for s in DEMO if s["dir"] != "pirate"), "village"])
-def test_every_shipped_adapter_matches_pytorch(hf, base, bundle):
+# "village+<skin>": the skin worn over the village voice, as the game wears it (one adapter
+# composed of both, npc/skins/compose.py) against PyTorch with both applied.
+@pytest.mark.parametrize("bundle", [*(s["dir"] for s in DEMO if s["dir"] != "pirate"), "village",
+                                    *(f"village+{s['dir']}" for s in DEMO)])
+def test_every_shipped_adapter_matches_pytorch(hf, base, bundle, tmp_path):
     import torch
     from peft import PeftModel
 
     from npc.llama import Adapter, Context, LoadOptions, Model
+    from npc.skins.compose import compose
 
-    path = VILLAGE_BUNDLE if bundle == "village" else BUNDLES / bundle
+    layers = [VILLAGE_BUNDLE if d == "village" else BUNDLES / d for d in bundle.split("+")]
     model = Model(base[1])
     ctx = Context(model, LoadOptions(n_ctx=1024, n_seq_max=1, n_batch=512, n_threads=2))
-    adapter = Adapter(model, path / "adapter.gguf")
-    torch_model = PeftModel.from_pretrained(copy.deepcopy(hf[0]), str(path))
+    if len(layers) == 1:
+        adapter = Adapter(model, layers[0] / "adapter.gguf")
+    else:
+        adapter = Adapter(model, compose([p / "adapter.gguf" for p in layers],
+                                         tmp_path / "composed.gguf"))
+    torch_model = copy.deepcopy(hf[0])
+    for lower in layers[:-1]:
+        torch_model = PeftModel.from_pretrained(torch_model, str(lower)).merge_and_unload()
+    torch_model = PeftModel.from_pretrained(torch_model, str(layers[-1]))
     torch_model.eval()
     rows = []
     try:

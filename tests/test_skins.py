@@ -754,3 +754,131 @@ def test_cli_train_bundles_and_signs_what_the_trainer_made(base, hearth_home, tm
     assert v.skin_id == sid and v.manifest.name == "Quiet Smith"
     assert v.manifest.training.final_loss == 1.25 and v.manifest.description == "few words"
     assert v.manifest.creator == load_or_create_identity().public_hex
+
+
+# ---- composed stacks ---------------------------------------------------------------------------
+
+def _lora_deltas(path: Path) -> dict[str, np.ndarray]:
+    """{weight: scale * B @ A} of a GGUF LoRA, in float64."""
+    r = gguf.GGUFReader(str(path))
+    alpha = float(r.fields["adapter.lora.alpha"].contents())
+    t = {x.name: np.asarray(x.data).astype(np.float64) for x in r.tensors}
+    out = {}
+    for name in t:
+        if name.endswith(".lora_a"):
+            w = name[:-len(".lora_a")]
+            a, b = t[name], t[w + ".lora_b"]
+            out[w] = (alpha / a.shape[0] if alpha else 1.0) * (b @ a)
+    return out
+
+
+# Equal scales over the same weights fold to 1 and stay F16; other scales, or a top layer that
+# touches fewer weights (so composed ranks differ by weight), are folded into B in F32.
+@pytest.mark.parametrize("ranks,alphas,top_layers,dtype", [((4, 4), (8.0, 8.0), (0, 1), "F16"),
+                                                           ((4, 2), (8.0, 12.0), (0, 1), "F32"),
+                                                           ((4, 4), (8.0, 8.0), (1,), "F32")])
+def test_a_composed_adapter_is_the_sum_of_its_layers(tmp_path, ranks, alphas, top_layers, dtype):
+    from npc.skins.compose import compose
+    shapes = {f"blk.{i}.{n}.weight": (24, 16) for i in (0, 1) for n in TARGETS}
+    paths = []
+    for i, (rank, alpha) in enumerate(zip(ranks, alphas)):
+        p = write_adapter(tmp_path / f"l{i}.gguf", shapes, rank=rank, seed=i,
+                          layers=(0, 1) if i == 0 else top_layers)
+        # Rewritten in F16 (as shipped adapters are) with this layer's alpha.
+        rw = gguf.GGUFReader(str(p))
+        w = gguf.GGUFWriter(str(p) + ".x", arch="llama")
+        w.add_type("adapter")
+        w.add_string("adapter.type", "lora")
+        w.add_float32("adapter.lora.alpha", alpha)
+        for x in rw.tensors:
+            w.add_tensor(x.name, np.asarray(x.data).astype(np.float16))
+        w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file()
+        w.close()
+        Path(str(p) + ".x").replace(p)
+        paths.append(p)
+    out = compose(paths, tmp_path / "c.gguf")
+    got, want = _lora_deltas(out), {}
+    for p in paths:
+        for name, d in _lora_deltas(p).items():
+            want[name] = want.get(name, 0) + d
+    assert set(got) == set(want)
+    for name in want:
+        assert np.allclose(got[name], want[name], rtol=1e-5, atol=1e-9), name
+    r = gguf.GGUFReader(str(out))
+    assert {x.tensor_type.name for x in r.tensors} == {dtype}
+    assert r.fields["general.type"].contents() == "adapter"
+
+
+def test_composing_refuses_layers_that_do_not_fit(tmp_path):
+    from npc.skins.compose import compose
+    a = write_adapter(tmp_path / "a.gguf", {f"blk.{i}.{n}.weight": (24, 16)
+                                            for i in (0, 1) for n in TARGETS})
+    b = write_adapter(tmp_path / "b.gguf", {f"blk.{i}.{n}.weight": (24, 20)
+                                            for i in (0, 1) for n in TARGETS})
+    with pytest.raises(SkinError, match="24x20|24x16"):
+        compose([a, b], tmp_path / "c.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    with pytest.raises(SkinError, match="junk.gguf"):
+        compose([a, tmp_path / "junk.gguf"], tmp_path / "c.gguf")
+    assert not (tmp_path / "c.gguf").exists()
+
+
+@pytest.mark.model
+def test_a_stack_is_worn_as_one_composed_adapter(runtime, three_skins, base):
+    """The pirate skin over the village voice (the shipped adapters), worn as a stack and as the
+    pool's composed adapter: the same sum of deltas, only added in another order."""
+    from assets import ASSETS_DIR
+    from npc.adapters import AdapterPool, stack_key
+    store, (s0, _, _) = three_skins
+    village, pirate = (store.install(ASSETS_DIR / d, base_model=base[0].blake3, base_gguf=base[1])
+                       for d in ("village/bundle", "skins/bundles/pirate"))
+    pool = AdapterPool(runtime, store, base_model=base[0].blake3, max_loaded=4)
+    ctx = runtime.ctx
+    prompt = runtime.tokenize_segments([("Hello there, smith. What do you sell?", False)])
+
+    def logits(adapter):
+        ctx.set_adapter(adapter)
+        ctx.clear()
+        ctx.decode(prompt, seq=0, pos0=0)
+        return ctx.logits().copy()
+
+    def gap(x, y):
+        return float(np.abs(x - y).max())
+
+    key = stack_key((village, pirate))
+    try:
+        v, p = pool.get(village), pool.get(pirate)
+        stacked, top_alone = logits((v, p)), logits(p)
+        composed_adapter = pool.get(key)
+        composed = logits(composed_adapter)
+        assert composed_adapter.key == key and len(list(pool.stacks_dir.glob("*.gguf"))) == 1
+        # The deltas are equal (test above); llama.cpp adds them in another order, which shows
+        # through the quantized activations as noise far below what the lower layer changes.
+        # (Both agree with PyTorch equally well: tests/test_skin_training.py.)
+        print(f"\nstacked vs composed {gap(stacked, composed):.3f}, "
+              f"vs the top layer alone {gap(stacked, top_alone):.3f}")
+        assert gap(stacked, composed) < 0.2 * gap(stacked, top_alone)
+        assert np.corrcoef(stacked, composed)[0, 1] > 0.995
+        assert int(stacked.argmax()) == int(composed.argmax())
+        ctx.clear()
+        runtime.generate(prompt, key="bram", max_tokens=2, adapter=composed_adapter,
+                         adapter_key=key)
+        assert any(s.key == (key, "bram") for s in runtime.slots)
+        runtime.forget_adapter(key)  # the composed adapter's own key forgets its prefixes
+        assert not any(isinstance(s.key, tuple) and s.key[0] == key for s in runtime.slots)
+        # A damaged cached composition is made again, not trusted.
+        pool.close()
+        cached = next(pool.stacks_dir.glob("*.gguf"))
+        cached.write_bytes(b"GGUF" + b"\0" * 64)
+        again = logits(pool.get(key))
+        assert np.array_equal(again, composed)
+        with pytest.raises(SkinError, match="twice"):
+            pool.get(stack_key((s0, s0)))
+        with pytest.raises(SkinError, match="not installed"):
+            pool.get(stack_key((s0, "ab" * 32)))
+    finally:
+        ctx.set_adapter(None)
+        ctx.clear()
+        for slot in runtime.slots:
+            slot.key, slot.tokens, slot.used = None, [], 0
+        pool.close()

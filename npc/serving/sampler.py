@@ -16,8 +16,9 @@ The rule, exactly (float64 throughout, numpy's operations in the order written):
   running sum exceeds ``u`` times the nucleus's sum.
 
 Only the few tokens above a threshold are sorted when their mass already covers the nucleus (the
-common case); the result is the same as sorting all of them, because the running sums over a
-prefix of the order are the same numbers.
+common case), and tokens whose ``p`` is 0 (masked out) are never sorted; the result is the same as
+sorting all of them, because the running sums over a prefix of the order are the same numbers and
+a token adding 0 can be neither where the nucleus ends nor the token picked.
 """
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def pick(logits: np.ndarray, temperature: float, top_p: float, seed: int, positi
     need = top_p * total
     k = min(NUCLEUS_FIRST, len(z))
     cutoff = np.partition(z, len(z) - k)[len(z) - k]
-    order, c = _ranked(z, p, np.flatnonzero(z >= cutoff))
-    if c[-1] < need and len(order) < len(z):
-        order, c = _ranked(z, p, np.arange(len(z)))
+    # Tokens whose p is 0 (masked out by a grammar: z = -inf) never move a running sum, so
+    # neither the nucleus nor the pick can end on one: they are left out of the sort.
+    live = p > 0
+    order, c = _ranked(z, p, np.flatnonzero((z >= cutoff) & live))
+    if c[-1] < need and len(order) < int(live.sum()):
+        order, c = _ranked(z, p, np.flatnonzero(live))
     n = min(int(np.searchsorted(c, need, side="left")) + 1, len(c))
     i = int(np.searchsorted(c[:n], u * c[n - 1], side="right"))
     return int(order[min(i, n - 1)])
