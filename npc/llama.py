@@ -161,9 +161,10 @@ class Model:
         attr = C.llama_vocab_get_attr(self.vocab, token)
         if attr & C.LLAMA_TOKEN_ATTR_CONTROL:
             return True
+        if not attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED:
+            return False
         text = self.piece(token, special=True)
-        return bool(attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED) and text[:1] == b"<" \
-            and text[-1:] == b">"
+        return text[:1] == b"<" and text[-1:] == b">"
 
     @staticmethod
     def tokenize_address() -> int:
