@@ -261,6 +261,13 @@ def test_parse_tool_calls():
         assert K.parse_tool_calls(text) is None, text
 
 
+def test_formatted_calls_parse_back():
+    calls = [("add", '{"a": 1, "b": 2}'), ("get_weather", '{"city": "Zürich"}')]
+    text = K.format_tool_calls(calls)
+    assert K.parse_tool_calls(text) == calls
+    assert K.parse_tool_calls(K.format_tool_calls(calls[:1])) == calls[:1]
+
+
 def test_tool_prompt_names_every_tool_and_the_call_format():
     text = K.tool_prompt(TOOLS)
     for t in TOOLS:
@@ -397,7 +404,9 @@ def check_call(text, allowed_names):
 @pytest.mark.slow
 def test_greedy_generation_holds_to_each_grammar(generate):
     ask = [("user", "Give the name and age of a village blacksmith as JSON.")]
-    text, ended = generate(ask, K.json_object())
+    any_object = K.json_object()
+    any_object.prepare(generate.model)
+    text, ended = generate(ask, any_object)
     assert ended and isinstance(json.loads(text), dict), text
     text, ended = generate(ask, K.json_schema(PERSON))
     assert ended and problems(json.loads(text), PERSON) == [], text

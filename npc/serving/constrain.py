@@ -79,6 +79,11 @@ class Constraint:
         tok = tokenizer_for(model)
         return Matcher(_templates.fresh(model, tok, self), tok.vocab_size, model.n_vocab)
 
+    def prepare(self, model) -> None:
+        """Build the model's vocabulary view and compile this grammar now, so a later
+        ``matcher`` (on a thread that must not stall) only copies it. Optional."""
+        _templates.fresh(model, tokenizer_for(model), self)
+
 
 class _Templates:
     """Compiled matchers in their initial state, per model and grammar, most recent last.
@@ -259,6 +264,16 @@ def parse_tool_calls(text: str) -> list[tuple[str, str]] | None:
         if not text.startswith(CALL_SEP, pos):
             return None
         pos += len(CALL_SEP)
+
+
+def format_tool_calls(calls: list[tuple[str, str]]) -> str:
+    """(name, arguments JSON) pairs written as the model writes them, for an assistant turn with
+    ``tool_calls`` in a conversation's history; ``parse_tool_calls`` reads it back."""
+    blocks = []
+    for name, arguments in calls:
+        value = {"name": name, "arguments": json.loads(arguments)}
+        blocks.append(CALL_OPEN + json.dumps(value, ensure_ascii=False) + CALL_CLOSE)
+    return CALL_SEP.join(blocks)
 
 
 def tool_prompt(tools: list[dict]) -> str:
