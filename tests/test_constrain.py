@@ -241,13 +241,17 @@ def test_invalid_tools_are_refused_naming_the_field(tools, param, reason):
     assert refused(K.tool_prompt, tools).param == param
 
 
-def test_tools_with_their_own_refs_combine():
-    defs = {"type": "object", "properties": {"p": {"$ref": "#/$defs/point"}}, "required": ["p"],
-            "$defs": {"point": {"type": "object", "properties": {"x": {"type": "integer"}},
-                                "required": ["x"]}}}
-    other = {"type": "object", "properties": {"p": {"$ref": "#/$defs/point"}},
-             "$defs": {"point": {"type": "string"}}}  # the same $defs name, another meaning
-    assert K.tool_calls([tool("a", parameters=defs), tool("b", parameters=other)], "required")
+REF_TOOLS = [
+    tool("a", parameters={"type": "object", "properties": {"p": {"$ref": "#/$defs/point"}},
+                          "required": ["p"],
+                          "$defs": {"point": {"type": "object", "required": ["x"],
+                                              "properties": {"x": {"type": "integer"}}}}}),
+    # The same $defs name with another meaning, and a reference to the tool's own root.
+    tool("b", parameters={"type": "object", "required": ["p"],
+                          "properties": {"p": {"$ref": "#/$defs/point"},
+                                         "next": {"$ref": "#"}},
+                          "$defs": {"point": {"type": "string"}}}),
+]
 
 
 def test_parse_tool_calls():
@@ -387,6 +391,20 @@ def test_grammars_accept_and_refuse_the_right_texts(model):
     assert feed(model, named, '<tool_call>\n{"name": "add"') is None
     assert feed(model, named, '<tool_call>\n{"name": "ring_bell", "arguments": {}}\n</tool_call>'
                 ).finished()
+
+
+@pytest.mark.model
+def test_each_tool_keeps_its_own_refs(model):
+    c = K.tool_calls(REF_TOOLS, "required")
+
+    def call(name, arguments):
+        return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+    assert feed(model, c, call("a", '{"p": {"x": 1}}')).finished()
+    assert feed(model, c, call("b", '{"p": "here", "next": {"p": "there"}}')).finished()
+    assert feed(model, c, call("a", '{"p": "here"}')) is None
+    assert feed(model, c, call("b", '{"p": {"x": 1}}')) is None
+    assert feed(model, c, call("b", '{"p": "here", "next": {"p": 3}}')) is None
 
 
 def check_call(text, allowed_names):
