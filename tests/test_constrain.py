@@ -145,6 +145,8 @@ def test_response_format_shapes():
     ({"type": "object", "properties": {"a": {"type": "string", "nullable": True}}}, "nullable"),
     ({"type": "array", "prefixItems": [{"type": "integer"}], "additionalItems": False},
      "additionalItems"),
+    # llguidance's own settings could make it lenient (unknown keywords ignored).
+    ({"type": "array", "uniqueItems": True, "x-guidance": {"lenient": True}}, "x-guidance"),
 ])
 def test_schemas_that_cannot_be_enforced_exactly_are_refused(schema, reason):
     e = refused(K.json_schema, schema)
@@ -252,6 +254,15 @@ REF_TOOLS = [
                                          "next": {"$ref": "#"}},
                           "$defs": {"point": {"type": "string"}}}),
 ]
+
+
+def test_tool_text_that_looks_like_grammar_syntax_is_only_data():
+    odd = 'a "quoted" } brace, a /slash/ and %json {"x": 1}\n'
+    params = {"type": "object", "description": odd, "required": ["s"],
+              "properties": {"s": {"type": "string", "pattern": "^[a-z/}{\"]+$",
+                                   "description": odd}}}
+    assert K.tool_calls([tool("odd", description=odd, parameters=params)], "required")
+    assert json.dumps(odd) in K.tool_prompt([tool("odd", description=odd, parameters=params)])
 
 
 def test_parse_tool_calls():

@@ -3,7 +3,8 @@
 llguidance refuses the keywords it has not implemented (``not``, ``if``, ``uniqueItems`` ...), but
 a few that clients commonly send would pass through it with no effect: ``additionalItems`` (a
 draft-7 keyword that 2020-12 replaced) and OpenAPI's ``nullable``. A schema using them is refused
-here, so a client never gets output its schema seems to forbid. ``strict_problem`` applies
+here, so a client never gets output its schema seems to forbid; so is llguidance's own
+``x-guidance`` key, which could otherwise switch on its lenient mode (unknown keywords ignored). ``strict_problem`` applies
 OpenAI's strict-mode rules (every object closed, every property required), which OpenAI enforces
 with a 400 when a request sets ``strict: true``.
 """
@@ -47,6 +48,9 @@ def ignored_keyword_problem(schema: dict, at: str = "", depth: int = 0) -> str |
     """A sentence naming the first keyword llguidance would silently ignore, or None."""
     if depth > MAX_DEPTH:
         return f"the schema is nested deeper than {MAX_DEPTH} levels (at {at})"
+    if "x-guidance" in schema:
+        return (f"'x-guidance' at {at or '/'} is not supported: the grammar engine's settings "
+                f"are Hearth's own")
     for key, why in IGNORED.items():
         if key in schema and not (key == "nullable" and schema[key] is False):
             return f"'{key}' at {at or '/'} is not supported: {why}"
