@@ -4,8 +4,9 @@ A ``Constraint`` is a validated, immutable spec built from a request (``response
 ``tools``/``tool_choice``); anything llguidance cannot enforce exactly is refused with an
 ``UnsupportedConstraint`` naming the request field, never served unconstrained. For each
 generation ``Constraint.matcher(model)`` gives a ``Matcher`` whose ``allowed()`` mask the caller
-applies to the logits before the project's own sampler picks, so the sampler's rule (and a
-verifier's replay of it) is unchanged and an unconstrained request pays nothing.
+applies to the logits before the project's own sampler picks, so the sampler's rule is
+unchanged and an unconstrained request pays nothing. ``ConstraintBroken`` from a matcher means
+the generation cannot go on constrained (a caller bug, or one of llguidance's resource limits).
 
 Objects that list ``properties`` without saying whether others are allowed are generated closed
 (``schema_rules.closed``): every output is still valid under the request's schema, and a small
