@@ -145,6 +145,8 @@ def test_response_format_shapes():
     ({"type": "object", "properties": {"a": {"type": "string", "nullable": True}}}, "nullable"),
     ({"type": "array", "prefixItems": [{"type": "integer"}], "additionalItems": False},
      "additionalItems"),
+    ({"type": "integer", "format": "uuid"}, "uuid"),
+    ({"type": ["integer", "boolean"], "format": "int32"}, "int32"),
     # llguidance's own settings could make it lenient (unknown keywords ignored).
     ({"type": "array", "uniqueItems": True, "x-guidance": {"lenient": True}}, "x-guidance"),
 ])
@@ -188,6 +190,19 @@ def test_strict_mode_follows_openai_rules():
     assert K.json_schema(closed, strict=True)
 
 
+def test_number_formats_become_bounds():
+    s = schema_rules.number_formats({"type": "object", "properties": {
+        "a": {"type": "integer", "format": "int32"},
+        "b": {"type": "integer", "format": "int64", "minimum": 0},
+        "c": {"type": "number", "format": "float", "maximum": 1e50},
+        "d": {"type": "string", "format": "date"}}})
+    a, b, c, d = (s["properties"][k] for k in "abcd")
+    assert (a["minimum"], a["maximum"]) == (-2 ** 31, 2 ** 31 - 1) and "format" not in a
+    assert (b["minimum"], b["maximum"]) == (0, 2 ** 63 - 1)
+    assert c["maximum"] == 3.4028234663852886e38
+    assert d == {"type": "string", "format": "date"}
+
+
 def test_closing_objects_leaves_intersections_open():
     s = schema_rules.closed({"type": "object", "properties": {"a": {"type": "object",
                                                                     "properties": {}}},
@@ -197,6 +212,14 @@ def test_closing_objects_leaves_intersections_open():
     assert "additionalProperties" not in s["allOf"][0]
     kept = schema_rules.closed({"type": "object", "properties": {}, "additionalProperties": True})
     assert kept["additionalProperties"] is True
+    # A required key the object does not list can only be an additional one.
+    assert "additionalProperties" not in schema_rules.closed(
+        {"type": "object", "properties": {"a": {}}, "required": ["a", "b"]})
+    # Branches of a combinator beside properties are intersected with them; others are not.
+    s = schema_rules.closed({"properties": {"a": {}}, "anyOf": [{"properties": {"b": {}}}]})
+    assert "additionalProperties" not in s and "additionalProperties" not in s["anyOf"][0]
+    s = schema_rules.closed({"anyOf": [{"properties": {"b": {}}}]})
+    assert s["anyOf"][0]["additionalProperties"] is False
 
 
 # -- tools: shapes and refusals ----------------------------------------------------------------
@@ -379,6 +402,12 @@ def test_mask_allows_end_of_generation_only_where_the_grammar_ends(model):
 @pytest.mark.model
 def test_grammars_accept_and_refuse_the_right_texts(model):
     person = K.json_schema(PERSON)
+    int32 = K.json_schema({"type": "integer", "format": "int32"})
+    assert feed(model, int32, "2147483647").accepting()
+    assert feed(model, int32, "2147483648") is None
+    extra = K.json_schema({"type": "object", "properties": {"a": {"type": "integer"}},
+                           "required": ["a", "b"]})
+    assert feed(model, extra, '{"a": 1, "b": "anything"}').accepting()
     open_tail = feed(model, person, '{"name": "Ada", "age": 30, "job": "smith"')
     assert not open_tail.finished() and not open_tail.accepting()  # "tags" may still follow
     assert feed(model, person, '{"name": "Ada", "age": 30, "job": "smith"}').finished()

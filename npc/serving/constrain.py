@@ -10,7 +10,8 @@ the generation cannot go on constrained (a caller bug, or one of llguidance's re
 
 Objects that list ``properties`` without saying whether others are allowed are generated closed
 (``schema_rules.closed``): every output is still valid under the request's schema, and a small
-model cannot append invented or repeated keys.
+model cannot append invented or repeated keys. OpenAPI's number formats (int32 ...) are
+enforced as the bounds they mean.
 
 JSON is generated in one canonical layout: no free whitespace, ``", "`` between items and
 ``": "`` after keys (the spacing the model's tokenizer favours); without it a small model can
@@ -170,7 +171,7 @@ def json_schema(schema: dict, *, strict: bool | None = None, param: str = SCHEMA
     llguidance cannot enforce exactly, and with ``strict`` for one breaking OpenAI's strict-mode
     rules (closed objects, every property required)."""
     _check_schema(schema, param, strict=bool(strict))
-    return Constraint("json_schema", _schema_grammar(schema_rules.closed(schema), param), param)
+    return Constraint("json_schema", _schema_grammar(_prepared(schema), param), param)
 
 
 def response_format(value) -> Constraint | None:
@@ -223,8 +224,7 @@ def tool_calls(tools: list[dict] | None, tool_choice=None, *, parallel: bool = F
     names = [choice] if choice not in ("auto", "required") else list(checked)
     # Each tool's parameters live under the call schema's $defs (their own $refs rebased), so
     # the tools' definitions can never collide.
-    defs = {f"tool_{i}": _rebase_refs(schema_rules.closed(checked[name]["parameters"]),
-                                      f"#/$defs/tool_{i}")
+    defs = {f"tool_{i}": _rebase_refs(_prepared(checked[name]["parameters"]), f"#/$defs/tool_{i}")
             for i, name in enumerate(names)}
     options = [_call_schema(name, f"#/$defs/tool_{i}") for i, name in enumerate(names)]
     call_schema = {**(options[0] if len(options) == 1 else {"anyOf": options}),
@@ -314,6 +314,11 @@ def _check_schema(schema, param: str, *, strict: bool) -> None:
         raise UnsupportedConstraint(f"{param}: {problem}", param)
 
 
+def _prepared(schema: dict) -> dict:
+    """The schema as compiled: number formats as bounds, unstated objects closed."""
+    return schema_rules.closed(schema_rules.number_formats(schema))
+
+
 def _schema_grammar(schema: dict, param: str) -> str:
     """llguidance's grammar for ``schema`` in the canonical layout; refused if it reports any
     error or warning (a warning means part of the schema would not be enforced)."""
@@ -366,7 +371,7 @@ def _check_tools(tools) -> dict[str, dict]:
         if params.get("type") != "object":
             raise UnsupportedConstraint(f"{param} must be a schema of type 'object', not "
                                         f"{params.get('type')!r}", param)
-        _schema_grammar(params, param)
+        _schema_grammar(_prepared(params), param)
         out[name] = {"description": description, "parameters": params}
     return out
 
