@@ -508,3 +508,39 @@ def test_sampled_generation_holds_to_each_grammar(generate):
             assert text and not text[0].isspace() and text[0] != "<", text
             plain += 1
     assert plain > 0
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_schemas_as_client_libraries_write_them(generate):
+    """Pydantic's schema as response_format, and the official client's strict function tool from
+    the same model: the output validates with pydantic itself."""
+    from typing import Literal, Optional
+
+    from openai import pydantic_function_tool
+    from pydantic import BaseModel, Field
+
+    class Address(BaseModel):
+        street: str = Field(max_length=30)
+        number: Optional[int] = Field(default=None, ge=1, le=999)
+
+    class Villager(BaseModel):
+        name: str = Field(max_length=20)
+        age: int = Field(ge=1, le=120)
+        trade: Literal["smith", "baker", "farmer"]
+        home: Address
+
+    fmt = K.response_format({"type": "json_schema", "json_schema": {
+        "name": "villager", "schema": Villager.model_json_schema()}})
+    text, ended = generate([("user", "Describe a villager as JSON.")], fmt, max_tokens=128)
+    assert ended
+    Villager.model_validate_json(text)
+    fn = pydantic_function_tool(Villager, name="add_villager")
+    assert fn["function"]["strict"] is True
+    system = ("system", K.tool_prompt([fn]))
+    text, ended = generate([system, ("user", "Add a baker called Tom.")],
+                           K.tool_calls([fn], "required"), max_tokens=128)
+    assert ended
+    [(name, arguments)] = K.parse_tool_calls(text)
+    assert name == "add_villager"
+    Villager.model_validate_json(arguments)
