@@ -29,6 +29,8 @@ from swarm.credits.chain import ChainClient, ChainError, keypair_for, pubkey_of
 from swarm.credits.escrow import (
     Escrow, EscrowError, assemble, check_refund, check_release, sign, verify_escrow,
 )
+from swarm.credits.ledger import Ledger
+from swarm.credits.notice import NoticeError, SettlementNotice, apply_notice
 from swarm.jobs import protocol as p
 from swarm.jobs.receipt import amount_for, receipt_id
 from swarm.jobs.worker_store import EscrowRow, Release, WorkerStore
@@ -124,3 +126,17 @@ class WorkerEscrow:
 def escrow_address(key: Pubkey) -> str:
     """A Solana address as the jobs protocol carries it (64 hex digits)."""
     return bytes(key).hex()
+
+
+def settle_released(ledger: Ledger, client: ChainClient, store: WorkerStore) -> int:
+    """Mark settled, in the worker's own ledger, the receipts paid by releases it co-signed that
+    the chain executed (each checked as a settlement notice is). Returns how many were newly
+    marked; a release that never landed is skipped."""
+    marked = 0
+    for release in store.releases():
+        try:
+            marked += apply_notice(ledger, client, SettlementNotice(
+                release.signature, release.tx, release.receipts))
+        except NoticeError:
+            continue
+    return marked
