@@ -101,11 +101,14 @@ class CosignRelease(Msg, tag="cosign_release"):
 
 
 class CosignRefund(Msg, tag="cosign_refund"):
-    """Co-sign returning what is left in the escrow to the requester and closing it."""
+    """Co-sign returning what is left in the escrow to the requester and closing it (the
+    escrow named in full: a worker that refused the shard never stored it)."""
     job: Hex64
     account: Hex64
     message: TxMessage
     requester_sig: Sig
+    requester: Hex64
+    multisig: Hex64
 
 
 ToWorker = Union[Hello, Assign, Rescore, Cancel, SignReceipt, CosignRelease, CosignRefund]

@@ -37,7 +37,6 @@ import blake3
 import msgspec
 import zmq
 from solders.message import Message
-from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from common.identity import Identity
@@ -48,7 +47,9 @@ from swarm.credits.chain import ChainError
 from swarm.credits.escrow import EscrowError
 from swarm.credits.ledger import LedgerError
 from swarm.jobs.fraud import FraudRecord, sign_fraud
-from swarm.jobs.job_escrow import DEFAULT_BUDGET_FACTOR, EscrowFunds, JobEscrow, max_cost
+from swarm.jobs.job_escrow import (
+    DEFAULT_BUDGET_FACTOR, EscrowFunds, JobEscrow, hex_address, max_cost,
+)
 from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.offers import Offer, OfferError, SignedOffer, verify_offer
 from swarm.jobs.receipt import (
@@ -607,10 +608,10 @@ class _Run:
             if link is None or owed - {r.body.shard for r in mine}:
                 outcome.escrows_open += 1
                 continue
-            account = bytes(Pubkey.from_string(row["account"])).hex()
             try:
                 released, refunded = self.escrow.settle_worker(
-                    worker, mine, lambda m, sig, ids: self._cosign(link, account, m, sig, ids))
+                    worker, mine, lambda m, sig, ids, row=row: self._cosign(link, row, m, sig,
+                                                                            ids))
             except (EscrowError, ChainError, LedgerError) as e:
                 outcome.escrows_open += 1
                 outcome.escrow_problems.append(f"worker {worker[:12]}: {e}")
@@ -618,14 +619,16 @@ class _Run:
             outcome.released += released
             outcome.refunded += refunded
 
-    def _cosign(self, link: _Link, account: str, message: Message, theirs: Signature,
+    def _cosign(self, link: _Link, row: dict, message: Message, theirs: Signature,
                 receipts: list[str]) -> Signature:
         """Ask ``link``'s worker to co-sign an escrow release (``receipts`` given) or refund,
         waiting at most ``receipt_timeout`` for its answer."""
+        account = hex_address(row["account"])
         common = dict(job=self.job, account=account, message=bytes(message),
                       requester_sig=bytes(theirs).hex())
         msg = (p.CosignRelease(receipts=receipts, **common) if receipts
-               else p.CosignRefund(**common))
+               else p.CosignRefund(requester=self.req.identity.public_hex,
+                                   multisig=hex_address(row["multisig"]), **common))
         if not transport.send(link.sock, msg):
             raise EscrowError(f"worker {link.offer.worker[:12]} cannot be reached")
         deadline = time.monotonic() + self.req.receipt_timeout

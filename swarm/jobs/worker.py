@@ -11,7 +11,8 @@ an error reply (or, when even that cannot be delivered, nothing) and the loop go
 Escrow (``swarm/jobs/worker_escrow.py``): an assignment that names an escrow is checked on chain
 before it is accepted, and refused (``escrow``) when the escrow is not what it claims; with
 ``require_escrow`` an assignment that names none is refused (``unescrowed``). Without a chain
-client the worker cannot check escrows, so it works as before and ignores them.
+client the worker cannot check escrows nor co-sign their transactions, so it refuses escrowed
+assignments and serves unescrowed ones.
 """
 
 from __future__ import annotations
@@ -253,7 +254,9 @@ class Worker:
         if isinstance(msg, p.Assign):
             if msg.escrow is None and self.require_escrow:
                 return p.UNESCROWED, "this worker works only for gold locked in escrow"
-            if msg.escrow is not None and self.escrow is not None:
+            if msg.escrow is not None:
+                if self.escrow is None:  # working unchecked, it could never co-sign its pay
+                    return p.ESCROW, "this worker has no chain to check the escrow on"
                 problem = self.escrow.check_assign(msg)
                 if problem is not None:
                     return p.ESCROW, problem

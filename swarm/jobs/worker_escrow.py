@@ -12,7 +12,8 @@ and co-signs only transactions that move that escrow's gold the way the receipts
   goes back, so the worker knows what it signed after any restart.
 - **The refund** (``cosign_refund``): signed only once every receipt this worker holds for the
   job has been paid by a release the chain executed — the worker's one lever, since the escrow
-  cannot tell served work from anything else.
+  cannot tell served work from anything else. An escrow the worker never checked (it refused the
+  shard) holds nothing it is owed, so its refund is signed on the same rule.
 
 Every chain read happens on the worker's network thread (the chain client is not thread-safe);
 each is a local round trip on the embedded chain.
@@ -21,7 +22,6 @@ each is a local round trip on the embedded chain.
 from __future__ import annotations
 
 from solders.message import Message
-from solders.pubkey import Pubkey
 from solders.signature import Signature
 
 from common.identity import Identity
@@ -91,8 +91,13 @@ class WorkerEscrow:
 
     def cosign_refund(self, msg: p.CosignRefund) -> p.Msg:
         try:
-            row, escrow, message, theirs = self._request(msg)
-            held = {receipt_id(r.body) for r in self.store.job_receipts(row.job, row.requester)}
+            known = self.store.escrow(msg.account)
+            if known is not None and (known.job, known.requester, known.multisig) != (
+                    msg.job, msg.requester, msg.multisig):
+                raise EscrowError("that escrow was named for another job")
+            escrow = self._escrow(msg.requester, msg.multisig, msg.account)
+            message, theirs = _decode(msg)
+            held = {receipt_id(r.body) for r in self.store.job_receipts(msg.job, msg.requester)}
             unpaid = held - self._paid(msg.account)
             if unpaid:
                 raise EscrowError(f"{len(unpaid)} receipt(s) held for this job are not paid yet")
@@ -102,15 +107,11 @@ class WorkerEscrow:
             return p.Error(code=p.ESCROW, message=str(e)[:p.MAX_TEXT], job=msg.job)
         return p.Cosigned(job=msg.job, account=msg.account, signature=bytes(mine).hex())
 
-    def _request(self, msg: p.CosignRelease | p.CosignRefund):
+    def _request(self, msg: p.CosignRelease):
         row = self.store.escrow(msg.account)
         if row is None or row.job != msg.job:
             raise EscrowError("no escrow of this job was checked here")
-        try:
-            message = Message.from_bytes(msg.message)
-        except Exception as e:  # solders raises its own types for malformed bytes
-            raise EscrowError(f"not a transaction message ({e})") from None
-        theirs = Signature.from_bytes(bytes.fromhex(msg.requester_sig))
+        message, theirs = _decode(msg)
         return row, self._escrow(row.requester, row.multisig, row.account), message, theirs
 
     def _paid(self, account: str) -> set[str]:
@@ -123,9 +124,12 @@ class WorkerEscrow:
                 for rid in r.receipts}
 
 
-def escrow_address(key: Pubkey) -> str:
-    """A Solana address as the jobs protocol carries it (64 hex digits)."""
-    return bytes(key).hex()
+def _decode(msg: p.CosignRelease | p.CosignRefund) -> tuple[Message, Signature]:
+    try:
+        return Message.from_bytes(msg.message), Signature.from_bytes(
+            bytes.fromhex(msg.requester_sig))
+    except Exception as e:  # solders raises its own types for malformed bytes
+        raise EscrowError(f"not a transaction message ({e})") from None
 
 
 def settle_released(ledger: Ledger, client: ChainClient, store: WorkerStore) -> int:
