@@ -100,6 +100,23 @@ def record_job_receipts(ledger: Ledger) -> int:
     return new
 
 
+def confirm_escrow_releases(ledger: Ledger, client: ChainClient) -> int:
+    """Mark settled the receipts this machine's worker was paid for out of escrow (each release
+    it co-signed, checked on chain as a settlement notice is). Returns how many were marked."""
+    from game.jobs_cli import jobs_dir
+    from swarm.jobs.worker_escrow import settle_released
+    from swarm.jobs.worker_store import WorkerStore
+
+    path = jobs_dir() / "worker.sqlite"
+    if not path.exists():
+        return 0
+    store = WorkerStore(path)
+    try:
+        return settle_released(ledger, client, store)
+    finally:
+        store.close()
+
+
 def skin_earnings(skin_id: str) -> dict[str, tuple[int, int]]:
     """creator -> (settled, pending) micro-gold earned from jobs wearing the skin, as far as this
     client's ledger knows ({} when there is no ledger yet: nothing is created to find out)."""
@@ -130,6 +147,7 @@ def cmd_wallet(args: argparse.Namespace) -> int:
         on_chain = None
         if client is not None:
             try:
+                confirm_escrow_releases(ledger, client)
                 on_chain = holdings(ledger, client)
             except ChainError:
                 on_chain = None
@@ -173,6 +191,7 @@ def cmd_settle(args: argparse.Namespace) -> int:
                     print(f"resolved an interrupted settlement {info['signature']}: "
                           f"{info['status'] or 'expired'}", file=sys.stderr, flush=True)
             recover_escrows(ledger, client)
+            confirm_escrow_releases(ledger, client)
             report = settle(ledger, client, keypair_for(identity), on_step=step)
         except (SettleError, ChainError, LedgerError) as e:
             raise CliError(str(e)) from None
@@ -193,6 +212,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         checked_chain = False
         if client is not None:
             try:
+                confirm_escrow_releases(ledger, client)
                 on_chain = holdings(ledger, client)
                 checked_chain = True
                 open_batches = ledger.open_batches()

@@ -108,7 +108,8 @@ def test_submit_with_a_killed_and_a_stalled_worker_completes(procs, tmp_path):
     out = tmp_path / "results.jsonl"
     peers = [a for w in ws for a in ("--peer", w.endpoint)]
     submit = subprocess.Popen(
-        [sys.executable, RUNNER, "honest", "jobs", "submit", requests, "--model", "default",
+        [sys.executable, RUNNER, "honest", "jobs", "submit", "--no-escrow",
+         requests, "--model", "default",
          "--out", out, "--heartbeat-timeout", "2", *peers], cwd=ROOT,
         env=sealed_env(tmp_path / "req"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
@@ -132,20 +133,22 @@ def test_a_cheating_worker_is_caught_from_the_command_line(procs, tmp_path):
     requests.write_bytes(batch_bytes(12))
     ws = [procs("honest", tmp_path / "w0"), procs("cheat:one_token", tmp_path / "cheat")]
     out = tmp_path / "results.jsonl"
-    r = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+    r = run("honest", "jobs", "submit", "--no-escrow", requests, "--model", "default", "--out", out,
             *[a for w in ws for a in ("--peer", w.endpoint)], home=tmp_path / "req")
     assert r.returncode == 0, r.stderr
     assert "1 worker(s) caught cheating" in r.stdout
     check_results(requests, out)
     # The same job again: its results are held, nothing is bought, no worker is needed.
     out.unlink()
-    again = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+    again = run("honest", "jobs", "submit", "--no-escrow",
+                requests, "--model", "default", "--out", out,
                 "--peer", "127.0.0.1:9", home=tmp_path / "req")
     assert again.returncode == 0 and "nothing bought again" in again.stdout, again.stderr
     check_results(requests, out)
     # The caught worker is refused from then on.
     requests.write_bytes(batch_bytes(5))
-    again = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+    again = run("honest", "jobs", "submit", "--no-escrow",
+                requests, "--model", "default", "--out", out,
                 "--peer", ws[1].endpoint, home=tmp_path / "req")
     assert again.returncode == 2 and "fraud record" in again.stderr
 
@@ -154,7 +157,8 @@ def test_bad_files_and_unhonourable_lines(procs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
                    '"body": {"messages": [{"role": "user", "content": "x"}]}}\n{oops\n')
-    r = run("honest", "jobs", "submit", bad, "--model", "default", "--out", tmp_path / "o",
+    r = run("honest", "jobs", "submit", "--no-escrow",
+            bad, "--model", "default", "--out", tmp_path / "o",
             "--peer", "127.0.0.1:9", home=tmp_path / "req")
     assert r.returncode == 2 and "line 2: not JSON" in r.stderr and not (tmp_path / "o").exists()
     w = procs("honest", tmp_path / "w0")
@@ -164,12 +168,12 @@ def test_bad_files_and_unhonourable_lines(procs, tmp_path):
          "body": {"messages": [{"role": "user", "content": "x"}],
                   "tools": [{"type": "function"}]}}).encode())
     out = tmp_path / "out.jsonl"
-    r = run("honest", "jobs", "submit", mixed, "--model", "default", "--out", out,
+    r = run("honest", "jobs", "submit", "--no-escrow", mixed, "--model", "default", "--out", out,
             "--peer", w.endpoint, home=tmp_path / "req")
     assert r.returncode == 1 and "line 4" in r.stderr and "'tools'" in r.stderr
     got = check_results(mixed, out)
     assert got[3]["response"]["body"]["error"]["param"] == "tools"
-    r = run("honest", "jobs", "submit", mixed, "--model", "f" * 64, "--out", out,
+    r = run("honest", "jobs", "submit", "--no-escrow", mixed, "--model", "f" * 64, "--out", out,
             "--peer", w.endpoint, home=tmp_path / "req")
     assert r.returncode == 2 and "not the one this machine runs" in r.stderr
 
@@ -239,7 +243,8 @@ def test_cli_worker_and_submit_meet_through_a_bootstrap_node(dht_nodes, procs, t
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(batch_bytes(8))
     out = tmp_path / "out.jsonl"
-    r = run("honest", "jobs", "submit", requests, "--model", MODEL, "--out", out, *net,
+    r = run("honest", "jobs", "submit", "--no-escrow",
+            requests, "--model", MODEL, "--out", out, *net,
             home=tmp_path / "req")
     assert r.returncode == 0, r.stderr
     check_results(requests, out)
@@ -266,7 +271,7 @@ def test_a_jobs_receipts_reach_both_wallets_and_settle_on_the_chain(procs, tmp_p
         requests = tmp_path / "requests.jsonl"
         requests.write_bytes(batch_bytes(8))
         w = procs("honest", homes["w0"])
-        r = run("honest", "jobs", "submit", requests, "--model", "default", "--out",
+        r = run("honest", "jobs", "submit", "--no-escrow", requests, "--model", "default", "--out",
                 tmp_path / "out.jsonl", "--peer", w.endpoint, home=homes["req"])
         assert r.returncode == 0, r.stderr
         w.stop()

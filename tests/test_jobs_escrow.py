@@ -14,7 +14,8 @@ from swarm.credits import escrow as escrow_module
 from swarm.credits.chain import ChainClient, keypair_for, pubkey_of
 from swarm.credits.escrow import EscrowError
 from swarm.credits.ledger import Ledger
-from swarm.credits.settle import holdings
+from swarm.credits.settle import holdings, settle
+from swarm.jobs.away import SwitchGate
 from swarm.jobs.job_escrow import EscrowFunds, max_cost
 from swarm.jobs.job_store import JobStore
 from swarm.jobs.receipt import receipt_id
@@ -164,6 +165,10 @@ def test_a_worker_refuses_to_cosign_a_wrong_release_and_a_later_run_pays_right(m
     assert len(m.ledger.escrows("open")) == 2
     receipts = req.store.receipts(job)
     assert holdings(m.ledger, m.client) == m.ledger.settled_balance() == GOLD
+    # their receipts are in the ledger, unpaid, but settlement leaves them to the escrows
+    assert len(m.ledger.pending()) == 2
+    report = settle(m.ledger, m.client, keypair_for(m.req_id))
+    assert report.settled_receipts == 0 and [gold_of(m, w) for w in ws] == [0, 0]
 
     monkeypatch.setattr(escrow_module, "payouts", real)
     again = m.requester().run(job, MODEL, None, items, [w.signed_offer() for w in ws])
@@ -217,3 +222,34 @@ def test_a_requester_killed_at_an_escrow_step_neither_pays_twice_nor_loses_the_l
     if step in ("recorded", "sent"):  # that release was resolved on restart, not made again
         assert names.count("settled") == 1
     check_books(m, ws, m.requester().store.receipts(job))
+
+
+def test_gold_locked_for_a_worker_that_refused_its_shard_comes_back(market):
+    """The paused worker is given a shard (its gold locked first), refuses it, and the shard is
+    redone elsewhere; at the end it co-signs the refund of an escrow it never worked for."""
+    m = market
+    paused = m.worker("paused", gate=SwitchGate(30.0, open_=False))
+    ws = [m.worker("w0"), paused]
+    items = items_of(10)
+    job = job_id(batch_bytes(10) + b"paused", MODEL, None)
+    steps: list = []
+    outcome = m.requester(steps).run(job, MODEL, None, items, [w.signed_offer() for w in ws])
+    assert outcome.reassigned >= 1 and paused.stats.shards_served == 0
+    assert {i["worker"] for n, i in steps if n == "locked"} == {w.identity.public_hex
+                                                                for w in ws}
+    refunded = {i["worker"] for n, i in steps if n == "refunded"}
+    assert paused.identity.public_hex in refunded and outcome.escrows_open == 0
+    check_books(m, ws, m.requester().store.receipts(job))
+
+
+def test_a_worker_without_a_chain_refuses_an_escrowed_shard(market, tmp_path):
+    m = market
+    ident = party(tmp_path, "chainless")
+    w = Worker(HashBackend(), ident, WorkerStore(tmp_path / "chainless.sqlite")).start()
+    try:
+        with pytest.raises(JobError, match="no chain to check the escrow on"):
+            m.requester().run(job_id(b"chainless", MODEL, None), MODEL, None, items_of(4),
+                              [w.signed_offer()])
+        assert w.stats.shards_served == 0
+    finally:
+        w.close()

@@ -352,11 +352,18 @@ class Ledger:
 
     # ---- settlement state ----------------------------------------------------------------------
 
-    def pending_to_pay(self, limit: int | None = None) -> list[tuple[Receipt, list[RoyaltyShare]]]:
-        """The owner's receipts as requester that no live batch covers, oldest first."""
+    def pending_to_pay(self, limit: int | None = None, *,
+                       escrowed: bool = True) -> list[tuple[Receipt, list[RoyaltyShare]]]:
+        """The owner's receipts as requester that no live batch covers, oldest first. With
+        ``escrowed=False``, not those of a job whose escrow for that worker is still open: the
+        escrow pays them (settlement leaves them alone, so they are never paid twice)."""
         sql = ("SELECT r.id, r.body FROM receipts r LEFT JOIN batches b ON b.id = r.batch "
-               "WHERE r.requester = ? AND (r.batch IS NULL OR b.status = 'expired') "
-               "ORDER BY r.recorded, r.id")
+               "WHERE r.requester = ? AND (r.batch IS NULL OR b.status = 'expired')")
+        if not escrowed:
+            sql += (" AND NOT EXISTS (SELECT 1 FROM escrows e JOIN escrow_jobs j ON "
+                    "j.account = e.account WHERE e.status IN ('opening', 'open') AND "
+                    "e.worker = r.worker AND j.job = json_extract(r.body, '$.body.job'))")
+        sql += " ORDER BY r.recorded, r.id"
         rows = self.db.execute(sql + (f" LIMIT {int(limit)}" if limit else ""),
                                (self.owner,)).fetchall()
         return [(msgspec.json.decode(body, type=Receipt), self._stored_split(rid))

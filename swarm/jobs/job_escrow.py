@@ -112,7 +112,7 @@ class JobEscrow:
         elsewhere = sum(client.token_balance(Pubkey.from_string(r["account"]))
                         for r in ledger.escrows("open") if r["job"] != self.job)
         owed = sum(sum(payouts([item], ledger.owner).values())
-                   for item in ledger.pending_to_pay())
+                   for item in ledger.pending_to_pay(escrowed=False))
         wallet = client.gold_balance(self.funds.payer.pubkey())
         free = min(wallet - owed, ledger.balance() - elsewhere - here)
         need = self.budget - here
