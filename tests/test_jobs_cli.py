@@ -296,3 +296,57 @@ def test_a_jobs_receipts_reach_both_wallets_and_settle_on_the_chain(procs, tmp_p
     finally:
         chain.terminate()
         chain.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_submit_locks_a_budget_in_escrow_that_a_worker_requires_and_pays_out_of_it(procs,
+                                                                                 tmp_path):
+    """`hearth jobs submit` and `hearth worker --require-escrow` as processes on one `hearth
+    chain`: refused before dispatch without gold, refused by the worker without escrow, then
+    locked, paid out of escrow and refunded; both wallets agree with the chain."""
+    import socket
+    from conftest import hearth_popen
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    homes = {"req": tmp_path / "req", "w0": tmp_path / "w0"}
+    for home in homes.values():
+        (home / "config").mkdir(parents=True)
+        (home / "config" / "wallet.toml").write_text(f'listen = "127.0.0.1:{port}"\n')
+    chain = hearth_popen("chain", "--dir", tmp_path / "chain", home=tmp_path / "chainhome",
+                         config=homes["req"] / "config")
+    try:
+        assert "listening on" in chain.stdout.readline()
+        requests = tmp_path / "requests.jsonl"
+        requests.write_bytes(batch_bytes(8))
+        out = tmp_path / "out.jsonl"
+        w = procs("honest", homes["w0"], "--require-escrow")
+        submit = ("jobs", "submit", requests, "--model", "default", "--out", out,
+                  "--peer", w.endpoint)
+        r = run("honest", *submit, home=homes["req"])
+        assert r.returncode == 1 and "nothing was sent to any worker" in r.stderr, r.stderr
+        assert not out.exists()
+        r = run("honest", *submit, "--no-escrow", home=homes["req"])
+        assert r.returncode == 1 and "unescrowed" in r.stderr, r.stderr
+        assert run("honest", "wallet", "airdrop", "1", home=homes["req"]).returncode == 0
+        r = run("honest", *submit, home=homes["req"])
+        assert r.returncode == 0, r.stderr
+        assert "escrow: locked" in r.stderr and "escrow: released" in r.stderr
+        assert "released from escrow" in r.stdout
+        check_results(requests, out)
+
+        def wallet(home):
+            r = run("honest", "wallet", "--json", home=home)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        mine, theirs = wallet(homes["req"]), wallet(homes["w0"])
+        paid = theirs["ledger"]
+        assert paid > 0 and mine["pending"] == [] == theirs["pending"]
+        assert theirs["chain"] == theirs["settled"] == paid
+        assert mine["chain"] == mine["settled"] == mine["ledger"] == 1_000_000 - paid
+        for home in homes.values():
+            r = run("honest", "wallet", "audit", home=home)
+            assert r.returncode == 0 and "checked against the chain" in r.stdout, r.stdout
+    finally:
+        chain.terminate()
+        chain.wait(timeout=30)
