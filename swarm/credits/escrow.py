@@ -41,6 +41,7 @@ What this escrow cannot do without a custom on-chain program, and why:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -144,10 +145,13 @@ def top_up(ledger: Ledger, client: ChainClient, escrow: Escrow, requester: Keypa
     """Lock ``amount`` more in an open escrow (the requester alone: adding needs no consent).
     Both accounts are the requester's holdings, so a crash anywhere loses nothing."""
     gold = client.gold()
-    ix = transfer(TransferParams(program_id=TOKEN_PROGRAM_ID,
-                                 source=gold.account_of(requester.pubkey()), dest=escrow.account,
-                                 owner=requester.pubkey(), amount=amount))
-    tx = Transaction([requester], Message([ix], requester.pubkey()), client.latest_blockhash()[0])
+    ixs = [transfer(TransferParams(program_id=TOKEN_PROGRAM_ID,
+                                   source=gold.account_of(requester.pubkey()),
+                                   dest=escrow.account, owner=requester.pubkey(), amount=amount)),
+           # two top-ups of one amount under one blockhash would otherwise be one transaction
+           create_memo(MemoParams(program_id=MEMO_PROGRAM_ID, signer=requester.pubkey(),
+                                  message=f"hearth-escrow-top-up:{os.urandom(8).hex()}".encode()))]
+    tx = Transaction([requester], Message(ixs, requester.pubkey()), client.latest_blockhash()[0])
     sig = _send(client, bytes(tx))
     ledger.set_escrow_budget(str(escrow.account), client.token_balance(escrow.account))
     return sig

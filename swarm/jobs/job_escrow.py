@@ -3,8 +3,9 @@ sent a shard, paid out for its receipts when the job completes, and the rest ret
 
 Structure: **one escrow per worker per job** (the 2-of-2 multisig's signers are the requester and
 that worker, so an escrow cannot be shared), opened when the worker is first given a shard of the
-job and sized to what the shards it holds can cost at most; topped up (the requester alone can
-add) when it is given another. The job's ``budget`` caps the gold locked in all its escrows
+job and sized to what the shards it holds can cost at most — and, budget permitting, its even
+share of the shards not yet sent, so a worker given several shards in turn seldom needs more;
+topped up (the requester alone can add) when a shard it is given is not covered. The job's ``budget`` caps the gold locked in all its escrows
 together: a shard whose lock would pass it is not sent, and the job stops (resumably). The
 default budget is twice the job's maximum cost, so every shard can be redone once after a worker
 vanishes with the gold locked for it (its escrow cannot be refunded without it).
@@ -125,34 +126,36 @@ class JobEscrow:
 
     # ---- dispatch -----------------------------------------------------------------------------
 
-    def terms_for(self, worker: str, needed: int) -> p.EscrowTerms:
+    def terms_for(self, worker: str, needed: int, wanted: int | None = None) -> p.EscrowTerms:
         """Make sure ``worker``'s escrow for this job holds ``needed``: open it, or top it up,
-        within the budget."""
+        within the budget — to ``wanted`` (what the worker's share of the shards still to be
+        sent can cost) when the budget allows, so most jobs need no top-up at all."""
         ledger, client, payer = self.funds.ledger, self.funds.client, self.funds.payer
         row = next((r for r in self.rows() if r["worker"] == worker), None)
-        if row is None:
-            self._within_budget(needed)
-            escrow = open_escrow(ledger, client, payer, pubkey_of(worker), needed, self.job)
-            self._step("locked", worker, amount=needed, account=str(escrow.account))
-            held = needed
-        else:
+        held = 0 if row is None else client.token_balance(Pubkey.from_string(row["account"]))
+        if held >= needed:
             escrow = escrow_from(ledger, row)
-            held = client.token_balance(escrow.account)
-            if held < needed:
-                self._within_budget(needed - held)
-                top_up(ledger, client, escrow, payer, needed - held)
-                self._step("topped_up", worker, amount=needed - held,
-                           account=str(escrow.account))
-                held = needed
+        else:
+            more = self._affordable(needed - held, max(wanted or needed, needed) - held)
+            if row is None:
+                escrow = open_escrow(ledger, client, payer, pubkey_of(worker), more, self.job)
+                self._step("locked", worker, amount=more, account=str(escrow.account))
+            else:
+                escrow = escrow_from(ledger, row)
+                top_up(ledger, client, escrow, payer, more)
+                self._step("topped_up", worker, amount=more, account=str(escrow.account))
+            held += more
         return p.EscrowTerms(account=hex_address(escrow.account),
                              multisig=hex_address(escrow.multisig), amount=held)
 
-    def _within_budget(self, more: int) -> None:
-        locked = self.locked()
-        if locked + more > self.budget:
+    def _affordable(self, least: int, most: int) -> int:
+        """As much of ``most`` as the budget leaves room for; at least ``least`` or EscrowError."""
+        room = self.budget - self.locked()
+        if room < least:
             raise EscrowError(f"the job's budget of {self.budget} micro-gold is locked up "
-                              f"({locked} in its escrows; {more} more is needed): run it again "
-                              f"with a bigger budget")
+                              f"({self.budget - room} in its escrows; {least} more is needed): "
+                              f"run it again with a bigger budget")
+        return min(most, room)
 
     # ---- completion ---------------------------------------------------------------------------
 

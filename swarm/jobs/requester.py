@@ -373,8 +373,13 @@ class _Run:
         needed += sum(max_cost(s.items, price) for s in self.slots
                       if s.status in (ASSIGNED, VERIFYING) and s.worker == worker)
         needed += max_cost(slot.items, price)
+        # its even share of the shards still waiting, locked now if the budget allows
+        waiting = [s for s in self.slots if s.status == PENDING and s is not slot]
+        usable = sum(l.usable for l in self.links.values())
+        share = math.ceil(len(waiting) / max(1, usable))
+        wanted = needed + sum(max_cost(s.items, price) for s in waiting[:share])
         try:
-            return self.escrow.terms_for(worker, needed)
+            return self.escrow.terms_for(worker, needed, wanted)
         except (EscrowError, ChainError, LedgerError) as e:
             raise JobError(f"cannot lock gold for worker {worker[:12]}: {e}") from None
 
