@@ -204,6 +204,8 @@ def test_a_worker_that_requires_escrow_refuses_an_unescrowed_job(market, tmp_pat
 @pytest.mark.parametrize("step", ["locked", "cosigned", "recorded", "sent"])
 def test_a_requester_killed_at_an_escrow_step_neither_pays_twice_nor_loses_the_lock(market,
                                                                                     step):
+    """The requester dies right after a step (an exception nothing catches: no code of its
+    runs after it), then it and both workers restart and the same job is run again."""
     m = market
     ws = [m.worker("w0"), m.worker("w1")]
     items = items_of(10)
@@ -213,6 +215,9 @@ def test_a_requester_killed_at_an_escrow_step_neither_pays_twice_nor_loses_the_l
     # no gold is lost: it is the requester's (its wallet, or an escrow its ledger knows) or it
     # reached a worker by a release that landed
     assert holdings(m.ledger, m.client) + sum(gold_of(m, w) for w in ws) == GOLD
+    for w in ws:  # the workers restart too: what they checked and signed is on disk
+        w.close()
+    ws = [m.worker("w0"), m.worker("w1")]
     steps: list = []
     again = m.requester(steps).run(job, MODEL, None, items, [w.signed_offer() for w in ws])
     assert again.escrows_open == 0 and not again.escrow_problems

@@ -3,8 +3,8 @@
 ``ToWorker`` is what a requester sends (to the offer socket: ``Hello``; to the jobs socket:
 ``Assign``, ``Rescore``, ``Cancel``, ``SignReceipt``, ``CosignRelease``, ``CosignRefund``);
 ``ToRequester`` is what a worker answers. Messages only ever gain fields at their end, with
-defaults that are left out of the encoding, so a peer that predates a field still reads the
-message as long as the field is unused. Every frame is
+defaults; ``Assign`` leaves its ``escrow`` out of the encoding when there is none, so a worker
+that predates escrow still reads an unescrowed assignment. Every frame is
 size-checked before it is decoded, and decoding checks types, lengths and ranges, so a hostile frame
 costs one ``ProtocolError`` and nothing else.
 """
