@@ -248,6 +248,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     out = [result_line(job, ln.custom_id, model, completions[ln.custom_id], created)
            if ln.item is not None else error_line(job, ln.custom_id, ln.error) for ln in lines]
     atomic_write(args.out, render_lines(out))
+    if funds is not None:
+        funds.client.close()
+        funds.ledger.close()
     refused = [ln for ln in lines if ln.item is None]
     print(f"job {job}: {len(items)} result(s) written to {args.out} ({summary})")
     if refused:

@@ -144,11 +144,13 @@ def cmd_wallet(args: argparse.Namespace) -> int:
     ledger, identity = open_ledger()
     with ledger:
         client = _client(start=False)
-        on_chain = None
+        on_chain = escrowed = None
+        open_escrows = ledger.escrows("open", "opening")
         if client is not None:
             try:
                 confirm_escrow_releases(ledger, client)
                 on_chain = holdings(ledger, client)
+                escrowed = on_chain - client.gold_balance(keypair_for(identity).pubkey())
             except ChainError:
                 on_chain = None
             finally:
@@ -156,6 +158,7 @@ def cmd_wallet(args: argparse.Namespace) -> int:
         pending = ledger.pending()
         out = {"account": identity.public_hex, "ledger": ledger.balance(),
                "settled": ledger.settled_balance(), "chain": on_chain,
+               "escrowed": escrowed, "open_escrows": len(open_escrows),
                "pending": [{"receipt": rid, "job": r.body.job, "shard": r.body.shard,
                             "amount": r.body.amount, "paying": r.body.requester ==
                             identity.public_hex, "batch": sig} for rid, r, sig in pending],
@@ -167,6 +170,10 @@ def cmd_wallet(args: argparse.Namespace) -> int:
     print(f"ledger   {gold(out['ledger'])} gold (settled {gold(out['settled'])})")
     print(f"chain    " + (f"{gold(on_chain)} gold" if on_chain is not None
                           else "not reachable (start it with `hearth chain`)"))
+    if out["open_escrows"]:
+        print(f"escrow   {out['open_escrows']} open escrow(s) of your jobs" +
+              (f" hold {gold(escrowed)} of it" if escrowed is not None else "") +
+              " (run the job again to pay them out and refund the rest)")
     owe = sum(p["amount"] for p in out["pending"] if p["paying"])
     print(f"pending  {len(pending)} receipt(s); you owe {gold(owe)} gold on them")
     if out["history"]:

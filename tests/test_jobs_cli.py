@@ -298,25 +298,80 @@ def test_a_jobs_receipts_reach_both_wallets_and_settle_on_the_chain(procs, tmp_p
         chain.wait(timeout=30)
 
 
+def _chain_homes(tmp_path, *names):
+    """A `hearth chain` process on a free port and a home per party configured to use it."""
+    import socket
+    from conftest import hearth_popen
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    homes = {name: tmp_path / name for name in names}
+    for home in homes.values():
+        (home / "config").mkdir(parents=True)
+        (home / "config" / "wallet.toml").write_text(f'listen = "127.0.0.1:{port}"\n')
+    chain = hearth_popen("chain", "--dir", tmp_path / "chain", home=tmp_path / "chainhome",
+                         config=homes[names[0]] / "config")
+    assert "listening on" in chain.stdout.readline()
+    return chain, homes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", ["escrow: locked", "escrow: released"])
+def test_submit_killed_at_an_escrow_step_pays_once_when_run_again(procs, tmp_path, after):
+    """kill -9 of `hearth jobs submit` right after it reports an escrow step, then the same
+    command again: the lock is reused, nothing is paid twice, the books and the chain agree."""
+    chain, homes = _chain_homes(tmp_path, "req", "w0", "w1")
+    try:
+        requests = tmp_path / "requests.jsonl"
+        requests.write_bytes(batch_bytes(8))
+        ws = [procs("honest", homes["w0"]), procs("honest", homes["w1"])]
+        assert run("honest", "wallet", "airdrop", "1", home=homes["req"]).returncode == 0
+        cmd = [sys.executable, RUNNER, "honest", "jobs", "submit", requests, "--model",
+               "default", "--out", tmp_path / "out.jsonl",
+               *[a for w in ws for a in ("--peer", w.endpoint)]]
+        first = subprocess.Popen(cmd, cwd=ROOT, env=sealed_env(homes["req"]),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in first.stderr:
+            seen.append(line)
+            if after in line:
+                first.kill()
+                break
+        first.wait(30)
+        assert first.returncode == -signal.SIGKILL, "".join(seen)
+        again = subprocess.run(cmd, cwd=ROOT, env=sealed_env(homes["req"]),
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.count("escrow: locked") <= 1  # the first run's lock is reused
+        check_results(requests, tmp_path / "out.jsonl")
+
+        def wallet(home):
+            r = run("honest", "wallet", "--json", home=home)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        mine = wallet(homes["req"])
+        earned = [wallet(homes[w]) for w in ("w0", "w1")]
+        paid = sum(w["ledger"] for w in earned)
+        assert paid > 0 and mine["pending"] == [] and mine["open_escrows"] == 0
+        assert mine["chain"] == mine["settled"] == mine["ledger"] == 1_000_000 - paid
+        for w in earned:
+            assert w["pending"] == [] and w["chain"] == w["settled"] == w["ledger"]
+        for home in homes.values():
+            r = run("honest", "wallet", "audit", home=home)
+            assert r.returncode == 0 and "checked against the chain" in r.stdout, r.stdout
+    finally:
+        chain.terminate()
+        chain.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_submit_locks_a_budget_in_escrow_that_a_worker_requires_and_pays_out_of_it(procs,
                                                                                  tmp_path):
     """`hearth jobs submit` and `hearth worker --require-escrow` as processes on one `hearth
     chain`: refused before dispatch without gold, refused by the worker without escrow, then
     locked, paid out of escrow and refunded; both wallets agree with the chain."""
-    import socket
-    from conftest import hearth_popen
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    homes = {"req": tmp_path / "req", "w0": tmp_path / "w0"}
-    for home in homes.values():
-        (home / "config").mkdir(parents=True)
-        (home / "config" / "wallet.toml").write_text(f'listen = "127.0.0.1:{port}"\n')
-    chain = hearth_popen("chain", "--dir", tmp_path / "chain", home=tmp_path / "chainhome",
-                         config=homes["req"] / "config")
+    chain, homes = _chain_homes(tmp_path, "req", "w0")
     try:
-        assert "listening on" in chain.stdout.readline()
         requests = tmp_path / "requests.jsonl"
         requests.write_bytes(batch_bytes(8))
         out = tmp_path / "out.jsonl"
