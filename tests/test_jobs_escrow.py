@@ -5,7 +5,7 @@ the real embedded chain (LiteSVM behind JSON-RPC, served from a thread)."""
 from __future__ import annotations
 
 import pytest
-from credits_helpers import party, running_chain
+from credits_helpers import SKIN, lineage, party, running_chain
 from jobs_backend import HashBackend
 from solders.pubkey import Pubkey
 from test_jobs_network import batch_bytes, items_of
@@ -13,7 +13,7 @@ from test_jobs_network import batch_bytes, items_of
 from swarm.credits import escrow as escrow_module
 from swarm.credits.chain import ChainClient, keypair_for, pubkey_of
 from swarm.credits.escrow import EscrowError
-from swarm.credits.ledger import Ledger
+from swarm.credits.ledger import Ledger, worker_share
 from swarm.credits.settle import holdings, settle
 from swarm.jobs.away import SwitchGate
 from swarm.jobs.job_escrow import EscrowFunds, max_cost
@@ -64,7 +64,8 @@ def market(tmp_path):
                     steps.append((name, info))
                 if name == crash_at:
                     raise Crash(name)
-            funds = EscrowFunds(ledger, client(), keypair_for(req_id), on_step=on_step)
+            funds = EscrowFunds(ledger, client(), keypair_for(req_id), on_step=on_step,
+                                royalty_split=kw.pop("royalty_split", None))
             kw.setdefault("heartbeat_timeout", 2.0)
             return Requester(req_id, JobStore(tmp_path / "requester.sqlite"), HashBackend(),
                              escrow=funds, **kw)
@@ -99,7 +100,7 @@ def check_books(m, ws, receipts) -> None:
     assert m.ledger.pending() == [] and m.ledger.audit().ok
     for w in ws:
         mine = [r for r in receipts if r.body.worker == w.identity.public_hex]
-        assert gold_of(m, w) == sum(r.body.amount for r in mine)
+        assert gold_of(m, w) == sum(worker_share(r.body) for r in mine)
         assert all(m.ledger.receipt_settlement(receipt_id(r.body)) for r in mine)
 
 
@@ -258,3 +259,19 @@ def test_a_worker_without_a_chain_refuses_an_escrowed_shard(market, tmp_path):
         assert w.stats.shards_served == 0
     finally:
         w.close()
+
+
+def test_a_job_that_wore_a_skin_pays_its_creators_royalties_out_of_escrow(market, tmp_path):
+    m = market
+    ws = [m.worker(f"w{i}", skins=(SKIN,), price_per_1k=10_000) for i in range(2)]
+    creators = [party(tmp_path, "c1"), party(tmp_path, "c2")]
+    split = lineage(*creators)
+    items = items_of(10)
+    job = job_id(batch_bytes(10), MODEL, SKIN)
+    req = m.requester(royalty_split=lambda skin: split if skin == SKIN else None)
+    outcome = req.run(job, MODEL, SKIN, items, [w.signed_offer() for w in ws])
+    assert outcome.escrows_open == 0 and outcome.released == outcome.paid
+    receipts = req.store.receipts(job)
+    check_books(m, ws, receipts)
+    for c in creators:  # each creator's royalties, exactly as the ledger split them
+        assert gold_of(m, c) == m.ledger.settled_balance(c.public_hex) > 0

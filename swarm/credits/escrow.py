@@ -64,7 +64,7 @@ from spl.token.models import CloseAccountParams, InitializeMultisigParams, Trans
 
 from swarm.credits.chain import ChainClient, ChainError, Gold, pubkey_of
 from swarm.credits.ledger import Ledger, worker_share
-from swarm.credits.settle import batch_memo, payouts
+from swarm.credits.settle import PACKET_LIMIT, batch_memo, payouts
 from swarm.jobs.receipt import Receipt, receipt_id
 
 #: The requester's answer-getter: (message, requester's signature, receipt ids it pays — none
@@ -181,6 +181,10 @@ def pay_from_escrow(ledger: Ledger, client: ChainClient, escrow: Escrow, request
     memo = batch_memo(ids)
     message = release_message(client, escrow, {pubkey_of(k): v for k, v in owed.items()},
                               requester.pubkey(), blockhash, memo)
+    size = 1 + 64 * message.header.num_required_signatures + len(bytes(message))
+    if size > PACKET_LIMIT:
+        raise EscrowError(f"a release to {len(owed)} recipients is {size} bytes, over Solana's "
+                          f"{PACKET_LIMIT}-byte packet (the skin's lineage is too long)")
     mine = sign(message, requester)
     tx = assemble(message, {requester.pubkey(): mine, escrow.worker: cosign(message, mine, ids)})
     signature = str(tx.signatures[0])

@@ -212,7 +212,8 @@ class Requester:
             job_escrow = JobEscrow(self.escrow, job, budget or self.default_budget(items, usable))
             try:
                 job_escrow.recover()
-                job_escrow.check_funds()
+                if len(accepted) < row.shards:  # shards are still to be sent: gold is needed
+                    job_escrow.check_funds()
             except ChainError as e:
                 raise EscrowError(f"the chain cannot be used for escrow: {e}") from None
         run = _Run(self, job, model, skin, plan_shards(items, row.shards) if items else [],
