@@ -126,12 +126,16 @@ class JobEscrow:
 
     # ---- dispatch -----------------------------------------------------------------------------
 
-    def terms_for(self, worker: str, needed: int, wanted: int | None = None) -> p.EscrowTerms:
+    def terms_for(self, worker: str, needed: int,
+                  wanted: int | None = None) -> p.EscrowTerms | None:
         """Make sure ``worker``'s escrow for this job holds ``needed``: open it, or top it up,
         within the budget — to ``wanted`` (what the worker's share of the shards still to be
-        sent can cost) when the budget allows, so most jobs need no top-up at all."""
+        sent can cost) when the budget allows, so most jobs need no top-up at all. None for a
+        worker that works for free and has no escrow: there is nothing to lock."""
         ledger, client, payer = self.funds.ledger, self.funds.client, self.funds.payer
         row = next((r for r in self.rows() if r["worker"] == worker), None)
+        if row is None and needed == 0:
+            return None
         held = 0 if row is None else client.token_balance(Pubkey.from_string(row["account"]))
         if held >= needed:
             escrow = escrow_from(ledger, row)
@@ -174,7 +178,12 @@ class JobEscrow:
             if ledger.receipt_settlement(rid) is not None:
                 continue  # paid already: by an earlier release, or by `hearth wallet settle`
             skin = receipt.body.skin
-            split = self.funds.royalty_split(skin) if skin and self.funds.royalty_split else None
+            try:
+                split = (self.funds.royalty_split(skin) if skin and self.funds.royalty_split
+                         else None)
+            except Exception as e:  # the split comes from the caller's skin store, any error
+                raise EscrowError(f"the royalty split of skin {skin[:12]}… is not known: "
+                                  f"{e}") from None
             try:
                 ledger.record(receipt, split)
             except LedgerError as e:

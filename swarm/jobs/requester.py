@@ -40,12 +40,12 @@ from solders.message import Message
 from solders.signature import Signature
 
 from common.identity import Identity
-from swarm.jobs import protocol as p
-from swarm.jobs import transport
-from swarm.jobs.backend import Completion, InferenceBackend, WorkItem
 from swarm.credits.chain import ChainError
 from swarm.credits.escrow import EscrowError
 from swarm.credits.ledger import LedgerError
+from swarm.jobs import protocol as p
+from swarm.jobs import transport
+from swarm.jobs.backend import Completion, InferenceBackend, WorkItem
 from swarm.jobs.fraud import FraudRecord, sign_fraud
 from swarm.jobs.job_escrow import (
     DEFAULT_BUDGET_FACTOR, EscrowFunds, JobEscrow, hex_address, max_cost,
@@ -364,7 +364,7 @@ class _Run:
             slot.status, slot.worker = ASSIGNED, pick.offer.worker
             slot.deadline = now + self.req.heartbeat_timeout
 
-    def _lock_for(self, link: _Link, slot: _Slot) -> p.EscrowTerms:
+    def _lock_for(self, link: _Link, slot: _Slot) -> p.EscrowTerms | None:
         """Lock what ``link``'s worker can earn in this job with ``slot`` added: its accepted
         shards at their cost, the shards it holds and ``slot`` at their most."""
         worker, price = link.offer.worker, link.offer.price_per_1k
@@ -608,10 +608,10 @@ class _Run:
         for row in self.escrow.rows():
             worker = row["worker"]
             mine = [r for r in receipts if r.body.worker == worker]
-            owed = {i for i, s in accepted.items() if s.worker == worker and not s.forfeit
-                    and worker not in caught}
+            to_pay = {i for i, s in accepted.items() if s.worker == worker and not s.forfeit
+                      and worker not in caught}
             link = self.links.get(worker)
-            if link is None or owed - {r.body.shard for r in mine}:
+            if link is None or to_pay - {r.body.shard for r in mine}:
                 outcome.escrows_open += 1
                 continue
             try:
