@@ -83,6 +83,8 @@ class EscrowFunds:
 
 
 class JobEscrow:
+    """The escrows of one job, paid from ``funds`` and capped by ``budget`` (micro-gold)."""
+
     def __init__(self, funds: EscrowFunds, job: str, budget: int):
         if budget <= 0:
             raise EscrowError("a job's budget must be positive")

@@ -37,6 +37,8 @@ from swarm.jobs.worker_store import EscrowRow, Release, WorkerStore
 
 
 class WorkerEscrow:
+    """One worker's escrow checks and signatures, on ``client``'s chain, kept in ``store``."""
+
     def __init__(self, client: ChainClient, identity: Identity, store: WorkerStore):
         self.client = client
         self.keypair = keypair_for(identity)
