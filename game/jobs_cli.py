@@ -133,9 +133,38 @@ def _find_offers(args: argparse.Namespace, requester: str, model: str):
     return offers
 
 
+def _escrow_funds(identity):
+    """The wallet a job's budget is locked from: the ledger (with this machine's receipts
+    recorded), the chain (the embedded one is started if needed) and the user's key. Every
+    escrow step is reported as it happens."""
+    from game.wallet_cli import _client, gold, open_ledger
+    from npc.skins.store import SkinStore
+    from swarm.credits.chain import keypair_for
+    from swarm.jobs.job_escrow import EscrowFunds
+
+    ledger, _ = open_ledger()
+    client = _client(start=True)
+
+    def step(name: str, info: dict) -> None:
+        who = info["worker"][:12]
+        if name in ("locked", "topped_up"):
+            note(f"escrow: {'locked' if name == 'locked' else 'added'} {gold(info['amount'])} "
+                 f"gold for worker {who}")
+        elif name == "settled":
+            note(f"escrow: released {gold(info['amount'])} gold to worker {who} and the job's "
+                 f"skin creators for {info['receipts']} receipt(s) ({info['signature']})")
+        elif name == "refunded":
+            note(f"escrow: {gold(info['amount'])} gold returned from worker {who}'s escrow")
+    return EscrowFunds(ledger, client, keypair_for(identity),
+                       royalty_split=SkinStore().royalty_split, on_step=step)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from game.wallet_cli import gold, parse_gold
+    from swarm.credits.escrow import EscrowError
 
     try:
         data = args.requests.read_bytes()
@@ -148,15 +177,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     skin = _skin(args.skin)
     backend = _verifier_for(args.model)
     model = backend.model_id if backend is not None else args.model
+    budget = parse_gold(args.budget) if args.budget is not None else None
+    if budget is not None and args.no_escrow:
+        raise CliError("--budget is what escrow locks: it cannot go with --no-escrow")
     identity = load_or_create_identity()
     store = JobStore(jobs_dir() / "requester.sqlite")
     job = job_id(data, model, skin)
     items = [ln.item for ln in lines if ln.item is not None]
+    funds = None if args.no_escrow or not items else _escrow_funds(identity)
     requester = Requester(identity, store, backend, verify_fraction=args.verify_fraction,
                           heartbeat_timeout=args.heartbeat_timeout, max_price=args.max_price,
-                          max_workers=args.workers)
+                          max_workers=args.workers, escrow=funds)
     held = store.job(job)
-    if items and held is not None and held.state == FINISHED:
+    escrowed = bool(funds and funds.ledger.escrows("open", "opening", job=job))
+    if items and held is not None and held.state == FINISHED and not escrowed:
         completions = store.results(job)
         summary = (f"finished before: {held.accepted} shard(s), {held.receipts} receipt(s); "
                    f"nothing bought again")
@@ -168,6 +202,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise CliError(f"{len(offers)} worker(s) answered but none serves this job{cap} "
                            f"(model, skin, price, or a fraud record of yours against them)")
         note(f"job {job[:16]}: {len(items)} request(s) on up to {len(usable)} worker(s)")
+        if funds is not None:
+            limit = budget or requester.default_budget(items, usable)
+            note(f"escrow: up to {gold(limit)} gold is locked for the workers before they are "
+                 f"sent shards" + ("" if budget else " (twice the job's maximum cost)"))
         with Progress(TextColumn("[bold]shards"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[detail]}"), console=Console(stderr=True)) as bar:
             task = bar.add_task("shards", total=None, detail="")
@@ -180,7 +218,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
             try:
                 outcome = requester.run(job, model, skin, items, offers,
                                         input_name=str(args.requests), output_name=str(args.out),
-                                        progress=progress, timeout=args.timeout)
+                                        progress=progress, timeout=args.timeout, budget=budget)
+            except EscrowError as e:
+                raise CliError(f"{e}; nothing was sent to any worker (add gold with `hearth "
+                               f"wallet airdrop N` on the embedded chain or `hearth wallet "
+                               f"sync`, give a smaller --budget, or --no-escrow)",
+                               exit_code=1) from None
             except JobError as e:
                 raise CliError(f"{e}; run the same command again to resume the job",
                                exit_code=1) from None
@@ -191,12 +234,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
         summary = (f"{outcome.shards} shard(s), {outcome.verified_shards} re-scored, "
                    f"{outcome.reassigned} reassigned, {len(caught)} worker(s) caught cheating; "
                    f"{outcome.receipts} receipt(s), {outcome.paid / UNITS_PER_GOLD:.6f} gold")
+        if funds is not None:
+            summary += (f"; {gold(outcome.released)} gold released from escrow, "
+                        f"{gold(outcome.refunded)} returned")
+            for problem in outcome.escrow_problems:
+                note(f"escrow: {problem}")
+            if outcome.escrows_open:
+                note(f"escrow: {outcome.escrows_open} escrow(s) still hold gold: their workers "
+                     f"must co-sign; run the same command again while they are online")
     else:
         completions, summary = {}, "nothing to run"
     created = int(time.time())
     out = [result_line(job, ln.custom_id, model, completions[ln.custom_id], created)
            if ln.item is not None else error_line(job, ln.custom_id, ln.error) for ln in lines]
     atomic_write(args.out, render_lines(out))
+    if funds is not None:
+        funds.client.close()
+        funds.ledger.close()
     refused = [ln for ln in lines if ln.item is None]
     print(f"job {job}: {len(items)} result(s) written to {args.out} ({summary})")
     if refused:
@@ -239,15 +293,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from swarm.jobs.worker_store import WorkerStore
 
     parse_endpoint(args.listen, allow_zero=True)
-    settings = load_worker_settings(price_per_1k=args.price, capacity=args.capacity)
+    settings = load_worker_settings(price_per_1k=args.price, capacity=args.capacity,
+                                    require_escrow=True if args.require_escrow else None)
     backend = _backend_for(args.model)
     identity = load_or_create_identity()
+    store = WorkerStore(jobs_dir() / "worker.sqlite")
+    escrow = _worker_escrow(identity, store, settings.require_escrow)
     stop = threading.Event()
     old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
                                                                       signal.SIGTERM)}
-    worker = Worker(backend, identity, WorkerStore(jobs_dir() / "worker.sqlite"),
-                    listen=args.listen, price_per_1k=settings.price_per_1k,
-                    capacity=settings.capacity, skins=getattr(backend, "skins", tuple)())
+    worker = Worker(backend, identity, store, listen=args.listen,
+                    price_per_1k=settings.price_per_1k, capacity=settings.capacity,
+                    skins=getattr(backend, "skins", tuple)(), escrow=escrow,
+                    require_escrow=settings.require_escrow)
     node = None
     try:
         worker.start()
@@ -279,7 +337,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if node is not None:
             node.close()
         worker.close()
+        if escrow is not None:
+            escrow.client.close()
     return 0
+
+
+def _worker_escrow(identity, store, required: bool):
+    """What checks escrows and co-signs their transactions: needs the chain. With
+    ``require_escrow`` the embedded chain is started if none answers; without, a chain that does
+    not answer means escrowed shards are refused and unescrowed ones served."""
+    from swarm.credits.chain import ChainError, connect, load_wallet_settings
+    from swarm.jobs.worker_escrow import WorkerEscrow
+
+    try:
+        client = connect(load_wallet_settings(), start=required)
+    except ChainError as e:
+        if required:
+            raise CliError(f"require_escrow is set but {e}") from None
+        note("no chain answers: shards with escrow are refused (start one with `hearth chain`)")
+        return None
+    return WorkerEscrow(client, identity, store)
 
 
 # ---- the parser ----------------------------------------------------------------------------------
@@ -323,7 +400,21 @@ def add_commands(sub) -> None:
                                     "Exits 0 when every request has an accepted result, 1 when "
                                     "some could not be honoured or the job could not finish (run "
                                     "the same command again to resume it: shards already "
-                                    "accepted are not bought again), 2 on a bad file or option.")
+                                    "accepted are not bought again), 2 on a bad file or option. "
+                                    "Escrow: before a worker is sent a shard, gold covering "
+                                    "the most its shards can cost is locked in an account only "
+                                    "you and that worker together can move (a 2-of-2 SPL "
+                                    "multisig on the chain `hearth wallet` uses); the worker "
+                                    "checks it on chain before working. When the job completes "
+                                    "each worker's receipts are paid out of its escrow (it "
+                                    "co-signs; these receipts are never settled again) and the "
+                                    "rest comes back to you (it co-signs again). What escrow "
+                                    "cannot do: a worker that vanishes or refuses to sign keeps "
+                                    "your gold locked until it signs — there is no time-out "
+                                    "refund and no arbiter (both need a custom on-chain "
+                                    "program); the chain does not check that a release matches "
+                                    "the work; each escrow's multisig account keeps about "
+                                    "0.0034 SOL of rent for good.")
     q.add_argument("requests", type=Path, metavar="REQUESTS.jsonl")
     q.add_argument("--model", required=True, metavar="MODEL",
                    help="the model id (BLAKE3 hex) to run, or 'default' for the game's model")
@@ -343,6 +434,14 @@ def add_commands(sub) -> None:
                    metavar="SECONDS", help="reassign a shard whose worker is silent this long")
     q.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="give up (resumably) after this long")
+    q.add_argument("--budget", default=None, metavar="GOLD",
+                   help="the most gold the job locks in escrow (default: twice the job's "
+                        "maximum cost at the dearest worker's price, so every shard can be "
+                        "redone once); refused before anything is sent when your wallet "
+                        "cannot lock it")
+    q.add_argument("--no-escrow", action="store_true",
+                   help="lock nothing: workers trust you to settle their receipts later with "
+                        "`hearth wallet settle` (workers with require_escrow refuse the job)")
     _add_network_args(q)
     q.set_defaults(func=cmd_submit)
 
@@ -360,7 +459,12 @@ def add_commands(sub) -> None:
                                    "ED25519 curve Z85 ...` once it accepts shards; requesters can "
                                    "name HOST:PORT with --peer. Every shard accepted yields a "
                                    "receipt signed by both sides, kept on this machine. Price and "
-                                   "capacity come from worker.toml unless given here.")
+                                   "capacity come from worker.toml unless given here. A shard "
+                                   "whose requester names an escrow is served only once the "
+                                   "escrow checks out on chain (a gold account of a 2-of-2 "
+                                   "multisig of the requester and you, holding enough); you "
+                                   "co-sign its release only for receipts you hold, and its "
+                                   "refund only once they are all paid.")
     p.add_argument("--listen", default="0.0.0.0:7880", metavar="HOST:PORT",
                    help="the offer socket (the encrypted jobs socket uses the next port; "
                         "port 0 picks free ones; default 0.0.0.0:7880)")
@@ -372,6 +476,10 @@ def add_commands(sub) -> None:
                    help="requests decoded at once, as the offer states")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",
                    help="stop after this long instead of waiting for Ctrl-C")
+    p.add_argument("--require-escrow", action="store_true",
+                   help="serve only jobs whose requester locked gold in escrow for you "
+                        "(default from worker.toml's require_escrow: off); escrows are checked "
+                        "on chain whenever one answers")
     _add_network_args(p)
     p.set_defaults(func=cmd_worker)
 

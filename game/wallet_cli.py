@@ -100,6 +100,23 @@ def record_job_receipts(ledger: Ledger) -> int:
     return new
 
 
+def confirm_escrow_releases(ledger: Ledger, client: ChainClient) -> int:
+    """Mark settled the receipts this machine's worker was paid for out of escrow (each release
+    it co-signed, checked on chain as a settlement notice is). Returns how many were marked."""
+    from game.jobs_cli import jobs_dir
+    from swarm.jobs.worker_escrow import settle_released
+    from swarm.jobs.worker_store import WorkerStore
+
+    path = jobs_dir() / "worker.sqlite"
+    if not path.exists():
+        return 0
+    store = WorkerStore(path)
+    try:
+        return settle_released(ledger, client, store)
+    finally:
+        store.close()
+
+
 def skin_earnings(skin_id: str) -> dict[str, tuple[int, int]]:
     """creator -> (settled, pending) micro-gold earned from jobs wearing the skin, as far as this
     client's ledger knows ({} when there is no ledger yet: nothing is created to find out)."""
@@ -127,10 +144,13 @@ def cmd_wallet(args: argparse.Namespace) -> int:
     ledger, identity = open_ledger()
     with ledger:
         client = _client(start=False)
-        on_chain = None
+        on_chain = escrowed = None
+        open_escrows = ledger.escrows("open", "opening")
         if client is not None:
             try:
+                confirm_escrow_releases(ledger, client)
                 on_chain = holdings(ledger, client)
+                escrowed = on_chain - client.gold_balance(keypair_for(identity).pubkey())
             except ChainError:
                 on_chain = None
             finally:
@@ -138,6 +158,7 @@ def cmd_wallet(args: argparse.Namespace) -> int:
         pending = ledger.pending()
         out = {"account": identity.public_hex, "ledger": ledger.balance(),
                "settled": ledger.settled_balance(), "chain": on_chain,
+               "escrowed": escrowed, "open_escrows": len(open_escrows),
                "pending": [{"receipt": rid, "job": r.body.job, "shard": r.body.shard,
                             "amount": r.body.amount, "paying": r.body.requester ==
                             identity.public_hex, "batch": sig} for rid, r, sig in pending],
@@ -149,6 +170,10 @@ def cmd_wallet(args: argparse.Namespace) -> int:
     print(f"ledger   {gold(out['ledger'])} gold (settled {gold(out['settled'])})")
     print(f"chain    " + (f"{gold(on_chain)} gold" if on_chain is not None
                           else "not reachable (start it with `hearth chain`)"))
+    if out["open_escrows"]:
+        print(f"escrow   {out['open_escrows']} open escrow(s) of your jobs" +
+              (f" hold {gold(escrowed)} of it" if escrowed is not None else "") +
+              " (run the job again to pay them out and refund the rest)")
     owe = sum(p["amount"] for p in out["pending"] if p["paying"])
     print(f"pending  {len(pending)} receipt(s); you owe {gold(owe)} gold on them")
     if out["history"]:
@@ -173,6 +198,7 @@ def cmd_settle(args: argparse.Namespace) -> int:
                     print(f"resolved an interrupted settlement {info['signature']}: "
                           f"{info['status'] or 'expired'}", file=sys.stderr, flush=True)
             recover_escrows(ledger, client)
+            confirm_escrow_releases(ledger, client)
             report = settle(ledger, client, keypair_for(identity), on_step=step)
         except (SettleError, ChainError, LedgerError) as e:
             raise CliError(str(e)) from None
@@ -193,6 +219,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         checked_chain = False
         if client is not None:
             try:
+                confirm_escrow_releases(ledger, client)
                 on_chain = holdings(ledger, client)
                 checked_chain = True
                 open_batches = ledger.open_batches()

@@ -59,7 +59,7 @@ def test_escrow_locks_releases_with_both_signatures_and_returns_the_rest(tmp_pat
                     for i in range(4)]
         for r in receipts:
             ledger.record(r, lineage(ids["c1"], ids["c2"]) if r.body.skin else None)
-        worker_cosigns = lambda message: sign(message, wrk)  # noqa: E731 (the worker's side)
+        worker_cosigns = lambda message, _sig, _ids: sign(message, wrk)  # noqa: E731
         assert pay_from_escrow(ledger, client, escrow, req, worker_cosigns) == 4
         assert not ledger.pending()
         for who in ("wrk", "c1", "c2"):

@@ -108,7 +108,8 @@ def test_submit_with_a_killed_and_a_stalled_worker_completes(procs, tmp_path):
     out = tmp_path / "results.jsonl"
     peers = [a for w in ws for a in ("--peer", w.endpoint)]
     submit = subprocess.Popen(
-        [sys.executable, RUNNER, "honest", "jobs", "submit", requests, "--model", "default",
+        [sys.executable, RUNNER, "honest", "jobs", "submit", "--no-escrow",
+         requests, "--model", "default",
          "--out", out, "--heartbeat-timeout", "2", *peers], cwd=ROOT,
         env=sealed_env(tmp_path / "req"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
@@ -132,20 +133,22 @@ def test_a_cheating_worker_is_caught_from_the_command_line(procs, tmp_path):
     requests.write_bytes(batch_bytes(12))
     ws = [procs("honest", tmp_path / "w0"), procs("cheat:one_token", tmp_path / "cheat")]
     out = tmp_path / "results.jsonl"
-    r = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+    r = run("honest", "jobs", "submit", "--no-escrow", requests, "--model", "default", "--out", out,
             *[a for w in ws for a in ("--peer", w.endpoint)], home=tmp_path / "req")
     assert r.returncode == 0, r.stderr
     assert "1 worker(s) caught cheating" in r.stdout
     check_results(requests, out)
     # The same job again: its results are held, nothing is bought, no worker is needed.
     out.unlink()
-    again = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+    again = run("honest", "jobs", "submit", "--no-escrow",
+                requests, "--model", "default", "--out", out,
                 "--peer", "127.0.0.1:9", home=tmp_path / "req")
     assert again.returncode == 0 and "nothing bought again" in again.stdout, again.stderr
     check_results(requests, out)
     # The caught worker is refused from then on.
     requests.write_bytes(batch_bytes(5))
-    again = run("honest", "jobs", "submit", requests, "--model", "default", "--out", out,
+    again = run("honest", "jobs", "submit", "--no-escrow",
+                requests, "--model", "default", "--out", out,
                 "--peer", ws[1].endpoint, home=tmp_path / "req")
     assert again.returncode == 2 and "fraud record" in again.stderr
 
@@ -154,7 +157,8 @@ def test_bad_files_and_unhonourable_lines(procs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
                    '"body": {"messages": [{"role": "user", "content": "x"}]}}\n{oops\n')
-    r = run("honest", "jobs", "submit", bad, "--model", "default", "--out", tmp_path / "o",
+    r = run("honest", "jobs", "submit", "--no-escrow",
+            bad, "--model", "default", "--out", tmp_path / "o",
             "--peer", "127.0.0.1:9", home=tmp_path / "req")
     assert r.returncode == 2 and "line 2: not JSON" in r.stderr and not (tmp_path / "o").exists()
     w = procs("honest", tmp_path / "w0")
@@ -164,12 +168,12 @@ def test_bad_files_and_unhonourable_lines(procs, tmp_path):
          "body": {"messages": [{"role": "user", "content": "x"}],
                   "tools": [{"type": "function"}]}}).encode())
     out = tmp_path / "out.jsonl"
-    r = run("honest", "jobs", "submit", mixed, "--model", "default", "--out", out,
+    r = run("honest", "jobs", "submit", "--no-escrow", mixed, "--model", "default", "--out", out,
             "--peer", w.endpoint, home=tmp_path / "req")
     assert r.returncode == 1 and "line 4" in r.stderr and "'tools'" in r.stderr
     got = check_results(mixed, out)
     assert got[3]["response"]["body"]["error"]["param"] == "tools"
-    r = run("honest", "jobs", "submit", mixed, "--model", "f" * 64, "--out", out,
+    r = run("honest", "jobs", "submit", "--no-escrow", mixed, "--model", "f" * 64, "--out", out,
             "--peer", w.endpoint, home=tmp_path / "req")
     assert r.returncode == 2 and "not the one this machine runs" in r.stderr
 
@@ -239,7 +243,8 @@ def test_cli_worker_and_submit_meet_through_a_bootstrap_node(dht_nodes, procs, t
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(batch_bytes(8))
     out = tmp_path / "out.jsonl"
-    r = run("honest", "jobs", "submit", requests, "--model", MODEL, "--out", out, *net,
+    r = run("honest", "jobs", "submit", "--no-escrow",
+            requests, "--model", MODEL, "--out", out, *net,
             home=tmp_path / "req")
     assert r.returncode == 0, r.stderr
     check_results(requests, out)
@@ -266,7 +271,7 @@ def test_a_jobs_receipts_reach_both_wallets_and_settle_on_the_chain(procs, tmp_p
         requests = tmp_path / "requests.jsonl"
         requests.write_bytes(batch_bytes(8))
         w = procs("honest", homes["w0"])
-        r = run("honest", "jobs", "submit", requests, "--model", "default", "--out",
+        r = run("honest", "jobs", "submit", "--no-escrow", requests, "--model", "default", "--out",
                 tmp_path / "out.jsonl", "--peer", w.endpoint, home=homes["req"])
         assert r.returncode == 0, r.stderr
         w.stop()
@@ -288,6 +293,115 @@ def test_a_jobs_receipts_reach_both_wallets_and_settle_on_the_chain(procs, tmp_p
         assert r.returncode == 0 and "settled in" in r.stdout, r.stdout + r.stderr
         assert wallet(homes["w0"])["chain"] == owed  # the worker's gold is on chain
         assert wallet(homes["req"])["pending"] == []
+    finally:
+        chain.terminate()
+        chain.wait(timeout=30)
+
+
+def _chain_homes(tmp_path, *names):
+    """A `hearth chain` process on a free port and a home per party configured to use it."""
+    import socket
+    from conftest import hearth_popen
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    homes = {name: tmp_path / name for name in names}
+    for home in homes.values():
+        (home / "config").mkdir(parents=True)
+        (home / "config" / "wallet.toml").write_text(f'listen = "127.0.0.1:{port}"\n')
+    chain = hearth_popen("chain", "--dir", tmp_path / "chain", home=tmp_path / "chainhome",
+                         config=homes[names[0]] / "config")
+    assert "listening on" in chain.stdout.readline()
+    return chain, homes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after", ["escrow: locked", "escrow: released"])
+def test_submit_killed_at_an_escrow_step_pays_once_when_run_again(procs, tmp_path, after):
+    """kill -9 of `hearth jobs submit` right after it reports an escrow step, then the same
+    command again: the lock is reused, nothing is paid twice, the books and the chain agree."""
+    chain, homes = _chain_homes(tmp_path, "req", "w0", "w1")
+    try:
+        requests = tmp_path / "requests.jsonl"
+        requests.write_bytes(batch_bytes(8))
+        ws = [procs("honest", homes["w0"]), procs("honest", homes["w1"])]
+        assert run("honest", "wallet", "airdrop", "1", home=homes["req"]).returncode == 0
+        cmd = [sys.executable, RUNNER, "honest", "jobs", "submit", requests, "--model",
+               "default", "--out", tmp_path / "out.jsonl",
+               *[a for w in ws for a in ("--peer", w.endpoint)]]
+        first = subprocess.Popen(cmd, cwd=ROOT, env=sealed_env(homes["req"]),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for line in first.stderr:
+            seen.append(line)
+            if after in line:
+                first.kill()
+                break
+        first.wait(30)
+        assert first.returncode == -signal.SIGKILL, "".join(seen)
+        again = subprocess.run(cmd, cwd=ROOT, env=sealed_env(homes["req"]),
+                               capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.count("escrow: locked") <= 1  # the first run's lock is reused
+        check_results(requests, tmp_path / "out.jsonl")
+
+        def wallet(home):
+            r = run("honest", "wallet", "--json", home=home)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        mine = wallet(homes["req"])
+        earned = [wallet(homes[w]) for w in ("w0", "w1")]
+        paid = sum(w["ledger"] for w in earned)
+        assert paid > 0 and mine["pending"] == [] and mine["open_escrows"] == 0
+        assert mine["chain"] == mine["settled"] == mine["ledger"] == 1_000_000 - paid
+        for w in earned:
+            assert w["pending"] == [] and w["chain"] == w["settled"] == w["ledger"]
+        for home in homes.values():
+            r = run("honest", "wallet", "audit", home=home)
+            assert r.returncode == 0 and "checked against the chain" in r.stdout, r.stdout
+    finally:
+        chain.terminate()
+        chain.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_submit_locks_a_budget_in_escrow_that_a_worker_requires_and_pays_out_of_it(procs,
+                                                                                 tmp_path):
+    """`hearth jobs submit` and `hearth worker --require-escrow` as processes on one `hearth
+    chain`: refused before dispatch without gold, refused by the worker without escrow, then
+    locked, paid out of escrow and refunded; both wallets agree with the chain."""
+    chain, homes = _chain_homes(tmp_path, "req", "w0")
+    try:
+        requests = tmp_path / "requests.jsonl"
+        requests.write_bytes(batch_bytes(8))
+        out = tmp_path / "out.jsonl"
+        w = procs("honest", homes["w0"], "--require-escrow")
+        submit = ("jobs", "submit", requests, "--model", "default", "--out", out,
+                  "--peer", w.endpoint)
+        r = run("honest", *submit, home=homes["req"])
+        assert r.returncode == 1 and "nothing was sent to any worker" in r.stderr, r.stderr
+        assert not out.exists()
+        r = run("honest", *submit, "--no-escrow", home=homes["req"])
+        assert r.returncode == 1 and "unescrowed" in r.stderr, r.stderr
+        assert run("honest", "wallet", "airdrop", "1", home=homes["req"]).returncode == 0
+        r = run("honest", *submit, home=homes["req"])
+        assert r.returncode == 0, r.stderr
+        assert "escrow: locked" in r.stderr and "escrow: released" in r.stderr
+        assert "released from escrow" in r.stdout
+        check_results(requests, out)
+
+        def wallet(home):
+            r = run("honest", "wallet", "--json", home=home)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+        mine, theirs = wallet(homes["req"]), wallet(homes["w0"])
+        paid = theirs["ledger"]
+        assert paid > 0 and mine["pending"] == [] == theirs["pending"]
+        assert theirs["chain"] == theirs["settled"] == paid
+        assert mine["chain"] == mine["settled"] == mine["ledger"] == 1_000_000 - paid
+        for home in homes.values():
+            r = run("honest", "wallet", "audit", home=home)
+            assert r.returncode == 0 and "checked against the chain" in r.stdout, r.stdout
     finally:
         chain.terminate()
         chain.wait(timeout=30)

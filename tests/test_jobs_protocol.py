@@ -49,18 +49,51 @@ def every_message(ident):
             p.Accepted(job=H, shard=2), p.Heartbeat(job=H, shard=2, done=1, paused=True),
             p.Result(job=H, shard=2, completions=[done]), p.ShardReleased(job=H, shard=2),
             p.Countersigned(receipt=Receipt(body, "00" * 64, "11" * 64)),
-            p.Error(code=p.BUSY, message="full", job=H, shard=2)]
+            p.Error(code=p.BUSY, message="full", job=H, shard=2),
+            p.Assign(job=H, shard=2, requester=H, model=H, skin=None, price_per_1k=5,
+                     items=[item], escrow=p.EscrowTerms(account=H, multisig=H, amount=9)),
+            p.CosignRelease(job=H, account=H, message=b"m", requester_sig="00" * 64,
+                            receipts=[H]),
+            p.CosignRefund(job=H, account=H, message=b"m", requester_sig="00" * 64,
+                           requester=H, multisig=H),
+            p.Cosigned(job=H, account=H, signature="11" * 64)]
 
 
 def test_every_message_round_trips_on_its_channel_only(ident):
     for msg in every_message(ident):
         frame = p.encode(msg)
-        to_worker = isinstance(msg, (p.Hello, p.Assign, p.Cancel, p.SignReceipt))
+        to_worker = isinstance(msg, (p.Hello, p.Assign, p.Cancel, p.SignReceipt,
+                                     p.CosignRelease, p.CosignRefund))
         decode, other = ((p.decode_to_worker, p.decode_to_requester) if to_worker
                          else (p.decode_to_requester, p.decode_to_worker))
         assert decode(frame) == msg
         with pytest.raises(p.ProtocolError):
             other(frame)
+
+
+def test_an_unescrowed_assignment_reads_as_it_did_before_escrow():
+    """A worker that predates escrow refuses unknown fields: an assignment without escrow must
+    not carry the field at all."""
+    item = WorkItem("r1", [ChatMessage("user", "hi")], 8, 0.7, 0.9, 3)
+    frame = p.encode(p.Assign(job=H, shard=2, requester=H, model=H, skin=None, price_per_1k=5,
+                              items=[item]))
+    assert b"escrow" not in frame
+    escrowed = p.encode(p.Assign(job=H, shard=2, requester=H, model=H, skin=None,
+                                 price_per_1k=5, items=[item],
+                                 escrow=p.EscrowTerms(account=H, multisig=H, amount=1)))
+    assert b"escrow" in escrowed
+
+
+@pytest.mark.parametrize("bad", [
+    p.CosignRelease(job=H, account=H, message=b"m" * 1233, requester_sig="00" * 64,
+                    receipts=[H]),
+    p.CosignRelease(job=H, account=H, message=b"m", requester_sig="00" * 64, receipts=[]),
+    p.Cosigned(job=H, account=H, signature="zz" * 64),
+])
+def test_escrow_messages_out_of_range_are_protocol_errors(bad):
+    frame = p.encode(bad)
+    with pytest.raises(p.ProtocolError):
+        (p.decode_to_requester if isinstance(bad, p.Cosigned) else p.decode_to_worker)(frame)
 
 
 def test_frames_over_the_limit_are_refused_before_decoding():
@@ -145,6 +178,9 @@ def test_worker_settings_from_worker_toml(tmp_path):
     assert (s.idle_seconds, s.cpu_cap_percent, s.run_on_battery, s.release_after,
             s.price_per_1k, s.serve) == (60, 40, True, 30, 7, True)
     assert load_worker_settings(tmp_path / "none.toml").idle_seconds == 180
+    assert load_worker_settings(tmp_path / "none.toml").require_escrow is False
+    cfg.write_text("require_escrow = true\n")
+    assert load_worker_settings(cfg).require_escrow is True
     for bad in ("cpu_cap_percent = 0", "nonsense = 1", "idle_seconds = 'x'", "release_after = -1"):
         cfg.write_text(bad + "\n")
         with pytest.raises(SettingsError, match="worker.toml"):

@@ -189,6 +189,11 @@ class ChainClient:
             out += [a is not None for a in resp.value]
         return out
 
+    def account(self, key: Pubkey) -> tuple[Pubkey, bytes] | None:
+        """An account's owning program and data; None when it does not exist."""
+        value = self._run(self._client.get_account_info(key)).value
+        return None if value is None else (value.owner, bytes(value.data))
+
     def gold_balance(self, owner: Pubkey) -> int:
         """Micro-gold in the owner's gold account (0 if it has none yet)."""
         return self.token_balance(self.gold().account_of(owner))

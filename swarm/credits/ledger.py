@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS escrows (
     status TEXT NOT NULL CHECK (status IN ('opening', 'open', 'closed', 'failed')),
     created REAL NOT NULL
 ) WITHOUT ROWID;
+-- The job an escrow locks gold for (written in the same transaction as the escrow), so a job
+-- run again finds the escrows it already opened instead of locking its budget twice.
+CREATE TABLE IF NOT EXISTS escrow_jobs (
+    account TEXT PRIMARY KEY REFERENCES escrows(account),
+    job TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY,
     body BLOB NOT NULL,
@@ -182,6 +188,17 @@ def check_split(skin: str | None, split: Sequence[RoyaltyShare] | None) -> list[
     return out
 
 
+def skin_fee(amount: int) -> int:
+    """The part of a receipt's amount that goes to the creators of the skin the job wore."""
+    return amount * SKIN_FEE.numerator // SKIN_FEE.denominator
+
+
+def worker_share(body) -> int:
+    """What a receipt pays its worker: the amount, less the skin fee when the job wore a skin
+    (what a worker can check without knowing the skin's lineage)."""
+    return body.amount - (skin_fee(body.amount) if body.skin is not None else 0)
+
+
 def entries_for(receipt: Receipt, split: Sequence[RoyaltyShare]) -> list[Entry]:
     """The entries one receipt writes (see the module docstring for the rounding rule)."""
     body = receipt.body
@@ -189,7 +206,7 @@ def entries_for(receipt: Receipt, split: Sequence[RoyaltyShare]) -> list[Entry]:
     entries = [Entry(body.requester, "requester", -amount)]
     if not split:
         return entries + [Entry(body.worker, "worker", amount)]
-    fee = amount * SKIN_FEE.numerator // SKIN_FEE.denominator
+    fee = skin_fee(amount)
     cuts = [fee * s.numerator // s.denominator for _, _, s in split]
     cuts[0] += fee - sum(cuts)
     entries.append(Entry(body.worker, "worker", amount - fee))
@@ -335,11 +352,18 @@ class Ledger:
 
     # ---- settlement state ----------------------------------------------------------------------
 
-    def pending_to_pay(self, limit: int | None = None) -> list[tuple[Receipt, list[RoyaltyShare]]]:
-        """The owner's receipts as requester that no live batch covers, oldest first."""
+    def pending_to_pay(self, limit: int | None = None, *,
+                       escrowed: bool = True) -> list[tuple[Receipt, list[RoyaltyShare]]]:
+        """The owner's receipts as requester that no live batch covers, oldest first. With
+        ``escrowed=False``, not those of a job whose escrow for that worker is still open: the
+        escrow pays them (settlement leaves them alone, so they are never paid twice)."""
         sql = ("SELECT r.id, r.body FROM receipts r LEFT JOIN batches b ON b.id = r.batch "
-               "WHERE r.requester = ? AND (r.batch IS NULL OR b.status = 'expired') "
-               "ORDER BY r.recorded, r.id")
+               "WHERE r.requester = ? AND (r.batch IS NULL OR b.status = 'expired')")
+        if not escrowed:
+            sql += (" AND NOT EXISTS (SELECT 1 FROM escrows e JOIN escrow_jobs j ON "
+                    "j.account = e.account WHERE e.status IN ('opening', 'open') AND "
+                    "e.worker = r.worker AND j.job = json_extract(r.body, '$.body.job'))")
+        sql += " ORDER BY r.recorded, r.id"
         rows = self.db.execute(sql + (f" LIMIT {int(limit)}" if limit else ""),
                                (self.owner,)).fetchall()
         return [(msgspec.json.decode(body, type=Receipt), self._stored_split(rid))
@@ -413,15 +437,25 @@ class Ledger:
         return out
 
     def add_escrow(self, account: str, multisig: str, worker: str, budget: int, signature: str,
-                   last_valid_height: int) -> None:
-        """An escrow whose opening transaction is signed and about to be sent."""
-        self.db.execute("PRAGMA synchronous=FULL")
+                   last_valid_height: int, job: str | None = None) -> None:
+        """An escrow whose opening transaction is signed and about to be sent (and the job it
+        locks gold for, in the same transaction)."""
+        db = self.db
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.execute("INSERT INTO escrows VALUES (?, ?, ?, ?, ?, ?, 'opening', ?)",
-                            (account, multisig, worker, budget, signature, last_valid_height,
-                             time.time()))
+            db.execute("INSERT INTO escrows VALUES (?, ?, ?, ?, ?, ?, 'opening', ?)",
+                       (account, multisig, worker, budget, signature, last_valid_height,
+                        time.time()))
+            if job is not None:
+                db.execute("INSERT INTO escrow_jobs VALUES (?, ?)", (account, job))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         finally:
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=NORMAL")
 
     def set_escrow(self, account: str, status: str) -> None:
         if status not in ("open", "closed", "failed"):
@@ -432,13 +466,30 @@ class Ledger:
         finally:
             self.db.execute("PRAGMA synchronous=NORMAL")
 
-    def escrows(self, *statuses: str) -> list[dict]:
-        """The owner's escrows (those in ``statuses``, or all), oldest first."""
-        rows = self.db.execute("SELECT account, multisig, worker, budget, signature, "
-                               "last_valid_height, status FROM escrows ORDER BY created")
+    def escrows(self, *statuses: str, job: str | None = None) -> list[dict]:
+        """The owner's escrows (those in ``statuses``, or all; those of ``job``, or all), oldest
+        first."""
+        sql = ("SELECT e.account, e.multisig, e.worker, e.budget, e.signature, "
+               "e.last_valid_height, e.status, j.job FROM escrows e LEFT JOIN escrow_jobs j "
+               "ON j.account = e.account")
+        args: tuple = ()
+        if job is not None:
+            sql, args = sql + " WHERE j.job = ?", (job,)
         keys = ("account", "multisig", "worker", "budget", "signature", "last_valid_height",
-                "status")
+                "status", "job")
+        rows = self.db.execute(sql + " ORDER BY e.created, e.account", args)
         return [dict(zip(keys, row)) for row in rows if not statuses or row[6] in statuses]
+
+    def set_escrow_budget(self, account: str, budget: int) -> None:
+        """What an escrow was topped up to (the chain holds the gold; this is for the record)."""
+        self.db.execute("UPDATE escrows SET budget = ? WHERE account = ?", (budget, account))
+
+    def receipt_settlement(self, rid: str) -> str | None:
+        """The signature of the transaction that paid a receipt, None while it is unpaid."""
+        row = self.db.execute("SELECT b.signature FROM receipts r JOIN batches b ON "
+                              "b.id = r.batch WHERE r.id = ? AND b.status = 'settled'",
+                              (rid,)).fetchone()
+        return row[0] if row else None
 
     def open_batches(self) -> list[Batch]:
         """Batches signed (perhaps sent) but not yet known to have landed or expired."""

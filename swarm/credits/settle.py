@@ -17,6 +17,9 @@ Crash safety, step by step (``on_step`` names each):
 ``sent``      the chain has it.
 ``settled``   the chain reports it executed; the batch is marked settled.
 
+Receipts of a job whose escrow for their worker is still open are left to that escrow
+(``swarm/jobs/job_escrow.py``), so a receipt is never paid both from the wallet and from escrow.
+
 On every start, open batches are resolved first: one the chain reports executed is marked
 settled; one it has not seen is sent again (the same bytes, so the same signature: it can land at
 most once) while its blockhash is valid; once the chain's block height passes its last valid
@@ -193,7 +196,7 @@ def settle(ledger: Ledger, client: ChainClient, payer: Keypair, *, max_receipts:
     report = SettleReport()
     recover(ledger, client, report, on_step)
     # Receipts to the same recipients side by side, so each transfer pays for as many as can be.
-    pending = sorted(ledger.pending_to_pay(max_receipts),
+    pending = sorted(ledger.pending_to_pay(max_receipts, escrowed=False),
                      key=lambda item: (item[0].body.worker, item[0].body.skin or ""))
     if not pending:
         return report

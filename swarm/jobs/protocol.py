@@ -1,7 +1,10 @@
 """The jobs wire protocol: one tagged msgspec union per direction, msgpack-encoded.
 
 ``ToWorker`` is what a requester sends (to the offer socket: ``Hello``; to the jobs socket:
-``Assign``, ``Rescore``, ``Cancel``, ``SignReceipt``); ``ToRequester`` is what a worker answers. Every frame is
+``Assign``, ``Rescore``, ``Cancel``, ``SignReceipt``, ``CosignRelease``, ``CosignRefund``);
+``ToRequester`` is what a worker answers. Messages only ever gain fields at their end, with
+defaults; ``Assign`` leaves its ``escrow`` out of the encoding when there is none, so a worker
+that predates escrow still reads an unescrowed assignment. Every frame is
 size-checked before it is decoded, and decoding checks types, lengths and ranges, so a hostile frame
 costs one ``ProtocolError`` and nothing else.
 """
@@ -42,7 +45,16 @@ class Hello(Msg, tag="hello"):
     requester: Hex64
 
 
-class Assign(Msg, tag="assign"):
+class EscrowTerms(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the requester locked gold for this worker (Solana addresses as 64 hex digits): the
+    escrow's gold token account and the 2-of-2 multisig that owns it, and how much it says is
+    locked there. The worker checks all of it on chain before working."""
+    account: Hex64
+    multisig: Hex64
+    amount: Count
+
+
+class Assign(Msg, tag="assign", omit_defaults=True):
     job: Hex64
     shard: Shard
     requester: Hex64
@@ -50,6 +62,7 @@ class Assign(Msg, tag="assign"):
     skin: Hex64 | None
     price_per_1k: Count
     items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
+    escrow: EscrowTerms | None = None
 
 
 class Rescore(Msg, tag="rescore"):
@@ -73,7 +86,32 @@ class SignReceipt(Msg, tag="sign"):
     requester_sig: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{128}$")]
 
 
-ToWorker = Union[Hello, Assign, Rescore, Cancel, SignReceipt]
+#: A serialized Solana transaction message (a transaction fits Solana's 1,232-byte packet).
+TxMessage = Annotated[bytes, msgspec.Meta(min_length=1, max_length=1232)]
+Sig = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{128}$")]
+
+
+class CosignRelease(Msg, tag="cosign_release"):
+    """Co-sign this payment out of the escrow for these receipts (the worker holds them)."""
+    job: Hex64
+    account: Hex64  # the escrow's token account
+    message: TxMessage
+    requester_sig: Sig
+    receipts: Annotated[list[Hex64], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
+
+
+class CosignRefund(Msg, tag="cosign_refund"):
+    """Co-sign returning what is left in the escrow to the requester and closing it (the
+    escrow named in full: a worker that refused the shard never stored it)."""
+    job: Hex64
+    account: Hex64
+    message: TxMessage
+    requester_sig: Sig
+    requester: Hex64
+    multisig: Hex64
+
+
+ToWorker = Union[Hello, Assign, Rescore, Cancel, SignReceipt, CosignRelease, CosignRefund]
 
 
 # ---- worker -> requester -------------------------------------------------------------------------
@@ -117,6 +155,13 @@ class Countersigned(Msg, tag="countersigned"):
     receipt: Receipt
 
 
+class Cosigned(Msg, tag="cosigned"):
+    """The worker's signature over a ``CosignRelease`` or ``CosignRefund`` message."""
+    job: Hex64
+    account: Hex64
+    signature: Sig
+
+
 class Error(Msg, tag="error"):
     code: Text  # see ERROR_CODES
     message: Text
@@ -125,7 +170,7 @@ class Error(Msg, tag="error"):
 
 
 ToRequester = Union[OfferReply, Accepted, Heartbeat, Result, Rescored, ShardReleased,
-                    Countersigned, Error]
+                    Countersigned, Cosigned, Error]
 
 #: Error codes a worker sends.
 MALFORMED = "malformed"
@@ -134,6 +179,8 @@ PAUSED = "paused"  # the worker's owner is back: no new shards for now
 UNSERVED = "unserved"  # a model or skin the worker does not serve, or a price below its offer
 BAD_RECEIPT = "bad_receipt"
 FAILED = "failed"  # the backend failed on the shard
+UNESCROWED = "unescrowed"  # the worker works only for gold locked in escrow (require_escrow)
+ESCROW = "escrow"  # an escrow or an escrow transaction the worker checked and refuses
 
 _enc = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(ToWorker)

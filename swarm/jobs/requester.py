@@ -15,6 +15,12 @@ signed only when the job is complete, and never for a caught worker.
 Everything accepted is in the job store before it counts, so a killed requester that runs the job
 again buys only the shards it did not hold. Results from anyone but the shard's current worker,
 and any result for a shard already accepted, are ignored.
+
+With ``escrow`` funds (``swarm/jobs/job_escrow.py``) a shard is sent only once gold covering
+it is locked for its worker, the assignment names that escrow so the worker can check it on
+chain, and when the job completes each worker's receipts are paid out of its escrow (the worker
+co-signs) and the rest is returned. A requester that cannot lock the budget is refused before
+anything is sent.
 """
 
 from __future__ import annotations
@@ -30,12 +36,20 @@ from dataclasses import dataclass, field
 import blake3
 import msgspec
 import zmq
+from solders.message import Message
+from solders.signature import Signature
 
 from common.identity import Identity
+from swarm.credits.chain import ChainError
+from swarm.credits.escrow import EscrowError
+from swarm.credits.ledger import LedgerError
 from swarm.jobs import protocol as p
 from swarm.jobs import transport
 from swarm.jobs.backend import Completion, InferenceBackend, WorkItem
 from swarm.jobs.fraud import FraudRecord, sign_fraud
+from swarm.jobs.job_escrow import (
+    DEFAULT_BUDGET_FACTOR, EscrowFunds, JobEscrow, hex_address, max_cost,
+)
 from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.offers import Offer, OfferError, SignedOffer, verify_offer
 from swarm.jobs.receipt import (
@@ -96,6 +110,11 @@ class JobOutcome:
     caught: list[str]  # workers caught cheating in this job
     receipts: int
     paid: int  # micro-gold in co-signed receipts for this job
+    budget: int = 0  # micro-gold the job could lock in escrow (0: no escrow)
+    released: int = 0  # micro-gold paid out of escrow in this run
+    refunded: int = 0  # micro-gold returned from escrow in this run
+    escrows_open: int = 0  # escrows still holding gold: their workers must co-sign later
+    escrow_problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,7 +150,7 @@ class Requester:
                  heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
                  max_price: int | None = None, max_workers: int | None = None,
                  shard_items: int | None = None, receipt_timeout: float = 5.0,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, escrow: EscrowFunds | None = None):
         if not 0.0 <= verify_fraction <= 1.0:
             raise ValueError("verify_fraction is a fraction from 0 to 1")
         self.identity = identity
@@ -144,6 +163,7 @@ class Requester:
         self.shard_items = shard_items
         self.receipt_timeout = receipt_timeout
         self.rng = rng or random.Random()
+        self.escrow = escrow
 
     # ---- choosing workers ---------------------------------------------------------------------
 
@@ -171,9 +191,11 @@ class Requester:
     def run(self, job: str, model: str, skin: str | None, items: list[WorkItem],
             offers: list[SignedOffer], *, input_name: str = "", output_name: str = "",
             progress: Callable[[Progress], None] | None = None,
-            timeout: float | None = None) -> JobOutcome:
+            timeout: float | None = None, budget: int | None = None) -> JobOutcome:
         """Complete ``items`` (the job's valid requests, in input order) on the offered workers.
-        Raises JobError when no trusted worker is left or ``timeout`` passes first."""
+        Raises JobError when no trusted worker is left or ``timeout`` passes first. With escrow
+        funds, ``budget`` (default: ``default_budget``) is the most the job locks; EscrowError
+        before anything is sent when the wallet cannot lock it."""
         if self.verifier is not None and self.verifier.model_id != model:
             raise JobError(f"the model here ({self.verifier.model_id[:12]}) is not the job's "
                            f"model ({model[:12]}): results could not be checked")
@@ -185,9 +207,25 @@ class Requester:
                      else max(1, len(usable)))
             row = self.store.open_job(job, model, skin, input_name, output_name, len(items),
                                       max(1, min(count, len(items))) if items else 0)
+        job_escrow = None
+        if self.escrow is not None and items:
+            job_escrow = JobEscrow(self.escrow, job, budget or self.default_budget(items, usable))
+            try:
+                job_escrow.recover()
+                if len(accepted) < row.shards:  # shards are still to be sent: gold is needed
+                    job_escrow.check_funds()
+            except ChainError as e:
+                raise EscrowError(f"the chain cannot be used for escrow: {e}") from None
         run = _Run(self, job, model, skin, plan_shards(items, row.shards) if items else [],
-                   accepted, usable, progress, timeout)
+                   accepted, usable, progress, timeout, job_escrow)
         return run.go()
+
+    @staticmethod
+    def default_budget(items: list[WorkItem], offers: list[Offer]) -> int:
+        """Twice the most ``items`` can cost at the dearest usable offer: room to redo every
+        shard once after a worker vanishes with the gold locked for it."""
+        price = max((o.price_per_1k for o in offers), default=0)
+        return max(1, DEFAULT_BUDGET_FACTOR * max_cost(items, price))
 
 
 class _Run:
@@ -195,8 +233,10 @@ class _Run:
 
     def __init__(self, req: Requester, job: str, model: str, skin: str | None,
                  shards: list[list[WorkItem]], accepted: dict, offers: list[Offer],
-                 progress, timeout):
+                 progress, timeout, escrow: JobEscrow | None = None):
         self.req, self.job, self.model, self.skin = req, job, model, skin
+        self.escrow = escrow
+        self.refusals: dict[str, str] = {}  # worker -> why it last refused a shard
         self.slots = [_Slot(i, items, ids=frozenset(it.custom_id for it in items))
                       for i, items in enumerate(shards)]
         for i in accepted:
@@ -227,10 +267,13 @@ class _Run:
             while any(s.status != ACCEPTED for s in self.slots):
                 self._step()
             receipts, paid = self._sign_receipts()
+            outcome = JobOutcome(self.job, self.req.store.results(self.job), len(self.slots),
+                                 self.verified_shards, self.reassigned, self.ignored,
+                                 self.caught, receipts, paid)
+            if self.escrow is not None:
+                self._settle_escrows(outcome)
             self.req.store.set_state(self.job, FINISHED)
-            return JobOutcome(self.job, self.req.store.results(self.job), len(self.slots),
-                              self.verified_shards, self.reassigned, self.ignored,
-                              self.caught, receipts, paid)
+            return outcome
         finally:
             self.checks.put(None)
             checker.join(5)
@@ -256,9 +299,11 @@ class _Run:
         busy = any(s.status in (ASSIGNED, VERIFYING) for s in self.slots)
         if not busy:
             left = sum(s.status != ACCEPTED for s in self.slots)
+            why = "; ".join(f"{w[:12]}: {m}" for w, m in list(self.refusals.items())[-3:])
             raise JobError(f"no trusted worker is left to serve {left} unfinished shard(s) "
                            f"({len(self.caught)} caught cheating, "
-                           f"{sum(not l.usable for l in self.links.values())} unavailable)")
+                           f"{sum(not l.usable for l in self.links.values())} unavailable"
+                           + (f"; refusals: {why}" if why else "") + ")")
         for sock, _ in self.poller.poll(POLL_MS):
             worker = self.by_sock[sock]
             for _ in range(100):
@@ -308,15 +353,36 @@ class _Run:
             pick = (fresh or idle or [None])[0]
             if pick is None:
                 return
+            terms = self._lock_for(pick, slot) if self.escrow is not None else None
             msg = p.Assign(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
                            model=self.model, skin=self.skin, price_per_1k=pick.offer.price_per_1k,
-                           items=slot.items)
+                           items=slot.items, escrow=terms)
             if not transport.send(pick.sock, msg):
                 self._drop(pick.offer.worker)
                 continue
             pick.shard, pick.had_shard = slot.index, True
             slot.status, slot.worker = ASSIGNED, pick.offer.worker
             slot.deadline = now + self.req.heartbeat_timeout
+
+    def _lock_for(self, link: _Link, slot: _Slot) -> p.EscrowTerms | None:
+        """Lock what ``link``'s worker can earn in this job with ``slot`` added: its accepted
+        shards at their cost, the shards it holds and ``slot`` at their most."""
+        worker, price = link.offer.worker, link.offer.price_per_1k
+        needed = sum(amount_for(s.tokens_in, s.tokens_out, s.price_per_1k)
+                     for s in self.req.store.accepted(self.job).values()
+                     if s.worker == worker and not s.forfeit)
+        needed += sum(max_cost(s.items, price) for s in self.slots
+                      if s.status in (ASSIGNED, VERIFYING) and s.worker == worker)
+        needed += max_cost(slot.items, price)
+        # its even share of the shards still waiting, locked now if the budget allows
+        waiting = [s for s in self.slots if s.status == PENDING and s is not slot]
+        usable = sum(l.usable for l in self.links.values())
+        share = math.ceil(len(waiting) / max(1, usable))
+        wanted = needed + sum(max_cost(s.items, price) for s in waiting[:share])
+        try:
+            return self.escrow.terms_for(worker, needed, wanted)
+        except (EscrowError, ChainError, LedgerError) as e:
+            raise JobError(f"cannot lock gold for worker {worker[:12]}: {e}") from None
 
     def _current(self, worker: str, shard: int | None) -> _Slot | None:
         """The slot ``shard`` if ``worker`` is the one working on it now, else None."""
@@ -355,6 +421,8 @@ class _Run:
         elif isinstance(msg, (p.ShardReleased, p.Error)):
             slot = self._current(worker, msg.shard) if msg.job == self.job else None
             if slot is not None:
+                if isinstance(msg, p.Error):
+                    self.refusals[worker] = f"{msg.code}: {msg.message}"
                 self._drop(worker)  # paused, busy or failing: not this job's worker any more
                 self._requeue(slot)
             checked = self._checking(worker, msg.shard) if msg.job == self.job else None
@@ -526,6 +594,65 @@ class _Run:
                     self._on_countersigned(self.by_sock[sock], msg.receipt)
         receipts = store.receipts(self.job)
         return len(receipts), sum(r.body.amount for r in receipts)
+
+    # ---- escrow -------------------------------------------------------------------------------
+
+    def _settle_escrows(self, outcome: JobOutcome) -> None:
+        """Pay each worker's receipts out of its escrow and return the rest. An escrow is left
+        open (for a later run) when its worker is not reachable or has accepted shards without
+        a receipt yet; a refusal or chain failure is reported, never half-done."""
+        store = self.req.store
+        outcome.budget = self.escrow.budget
+        accepted, receipts, caught = store.accepted(self.job), store.receipts(self.job), \
+            store.caught()
+        for row in self.escrow.rows():
+            worker = row["worker"]
+            mine = [r for r in receipts if r.body.worker == worker]
+            to_pay = {i for i, s in accepted.items() if s.worker == worker and not s.forfeit
+                      and worker not in caught}
+            link = self.links.get(worker)
+            if link is None or to_pay - {r.body.shard for r in mine}:
+                outcome.escrows_open += 1
+                continue
+            try:
+                released, refunded = self.escrow.settle_worker(
+                    worker, mine, lambda m, sig, ids, row=row: self._cosign(link, row, m, sig,
+                                                                            ids))
+            except (EscrowError, ChainError, LedgerError) as e:
+                outcome.escrows_open += 1
+                outcome.escrow_problems.append(f"worker {worker[:12]}: {e}")
+                continue
+            outcome.released += released
+            outcome.refunded += refunded
+
+    def _cosign(self, link: _Link, row: dict, message: Message, theirs: Signature,
+                receipts: list[str]) -> Signature:
+        """Ask ``link``'s worker to co-sign an escrow release (``receipts`` given) or refund,
+        waiting at most ``receipt_timeout`` for its answer."""
+        account = hex_address(row["account"])
+        common = dict(job=self.job, account=account, message=bytes(message),
+                      requester_sig=bytes(theirs).hex())
+        msg = (p.CosignRelease(receipts=receipts, **common) if receipts
+               else p.CosignRefund(requester=self.req.identity.public_hex,
+                                   multisig=hex_address(row["multisig"]), **common))
+        if not transport.send(link.sock, msg):
+            raise EscrowError(f"worker {link.offer.worker[:12]} cannot be reached")
+        deadline = time.monotonic() + self.req.receipt_timeout
+        while time.monotonic() < deadline:
+            if not link.sock.poll(POLL_MS):
+                continue
+            try:
+                answer = p.decode_to_requester(link.sock.recv(zmq.NOBLOCK))
+            except (p.ProtocolError, zmq.Again):
+                continue
+            if isinstance(answer, p.Cosigned) and (answer.job, answer.account) == (self.job,
+                                                                                   account):
+                return Signature.from_bytes(bytes.fromhex(answer.signature))
+            if isinstance(answer, p.Error) and answer.code == p.ESCROW and answer.job == self.job:
+                raise EscrowError(f"worker {link.offer.worker[:12]} refused to co-sign: "
+                                  f"{answer.message}")
+        raise EscrowError(f"worker {link.offer.worker[:12]} did not co-sign within "
+                          f"{self.req.receipt_timeout:.0f} s")
 
     def _on_countersigned(self, worker: str, receipt: Receipt) -> None:
         key = f"{worker}:{receipt.body.shard}"

@@ -8,7 +8,11 @@ run_on_battery = false
 release_after = 30       # paused this long, a shard goes back to its requester
 price_per_1k = 100       # micro-gold per 1,000 tokens (prompt and generated)
 capacity = 8             # requests decoded at once (the offer says so)
+require_escrow = false   # true: work only for gold the requester locked in escrow
 ```
+
+``require_escrow`` is off by default so a worker without a chain to check escrows on can still
+serve; an escrow a requester does name is checked whenever the worker can reach the chain.
 
 The defaults follow BOINC's: run only when the user is away for three minutes and the machine is
 otherwise quiet.
@@ -34,6 +38,7 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     release_after: float = 30.0
     price_per_1k: int = 100
     capacity: int = 8
+    require_escrow: bool = False
 
     def __post_init__(self) -> None:
         if self.idle_seconds < 0:

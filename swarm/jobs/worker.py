@@ -7,6 +7,12 @@ shard). They meet through a queue the loop drains between polls. While a shard i
 running, the loop sends its requester a heartbeat every ``heartbeat_interval`` seconds; a requester
 that hears none for its timeout gives the shard to someone else. A frame that is not a message gets
 an error reply (or, when even that cannot be delivered, nothing) and the loop goes on.
+
+Escrow (``swarm/jobs/worker_escrow.py``): an assignment that names an escrow is checked on chain
+before it is accepted, and refused (``escrow``) when the escrow is not what it claims; with
+``require_escrow`` an assignment that names none is refused (``unescrowed``). Without a chain
+client the worker cannot check escrows nor co-sign their transactions, so it refuses escrowed
+assignments and serves unescrowed ones.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from swarm.jobs.away import AlwaysOpen
 from swarm.jobs.backend import Completion, Gate, InferenceBackend, Released
 from swarm.jobs.offers import Offer, SignedOffer, sign_offer
 from swarm.jobs.receipt import Receipt, ReceiptError, sign_body, verify_receipt
+from swarm.jobs.worker_escrow import WorkerEscrow
 from swarm.jobs.worker_store import WorkerStore
 
 POLL_MS = 20
@@ -61,8 +68,13 @@ class Worker:
                  listen: str = "127.0.0.1:0", jobs_listen: str | None = None,
                  advertise_host: str | None = None, price_per_1k: int = 100, capacity: int = 8,
                  skins: tuple[str, ...] = (), gate: Gate | None = None,
-                 heartbeat_interval: float = 0.5):
+                 heartbeat_interval: float = 0.5, escrow: WorkerEscrow | None = None,
+                 require_escrow: bool = False):
+        if require_escrow and escrow is None:
+            raise ValueError("require_escrow needs a chain to check escrows on")
         self.backend = backend
+        self.escrow = escrow
+        self.require_escrow = require_escrow
         self.identity = identity
         self.store = store
         self.price_per_1k = price_per_1k
@@ -198,6 +210,15 @@ class Worker:
                     del self._shards[key]
         elif isinstance(msg, p.SignReceipt):
             transport.reply(self._jobs, peer, self._countersign(msg))
+        elif isinstance(msg, (p.CosignRelease, p.CosignRefund)):
+            if self.escrow is None:
+                answer = p.Error(code=p.ESCROW, message="this worker has no chain to check "
+                                                        "escrows on", job=msg.job)
+            elif isinstance(msg, p.CosignRelease):
+                answer = self.escrow.cosign_release(msg)
+            else:
+                answer = self.escrow.cosign_refund(msg)
+            transport.reply(self._jobs, peer, answer)
 
     def _on_assign(self, peer: bytes, msg: p.Assign | p.Rescore) -> None:
         key = (msg.job, msg.shard, peer)
@@ -230,6 +251,15 @@ class Worker:
             return p.UNSERVED, f"the price is {self.price_per_1k} per 1k tokens"
         if msg.requester == self.identity.public_hex:
             return p.UNSERVED, "a worker does not serve its own jobs"
+        if isinstance(msg, p.Assign):
+            if msg.escrow is None and self.require_escrow:
+                return p.UNESCROWED, "this worker works only for gold locked in escrow"
+            if msg.escrow is not None:
+                if self.escrow is None:  # working unchecked, it could never co-sign its pay
+                    return p.ESCROW, "this worker has no chain to check the escrow on"
+                problem = self.escrow.check_assign(msg)
+                if problem is not None:
+                    return p.ESCROW, problem
         return None
 
     def _countersign(self, msg: p.SignReceipt) -> p.Msg:

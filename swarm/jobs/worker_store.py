@@ -4,15 +4,38 @@ SQLite in WAL mode with ``synchronous=FULL``: a receipt is on disk before the wo
 it countersigned, and a crash leaves every committed row intact. A served shard is recorded when
 its result is sent, so a receipt offered later (even after a restart) is checked against what was
 actually done: same requester, model, skin, token counts and the price the worker asked.
+
+Escrows the worker checked on chain are kept with their job, and every release it co-signed is
+kept whole (the transaction, its signature and the receipts it pays) before the signature is
+sent back: that is how the worker knows, after any restart, which receipts an escrow paid, and
+what ``hearth wallet`` turns into settlement of the worker's own ledger.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from swarm.jobs.receipt import Receipt, ReceiptBody, receipt_id
+from swarm.jobs.receipt import Receipt, ReceiptBody, amount_for, receipt_id
+
+
+@dataclass(frozen=True)
+class EscrowRow:
+    account: str  # hex, as the protocol carries Solana addresses
+    job: str
+    requester: str
+    multisig: str
+
+
+@dataclass(frozen=True)
+class Release:
+    signature: str
+    account: str
+    tx: bytes  # the whole signed transaction
+    receipts: list[str]
 from swarm.jobs.sqlite_store import SqliteStore
 
 SCHEMA = """
@@ -23,6 +46,12 @@ CREATE TABLE IF NOT EXISTS served (
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY, job TEXT NOT NULL, shard INTEGER NOT NULL, amount INTEGER NOT NULL,
     receipt BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS escrows (
+    account TEXT PRIMARY KEY, job TEXT NOT NULL, requester TEXT NOT NULL,
+    multisig TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS releases (
+    signature TEXT PRIMARY KEY, account TEXT NOT NULL, tx BLOB NOT NULL,
+    receipts TEXT NOT NULL);
 """
 
 
@@ -65,3 +94,46 @@ class WorkerStore(SqliteStore):
             n, amount = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM receipts").fetchone()
         return n, amount
+
+    def receipts_by_id(self, ids: list[str]) -> list[Receipt | None]:
+        with self._lock:
+            rows = [self._db.execute("SELECT receipt FROM receipts WHERE id=?", (rid,)).fetchone()
+                    for rid in ids]
+        return [None if r is None else msgspec.json.decode(r[0], type=Receipt) for r in rows]
+
+    def job_receipts(self, job: str, requester: str) -> list[Receipt]:
+        return [r for r in self.receipts() if r.body.job == job and r.body.requester == requester]
+
+    # ---- escrow -------------------------------------------------------------------------------
+
+    def add_escrow(self, escrow: EscrowRow) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO escrows VALUES (?,?,?,?)",
+                             (escrow.account, escrow.job, escrow.requester, escrow.multisig))
+
+    def escrow(self, account: str) -> EscrowRow | None:
+        with self._lock:
+            row = self._db.execute("SELECT account, job, requester, multisig FROM escrows "
+                                   "WHERE account=?", (account,)).fetchone()
+        return None if row is None else EscrowRow(*row)
+
+    def add_release(self, release: Release) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO releases VALUES (?,?,?,?)",
+                             (release.signature, release.account, release.tx,
+                              json.dumps(release.receipts)))
+
+    def releases(self, account: str | None = None) -> list[Release]:
+        sql, args = "SELECT signature, account, tx, receipts FROM releases", ()
+        if account is not None:
+            sql, args = sql + " WHERE account=?", (account,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY rowid", args).fetchall()
+        return [Release(sig, acct, tx, json.loads(ids)) for sig, acct, tx, ids in rows]
+
+    def served_amount(self, job: str, requester: str) -> int:
+        """Micro-gold the shards served for ``job`` are worth at the prices asked."""
+        with self._lock:
+            rows = self._db.execute("SELECT tokens_in, tokens_out, price_per_1k FROM served "
+                                    "WHERE job=? AND requester=?", (job, requester)).fetchall()
+        return sum(amount_for(*row) for row in rows)
