@@ -16,9 +16,9 @@ generation earlier or mask tokens; they never change a kept token's logits.
 
 Skins: llama.cpp applies an adapter to the whole context, so requests wearing different skins
 cannot share a decode. The loop wears one skin at a time and admits only requests for it. When
-requests for another skin are queued, it stops admitting as soon as the skin worn has nothing
-queued or the oldest request for another skin has waited ``switch_after_s``; the batch drains and
-the loop switches to the skin of the oldest queued request.
+requests for another skin are queued, it stops admitting once the skin worn has nothing queued,
+or once the oldest request for another skin has waited ``switch_after_s`` and the skin worn has
+been worn that long; the batch drains and the loop wears the skin of that waiting request.
 
 The engine lock: the scheduler holds ``Engine._lock`` for each busy period (from admitting work
 until nothing is running or queued) and releases it when idle. ``Engine.generate`` and
@@ -190,8 +190,8 @@ class _Active:
 class Scheduler:
     """Continuous batching over ``engine`` for requests that come and go (see the module
     docstring). ``gate``: ``paused()`` / ``wait_resumed(timeout)``, e.g. the game window's
-    pre-emption gate. ``switch_after_s``: how long a request for another skin waits before the
-    loop stops admitting requests for the skin it wears."""
+    pre-emption gate. ``switch_after_s``: how long a request for another skin waits (and the skin
+    worn has been worn) before the loop stops admitting requests for the skin it wears."""
 
     def __init__(self, engine: Engine, *, gate=None, switch_after_s: float = 0.5,
                  pause_poll_s: float = 0.1):
@@ -206,6 +206,7 @@ class Scheduler:
         self._failed: BaseException | None = None
         self._slots: list[_Active | None] = [None] * engine.options.width
         self._skin: str | None = None
+        self._worn_at = 0.0
         self._piece_text: dict[int, bytes] = {}
         self._thread = threading.Thread(target=self._main, name="serving-scheduler", daemon=True)
         self._thread.start()
@@ -389,7 +390,10 @@ class Scheduler:
                 return
             mine = [h for h in self._pending if h.request.skin == self._skin]
             others = [h for h in self._pending if h.request.skin != self._skin]
-            overdue = bool(others) and time.monotonic() - others[0]._submitted > self.switch_after_s
+            # Another skin's request is overdue once it and the skin worn have both waited the
+            # limit: each skin keeps the batch for at least that long when it has work.
+            overdue = bool(others) and (time.monotonic() - max(others[0]._submitted, self._worn_at)
+                                        > self.switch_after_s)
             if not any(self._slots) and others and (overdue or not mine):
                 self._cond.release()  # loading an adapter may take a while: submit goes on
                 try:
@@ -422,6 +426,7 @@ class Scheduler:
                 h._channel.put(err)
             return
         self._skin = skin
+        self._worn_at = time.monotonic()
 
     def _step(self) -> None:
         """One decode: a token for every generating sequence, prompt chunks in what is left."""
