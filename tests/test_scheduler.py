@@ -470,7 +470,7 @@ def test_requests_that_cannot_be_served_are_refused_with_the_reason(sched, eng):
         (GenRequest(messages=m, stop="x"), "stop"),
         (GenRequest(messages=m, logprobs=21), "logprobs"),
         (GenRequest(messages=m, logprobs=-1), "logprobs"),
-        (GenRequest(messages=m, constraint="json"), "constraint"),
+        (GenRequest(messages=m, max_tokens=3, constraint="json"), "constraint"),
     ]
     for req, match in bad:
         with pytest.raises(ServingError, match=match):
