@@ -360,6 +360,25 @@ def test_two_skins_interleaved_match_their_own_batches(sched, eng):
     assert [c.tokens for c in plain] != [c.tokens for c in expected["pirate"]]
 
 
+def test_a_waiting_skin_gets_the_batch_before_the_other_skins_queue_empties(eng):
+    from npc.serving import Scheduler
+    work = items(12, max_tokens=12)
+    pirate = work[1]
+    expected = eng.generate([pirate], skin="pirate")[0]
+    s = Scheduler(eng, switch_after_s=0.2)
+    try:
+        plain = [Collector(s.submit(request(it))) for it in work]  # three batches' worth
+        plain[0].started.wait(60)
+        skinned = Collector(s.submit(request(pirate, skin="pirate")))
+        same_as(check_stream(skinned), expected)
+        for c in plain:
+            check_stream(c)
+        # The skinned request did not wait for every plain request to finish.
+        assert skinned.finished < max(c.finished for c in plain)
+    finally:
+        s.close()
+
+
 def test_an_unknown_skin_ends_its_stream_with_an_error(sched, honest):
     from npc.serving import ServingError
     work, expected = honest
