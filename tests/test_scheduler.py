@@ -313,6 +313,83 @@ def test_a_token_mask_constrains_what_is_generated(sched, eng):
     assert all(pieces[t].isdigit() for t in fin.tokens)
 
 
+class Forced:
+    """A constraint whose matcher allows exactly one token at each step: ``tokens`` in order."""
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def matcher(self, model):
+        return ForcedMatcher(model.n_vocab, self.tokens)
+
+
+class ForcedMatcher:
+    def __init__(self, n_vocab, tokens):
+        self.n_vocab, self.tokens, self.i = n_vocab, tokens, 0
+
+    def allowed(self):
+        mask = np.zeros(self.n_vocab, dtype=bool)
+        mask[self.tokens[self.i]] = True
+        return mask
+
+    def advance(self, token):
+        assert token == self.tokens[self.i]
+        self.i += 1
+
+    def finished(self):
+        return self.i == len(self.tokens)
+
+
+def test_characters_split_across_tokens_are_streamed_whole(sched, eng):
+    from npc.serving import GenRequest
+    want = "Bread 🍞 and café ☕, naïve 😀!"
+    toks = eng.model.tokenize(want)
+    pieces = [eng.model.piece(t) for t in toks]
+    split = [p for p in pieces if not _utf8(p)]
+    assert split, "the tokenizer keeps every character whole: nothing to test"
+    col = Collector(sched.submit(GenRequest(prompt="Say it.", max_tokens=len(toks),
+                                            temperature=0.0, constraint=Forced(toks))))
+    fin = check_stream(col)
+    assert fin.text == want and list(fin.tokens) == toks
+    texts = [ev.text for ev in col.events[:-1]]
+    assert all("\ufffd" not in t for t in texts)
+    assert "" in texts  # a token ending inside a character streamed nothing yet
+
+
+def _utf8(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_leaving_the_stream_early_cancels_the_request(sched, honest):
+    from npc.serving import GenRequest
+    work, expected = honest
+    long = GenRequest(messages=(("user", "Tell a very long story about a mill."),),
+                      max_tokens=200, temperature=0.8, seed=1)
+    hs = [sched.submit(long) for _ in range(WIDTH)]
+    waiting = Collector(sched.submit(request(work[6])))
+    for h in hs:
+        it = h.events()
+        next(it)
+        it.close()  # the reader went away
+    same_as(check_stream(waiting), expected[6])
+    assert all(list(h.events())[-1].finish_reason == "cancelled" for h in hs)
+
+    async def leave_after_one():
+        h = sched.submit(long)
+        agen = h.aevents()
+        await agen.__anext__()
+        await agen.aclose()
+        return h
+
+    h = asyncio.run(leave_after_one())
+    fin = list(h.events())[-1]  # the rest of the stream is still there to read
+    assert fin.finish_reason == "cancelled" and fin.completion_tokens < 200
+
+
 # -- cancel, skins, gate, close ----------------------------------------------------------------
 
 def test_cancel_frees_the_slot_within_a_step(sched, honest):

@@ -148,24 +148,39 @@ class Handle:
     def events(self) -> Iterator[TokenEvent | Finished]:
         """The request's events as they come (blocking); ends after ``Finished``. Raises
         ServingError if the request could not be served after all (e.g. its skin failed to
-        load)."""
-        while True:
-            ev = self._channel.get()
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-            if isinstance(ev, Finished):
-                return
+        load). Closing the iterator before ``Finished`` cancels the request."""
+        done = False
+        try:
+            while True:
+                ev = self._channel.get()
+                if isinstance(ev, BaseException):
+                    done = True
+                    raise ev
+                done = isinstance(ev, Finished)
+                yield ev
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel()
 
     async def aevents(self) -> AsyncIterator[TokenEvent | Finished]:
-        """``events`` for asyncio code: awaiting never blocks the event loop."""
-        while True:
-            ev = await self._channel.aget()
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-            if isinstance(ev, Finished):
-                return
+        """``events`` for asyncio code: awaiting never blocks the event loop. Closing the
+        iterator or cancelling the task reading it (a client gone) cancels the request."""
+        done = False
+        try:
+            while True:
+                ev = await self._channel.aget()
+                if isinstance(ev, BaseException):
+                    done = True
+                    raise ev
+                done = isinstance(ev, Finished)
+                yield ev
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel()
 
     def cancel(self) -> None:
         """Stop generating: the slot and its KV cache are freed before the next decode step and
