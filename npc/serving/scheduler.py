@@ -53,16 +53,24 @@ MAX_LOGPROBS = 20
 
 @dataclass(frozen=True)
 class GenRequest:
-    messages: tuple[tuple[str, str], ...] | None = None  # chat: (role, content), the model's chat template
-    prompt: str | None = None        # raw text; exactly one of messages / prompt
+    """One generation request. ``messages``: chat as (role, content) pairs, rendered with the
+    model's chat template; ``prompt``: raw text; exactly one of the two. ``temperature`` 0 is
+    greedy, otherwise the sampler's seeded rule. ``stop``: the text ends before the first stop
+    string, which is never streamed. ``logprobs``: None for none, k in 0..20 for the chosen
+    token's logprob and the k most likely alternatives. ``skin``: an adapter id the engine's
+    ``skins`` callable resolves. ``constraint``: an ``npc.serving.constrain.Constraint`` (anything
+    with ``matcher(model)``), None for free text."""
+
+    messages: tuple[tuple[str, str], ...] | None = None
+    prompt: str | None = None
     max_tokens: int = 256
-    temperature: float = 1.0         # 0 = greedy; otherwise the sampler's seeded rule
+    temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
-    stop: tuple[str, ...] = ()       # stop strings: the text ends before the first one; never streamed
-    logprobs: int | None = None      # None = none; k in 0..20 = chosen token's logprob + top-k alternatives
-    skin: str | None = None          # an adapter id the Engine's ``skins`` callable resolves
-    constraint: object | None = None  # has ``matcher(model)`` (npc.serving.constrain.Constraint); None = free text
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    skin: str | None = None
+    constraint: object | None = None
 
 
 @dataclass(frozen=True)
@@ -268,11 +276,13 @@ class Scheduler:
             if not req.messages:
                 raise ServingError("messages is empty")
             for i, m in enumerate(req.messages):
-                if not (isinstance(m, tuple) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+                if not (isinstance(m, (tuple, list)) and len(m) == 2
+                        and all(isinstance(x, str) for x in m)):
                     raise ServingError(f"messages[{i}] must be a (role, content) pair of strings")
                 if m[0] not in ROLES:
-                    raise ServingError(f"messages[{i}]: role {m[0]!r} is not one of {', '.join(ROLES)}")
-            toks = model.tokenize(model.apply_chat_template(list(req.messages)),
+                    raise ServingError(f"messages[{i}]: role {m[0]!r} is not one of "
+                                       f"{', '.join(ROLES)}")
+            toks = model.tokenize(model.apply_chat_template([tuple(m) for m in req.messages]),
                                   add_special=True, parse_special=True)
         else:
             if not isinstance(req.prompt, str) or not req.prompt:
@@ -287,7 +297,8 @@ class Scheduler:
             raise ServingError(str(e)) from None
         if not isinstance(req.seed, int) or isinstance(req.seed, bool):
             raise ServingError(f"seed must be a whole number, not {req.seed!r}")
-        if not (isinstance(req.stop, tuple) and all(isinstance(s, str) and s for s in req.stop)):
+        if not (isinstance(req.stop, (tuple, list))
+                and all(isinstance(s, str) and s for s in req.stop)):
             raise ServingError(f"stop must be a tuple of non-empty strings, not {req.stop!r}")
         if req.logprobs is not None and not (isinstance(req.logprobs, int)
                                              and not isinstance(req.logprobs, bool)
@@ -533,7 +544,8 @@ class Scheduler:
             return ()
         ids = np.argpartition(-lp_all, k)[:k]
         ids = ids[np.lexsort((ids, -lp_all[ids]))]
-        return tuple((self._piece(int(t)).decode("utf-8", "replace"), float(lp_all[t])) for t in ids)
+        return tuple((self._piece(int(t)).decode("utf-8", "replace"), float(lp_all[t]))
+                     for t in ids)
 
 
 _UNWORN = object()  # no adapter state known yet: the first admission wears what it needs

@@ -146,7 +146,8 @@ def main() -> int:
     print(f"overhead_ratio={overhead:.3f} concurrency_ratio={conc:.2f} "
           f"ttft_p50_ms={statistics.median(ttft) * 1000:.0f} "
           f"engine_1_tok_s={max(direct):.1f} sched_1_tok_s={max(served):.1f} "
-          f"sched_{args.clients}_clients_tok_s={max(many):.1f} sched_1_client_tok_s={max(single):.1f}")
+          f"sched_{args.clients}_clients_tok_s={max(many):.1f} "
+          f"sched_1_client_tok_s={max(single):.1f}")
     return 0
 
 
