@@ -325,9 +325,8 @@ class Scheduler:
         except BaseException as e:  # the context is unusable: every stream learns why
             with self._cond:
                 self._failed = e
-            err = ServingError(f"the scheduler stopped: {e}")
             for h, _ in self._drop_all():
-                h._channel.put(err)
+                h._channel.put(ServingError(f"the scheduler stopped: {e}"))
             return
         for h, a in self._drop_all():
             self._finish_cancelled(h, a)
@@ -443,13 +442,13 @@ class Scheduler:
             self.engine._wear(self.engine.ctx, skin)
         except Exception as e:
             self._skin = _UNWORN
-            err = e if isinstance(e, ServingError) else ServingError(f"skin {skin}: {e}")
+            why = str(e) if isinstance(e, ServingError) else f"skin {skin}: {e}"
             with self._cond:
                 failed = [h for h in self._pending if h.request.skin == skin]
                 for h in failed:
                     self._pending.remove(h)
-            for h in failed:
-                h._channel.put(err)
+            for h in failed:  # one exception each: each reader raises its own
+                h._channel.put(ServingError(why))
             return
         self._skin = skin
         self._worn_at = time.monotonic()
