@@ -7,6 +7,8 @@
    stream to end) and by ``--clients`` clients at once (each on its own thread), alternating,
    best of ``--repeats``. ``concurrency_ratio`` = aggregate tokens/s with all clients over one.
    ``ttft_p50_ms``: median time from submit to the first token with all clients at once.
+   ``engine_batch_tok_s``: the same requests as one ``Engine.generate`` batch, the ceiling the
+   clients can reach; ``vs_engine_batch`` = all clients over it.
 
 Tokens/s counts generated tokens over wall time (prompt reading included). Requests are greedy
 and sampled chat requests with prompts of different lengths, the default model, ``--width``
@@ -120,24 +122,30 @@ def main() -> int:
     try:
         one = requests(1, args.max_tokens * 2)[0]
         direct, served = [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            c = engine.generate([as_item(0, one)])[0]
-            direct.append(len(c.tokens) / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            n = stream(sched, one)
-            served.append(n / (time.perf_counter() - t0))
-            assert n == len(c.tokens)
-        print(f"1 request, {len(c.tokens)} tokens: engine {max(direct):.1f} tok/s, "
+        for r in range(args.repeats):
+            for which in ("engine", "scheduler") if r % 2 == 0 else ("scheduler", "engine"):
+                t0 = time.perf_counter()
+                if which == "engine":
+                    n = len(engine.generate([as_item(0, one)])[0].tokens)
+                    direct.append(n / (time.perf_counter() - t0))
+                else:
+                    n = stream(sched, one)
+                    served.append(n / (time.perf_counter() - t0))
+        print(f"1 request, {n} tokens: engine {max(direct):.1f} tok/s, "
               f"scheduler {max(served):.1f} tok/s")
 
         reqs = requests(args.requests, args.max_tokens)
-        single, many, ttft = [], [], []
-        for _ in range(args.repeats):
+        items = [as_item(i, r) for i, r in enumerate(reqs)]
+        single, many, batch, ttft = [], [], [], []
+        for _ in range(args.repeats):  # each repeat: one client, all clients, one batch
             single.append(clients(sched, reqs, 1, []))
             many.append(clients(sched, reqs, args.clients, ttft))
+            t0 = time.perf_counter()
+            n = sum(len(c.tokens) for c in engine.generate(items))
+            batch.append(n / (time.perf_counter() - t0))
         print(f"{args.requests} requests: 1 client {max(single):.1f} tok/s, "
-              f"{args.clients} clients {max(many):.1f} tok/s")
+              f"{args.clients} clients {max(many):.1f} tok/s, "
+              f"one Engine.generate batch {max(batch):.1f} tok/s")
     finally:
         sched.close()
         engine.close()
@@ -147,7 +155,8 @@ def main() -> int:
           f"ttft_p50_ms={statistics.median(ttft) * 1000:.0f} "
           f"engine_1_tok_s={max(direct):.1f} sched_1_tok_s={max(served):.1f} "
           f"sched_{args.clients}_clients_tok_s={max(many):.1f} "
-          f"sched_1_client_tok_s={max(single):.1f}")
+          f"sched_1_client_tok_s={max(single):.1f} engine_batch_tok_s={max(batch):.1f} "
+          f"vs_engine_batch={max(many) / max(batch):.2f}")
     return 0
 
 
