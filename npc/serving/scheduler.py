@@ -23,7 +23,13 @@ been worn that long; the batch drains and the loop wears the skin of that waitin
 The engine lock: the scheduler holds ``Engine._lock`` for each busy period (from admitting work
 until nothing is running or queued) and releases it when idle. ``Engine.generate`` and
 ``Engine.rescore`` called from other threads wait for an idle moment; they never interleave with
-the scheduler's decodes (``generate`` clears the shared batched context).
+the scheduler's decodes (``generate`` clears the shared batched context). Under steady load that
+wait has no bound, so an engine serving interactive requests is best dedicated to it.
+
+Constraints: ``submit`` builds the request's matcher (``constraint.matcher(engine.model)``) on the
+caller's thread, so compiling a grammar never stalls the running batch and its errors are raised
+by ``submit``. Each step the matcher's mask sets the logits of forbidden tokens to -inf before the
+sampler picks; the request stops with "stop" once the matcher is finished.
 
 Pre-emption: the gate is asked between steps and mirrored into llama.cpp's abort flag while the
 batch is busy; an aborted step is rolled back and redone on resume, and the KV cache of the work
