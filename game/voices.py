@@ -19,12 +19,12 @@ class VoiceError(Exception):
     pass
 
 
-#: Whether skins are worn on top of the village voice (its adapter stacked under theirs) or
-#: instead of it. Stacked, the shipped skins keep their voice and their actions
-#: (tests/test_skin_training.py passes either way) but a turn costs more: dialogue bench turn p95
-#: 1.02 s over the four skins, 1.2-1.5 s for Whisperwind, against 0.76 s and 0.71 s worn alone
-#: (tools/bench/dialogue_stacked.txt, dialogue_village.txt). So a skin replaces it for now.
-VILLAGE_UNDER_SKINS = False
+#: Whether skins are worn on top of the village voice or instead of it. On top, a skin and the
+#: village voice are worn as one composed adapter (npc/skins/compose.py), so the turn costs about
+#: what the skin alone costs (stacked as two adapters it cost 1.02 s p95 against 0.76 s alone:
+#: tools/bench/dialogue_stacked.txt); the shipped skins keep their voice and their actions either
+#: way (tests/test_skin_training.py).
+VILLAGE_UNDER_SKINS = True
 
 
 def load_model_voice(say: Callable[[str], None] = print, retune: bool = False,
