@@ -15,7 +15,7 @@ from engine import rules
 from engine.commands import GiveItem, NpcAction, NpcReply, Rejection, SellItem
 from engine.grounding import fact_for
 from engine.intent import Intent, Line, describe, find_item, recognise
-from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Npc, Turn, WorldState
+from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Npc, Quest, Turn, WorldState
 
 
 class Offer(Struct, frozen=True):
@@ -68,7 +68,13 @@ class DialogueProposal(Struct, frozen=True):
 
 
 def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
-    q = state.quest
+    out: list[str] = []
+    for q in state.all_quests:
+        out += _one_quest_facts(state, q, npc_id)
+    return out
+
+
+def _one_quest_facts(state: WorldState, q: Quest, npc_id: str) -> list[str]:
     out: list[str] = []
     involved = npc_id == q.giver or any(s.npc == npc_id for s in q.steps)
     if not involved:
@@ -78,13 +84,17 @@ def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
             out.append(f"You need help: {q.summary} The traveller has not offered to help yet.")
         return out
     if q.complete:
-        out.append(f"The traveller finished '{q.title}'. The bell rings again; you are grateful.")
+        if q is state.quest:
+            out.append(f"The traveller finished '{q.title}'. The bell rings again; you are grateful.")
+        else:
+            out.append(f"The traveller finished '{q.title}'. You are grateful.")
         return out
     s = q.current
     assert s is not None
     out.append(f"The traveller is helping with '{q.title}'. Their next task: {s.description}")
     if s.npc == npc_id and s.kind == "receive":
-        out.append(f"You have finished the {state.items[s.item].name} and should hand it to the traveller.")
+        made = "finished" if state.items[s.item].quest else "set aside"  # made for it, or from stock
+        out.append(f"You have {made} the {state.items[s.item].name} and should hand it to the traveller.")
     if s.npc == npc_id and s.kind == "give":
         out.append(f"You are waiting for the traveller to bring you the {state.items[s.item].name}.")
     return out
@@ -124,9 +134,10 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
         names.add(o.name)
     for i, n in npc.inventory.items():
         names.add(items[i].name)
-    s = state.quest.current
-    if s is not None and s.item:
-        names.add(items[s.item].name)
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.item:
+            names.add(items[s.item].name)
     return DialogueRequest(
         npc_id=npc.id, npc_name=npc.name, role=npc.role, persona=npc.persona, skin=npc.skin,
         activity=npc.activity, facts=list(npc.facts), sells=sells, buys=buys,
