@@ -325,6 +325,15 @@ def summary(state: WorldState) -> list[str]:
     return lines
 
 
+def walkthrough_script(quest_id: str) -> Path:
+    """The script that plays one quest of the village from a new game: ``assets/demo.script`` for
+    the first, ``assets/quests/<id>.script`` for the others."""
+    from assets import ASSETS_DIR
+
+    own = ASSETS_DIR / "quests" / f"{quest_id}.script"
+    return own if own.exists() else ASSETS_DIR / "demo.script"
+
+
 def load_script(path: Path, state: WorldState) -> list[Action]:
     try:
         text = path.read_text(encoding="utf-8")
