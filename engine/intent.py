@@ -241,6 +241,8 @@ _TRADE_WORDS = ("goods", "wares", "sale", "sell", "serve", "make", "offer", "sto
 #: Where to take the quest's current item: the quest, not the goods ("Who should I take it to?").
 _QUEST_ERRAND = ("take it", "bring it", "take this", "bring this", "should i take", "should i bring",
                  "who should", "where should", "what now", "what next", "now what")
+#: Asking how a quest's errand goes ("Any news about the lantern?").
+_QUEST_NEWS = ("news", "any word", "how goes", "how is it going", "what about the", "about the")
 _QUEST = ("bell", "quest", "task", "job", "trouble", "troubled", "worried", "worry", "problem",
           "wrong", "happened", "matter", "clapper", "help", "work", "next", "ring", "sad", "what now",
           "what should i do", "what do i do", "what do i need")
@@ -319,6 +321,12 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
                if q.current is not None and item is not None and q.current.item == item]
     if errands and line.has(*_QUEST_ERRAND):
         return Intent(ASK_QUEST, quest=errands[0].id)
+    # "Any news about the lantern?" to someone with a part in a quest under way that needs one.
+    if item is not None and line.has(*_QUEST_NEWS):
+        for q in state.all_quests:
+            if (q.started and not q.complete and any(s.item == item for s in q.steps)
+                    and (q.giver == npc.id or q.current.npc == npc.id)):
+                return Intent(ASK_QUEST, quest=q.id)
     if other is not None and line.has(*_WHERE):
         return Intent(ASK_WHERE, npc=other)  # "Which way is Bram's forge?"
     if item is not None and (line.has(*_WHO_SELLS) or line.has_word("who", "where", "whence")
