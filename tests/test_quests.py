@@ -107,7 +107,7 @@ def test_each_quest_completes_by_its_script_with_the_engine_voice_and_clean_book
             unexplained.append((director.state.tick, events))
         return events
     director._step = checked
-    director.run(8000)
+    director.run(3000)
     q = director.state.quest_by_id(quest_id)
     assert q.complete, "\n".join(lines)
     assert not unexplained
