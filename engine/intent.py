@@ -355,7 +355,7 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
             or (line.has_word("what", "what's", "which") and line.has_word(*_TRADE_WORDS))):
         return Intent(ASK_TRADE)
     if line.has(*_QUEST) or line.has(*_OFFER):
-        return Intent(ASK_QUEST, quest=quest_about(state, npc, line).id)
+        return Intent(ASK_QUEST, quest=quest_about(state, npc, line, item).id)
     if line.has(*_BUY_STRONG):
         if line.has(*_GENERIC):
             return Intent(ASK_TRADE)
