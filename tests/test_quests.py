@@ -276,3 +276,36 @@ def test_each_quest_completes_with_the_model_voice_in_the_shipped_skins(model_vo
     director.run(state.tick + 8000)
     q = director.state.quest_by_id(quest_id)
     assert q.complete, f"stalled at step {q.step + 1}/{len(q.steps)}:\n" + "\n".join(lines[-30:])
+
+
+# ---- what the player sees ----------------------------------------------------------------------
+
+def test_the_side_panel_lists_the_quests_under_way_and_counts_the_rest(monkeypatch):
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    import pygame
+    from game.hud import board_quests, draw_side_panel, quest_lines
+    state = new_game(1)
+    shown, rest = board_quests(state)
+    assert [q.id for q in shown] == ["silent_bell"] and rest == "2 more quests, 0 done"
+    state.quest_by_id("watch_lantern").step = 2
+    state.quest_by_id("honest_price").step = 3  # complete
+    shown, rest = board_quests(state)
+    assert [q.id for q in shown] == ["watch_lantern"] and rest == "2 more quests, 1 done"
+    assert quest_lines(state, shown[0]) == ("Step 3 of 4", "Ask Tobin for the lantern.")
+    assert quest_lines(state)[0] == "Not started"  # the first quest, as before
+    pygame.init()
+    try:
+        surface = pygame.Surface((320, 720))
+        draw_side_panel(surface, surface.get_rect(), state, None, [], None)
+    finally:
+        pygame.quit()
+
+
+def test_notices_name_the_quest_that_moved():
+    from engine.commands import QuestCompleted, QuestStarted
+    from game.notices import describe
+    state = new_game(1)
+    assert describe(state, QuestStarted(quest="honest_price"))[0] == "Quest started: An Honest Price."
+    assert describe(state, QuestAdvanced(quest="watch_lantern", step=1))[0] == \
+        "A Lantern for the Watch: step 2 of 4."
+    assert describe(state, QuestCompleted(quest="silent_bell"))[0] == "Quest complete: The Silent Bell!"
