@@ -309,3 +309,41 @@ def test_notices_name_the_quest_that_moved():
     assert describe(state, QuestAdvanced(quest="watch_lantern", step=1))[0] == \
         "A Lantern for the Watch: step 2 of 4."
     assert describe(state, QuestCompleted(quest="silent_bell"))[0] == "Quest complete: The Silent Bell!"
+
+
+# ---- the engine's reading of lines about the later quests --------------------------------------
+
+# (npc, quest, its step, words, intent kind, intent's quest, action kind, a piece the fact holds)
+QUEST_CASES = [
+    ("hilda", "watch_lantern", -1, "Can I help, captain?", "accept", "watch_lantern", "StartQuest", "Tobin"),
+    ("hilda", "watch_lantern", -1, "Why is the patrol worried?", "ask_quest", "watch_lantern", None, "lantern"),
+    ("tobin", "watch_lantern", 0, "The guards need a lamp, Tobin.", "tell", "watch_lantern", None, "nails"),
+    ("tobin", "watch_lantern", 0, "Hilda sends her greetings.", "small_talk", None, None, ""),
+    ("tobin", "watch_lantern", 0, "Sell me a lantern.", "buy", None, "SellItem", "10 gold"),
+    ("tobin", "watch_lantern", 2, "Can I have the lantern now?", "give", "watch_lantern", "GiveItem", "lantern"),
+    ("tobin", "watch_lantern", 2, "How much is a lantern?", "ask_price", None, None, "10 gold"),
+    ("hilda", "watch_lantern", 1, "What's the news about the lantern?", "ask_quest", "watch_lantern", None, "nails"),
+    ("bram", "honest_price", -1, "Need a hand, smith?", "accept", "honest_price", "StartQuest", "Tobin"),
+    ("bram", "honest_price", 0, "Would you buy an iron ingot?", "sell", None, None, "8 gold"),
+    ("tobin", "honest_price", 0, "Bram pays eight gold an ingot, no more.", "persuade", "honest_price", None,
+     "Fair enough"),
+    ("tobin", "honest_price", 0, "Bram pays 10 gold for an ingot.", "ask_price", None, None, "12 gold"),
+    ("tobin", "honest_price", 1, "Give me the ingot for Bram.", "give", "honest_price", "GiveItem", "iron ingot"),
+    ("bram", "honest_price", 2, "What now?", "ask_quest", "honest_price", None, "iron ingot"),
+]
+
+
+@pytest.mark.parametrize("npc,quest,at,words,kind,about,action,fact", QUEST_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[3][:24]}" for c in QUEST_CASES])
+def test_lines_about_the_later_quests(npc, quest, at, words, kind, about, action, fact):
+    from engine.intent import candidate_intents
+    state = started(quest, at_step=at)
+    state = place_player_near(state, npc)
+    state, _ = step(state, [Say(npc=npc, text=words)])
+    req = build_request(state, npc, words)
+    assert (req.intent.kind, req.intent.quest) == (kind, about), req.intent
+    assert (type(req.action).__name__ if req.action else None) == action, req.action
+    if isinstance(req.action, StartQuest):
+        assert req.action.quest == quest
+    assert fact in req.fact, req.fact
+    assert req.intent in candidate_intents(state, npc) or req.intent.kind in ("buy", "sell")
