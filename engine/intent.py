@@ -308,9 +308,12 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
         return Intent(REFUSED, item=item if not quest_item else None, reason=REFUSED_PREMISE)
 
     offered = offered_quest(state, npc)
+    named = named_quest(state, line)
+    if offered is not None and named is not None and named is not offered:
+        offered = None  # help offered with another quest ("Can I help with the bell?" to Bram)
     # A quest item is never goods: asking for it or about it is about the quest.
     if quest_item:
-        if offered is not None and line.has(*_OFFER):
+        if offered is not None and line.has(*_OFFER) and any(s.item == item for s in offered.steps):
             return Intent(ACCEPT, quest=offered.id)  # "Why is the bell so quiet? I'd gladly help."
         about = quest_about(state, npc, line, item)
         if line.has(*_GIVE_ASK, *_BUY_STRONG):
@@ -386,13 +389,25 @@ _TITLE_SMALL = {"the", "a", "an", "for", "of", "to", "and", "in", "on", "at"}
 
 
 def quest_words(state: WorldState, quest: Quest) -> set[str]:
-    """Words that name a quest: its title's, its keywords, its quest items' names."""
-    words = {singular(w) for w in _WORD_RE.findall(quest.title.lower()) if w not in _TITLE_SMALL}
-    words.update(singular(w) for k in (quest.keywords or ()) for w in _WORD_RE.findall(k.lower()))
+    """Words that name a quest: its keywords (else its title's words) and its quest items' names."""
+    named = quest.keywords or [w for w in _WORD_RE.findall(quest.title.lower()) if w not in _TITLE_SMALL]
+    words = {singular(w) for k in named for w in _WORD_RE.findall(k.lower())}
     for s in quest.steps:
         if s.item in state.items and state.items[s.item].quest:
             words.update(singular(w) for w in state.items[s.item].name.lower().split())
     return words
+
+
+def named_quest(state: WorldState, line: Line) -> Quest | None:
+    """The first quest the line names by its words, if the village has more than one."""
+    quests = state.all_quests
+    if len(quests) == 1:
+        return None
+    said = set(line.singular)
+    for q in quests:
+        if said & quest_words(state, q):
+            return q
+    return None
 
 
 def quest_about(state: WorldState, npc: Npc, line: Line, item: str | None = None) -> Quest:
@@ -402,10 +417,9 @@ def quest_about(state: WorldState, npc: Npc, line: Line, item: str | None = None
     quests = state.all_quests
     if len(quests) == 1:
         return quests[0]
-    said = set(line.singular)
-    for q in quests:
-        if said & quest_words(state, q):
-            return q
+    named = named_quest(state, line)
+    if named is not None:
+        return named
     if item is not None:
         for q in quests:
             if q.current is not None and q.current.item == item:
