@@ -52,9 +52,10 @@ def explained(before: tuple[Counter, int], after: tuple[Counter, int], events) -
 
 
 def run(responder, seed: int, say, quest_id: str = "silent_bell",
-        dress: bool = True) -> tuple[bool, int, int, str]:
-    """(completed, dialogue turns, illegal commits, where the quest ended) for one quest's script
-    on a new game of ``seed``; ``dress`` puts the villagers in the shipped skins first."""
+        dress: bool = True) -> tuple[bool, int, int, str, int]:
+    """(completed, dialogue turns, illegal commits, where the quest ended, turns answered by the
+    engine's fallback line) for one quest's script on a new game of ``seed``; ``dress`` puts the
+    villagers in the shipped skins first."""
     from game.headless import Director, load_script, walkthrough_script
     from game.play_cli import DEFAULT_HEADLESS_TICKS
     state = new_game(seed)
@@ -77,7 +78,7 @@ def run(responder, seed: int, say, quest_id: str = "silent_bell",
     q = director.state.quest_by_id(quest_id)
     where = ("complete" if q.complete else "not started" if not q.started
              else f"stalled at step {q.step + 1}/{len(q.steps)}")
-    return q.complete, len(director.turns), illegal, where
+    return q.complete, len(director.turns), illegal, where, sum(t["fallback"] for t in director.turns)
 
 
 def main() -> int:
@@ -112,15 +113,15 @@ def main() -> int:
         print(f"== {village.quest_by_id(quest_id).title} ({args.voice} voice)", flush=True)
         for seed in range(1, args.seeds + 1):
             t0 = time.perf_counter()
-            ok, n_turns, bad, where = run(responder, seed, say, quest_id,
-                                          dress=args.voice == "model")
+            ok, n_turns, bad, where, fallbacks = run(responder, seed, say, quest_id,
+                                                     dress=args.voice == "model")
             runs += 1
             done += ok
             illegal += bad
             if ok:
                 turns.append(n_turns)
-            print(f"seed {seed}: {where}, {n_turns} turns, {bad} illegal commits "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(f"seed {seed}: {where}, {n_turns} turns ({fallbacks} by the fallback line), "
+                  f"{bad} illegal commits ({time.perf_counter() - t0:.0f}s)", flush=True)
     p50 = statistics.median(turns) if turns else float("nan")
     print(f"quest_completion={done}/{runs} turns_per_quest_p50={p50:g} illegal_commits={illegal}")
     return 0
