@@ -127,7 +127,7 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
             why = rules.check_accept_quest(state, quest_id)
             if why:
                 return _reject(events, cmd, why)
-            _start_quest(state, state.quest_by_id(quest_id), events)
+            _start_quest(state.quest_by_id(quest_id), events)
         case WearSkin(npc=npc_id, skin=skin):
             npc = state.npc(npc_id)
             if npc is None:
@@ -160,7 +160,7 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
                     events.append(Gave(npc=npc_id, item=item, qty=1, to_player=True))
                     _advance_quest(state, quest, events)
                 case StartQuest(quest=quest_id):
-                    _start_quest(state, state.quest_by_id(quest_id), events)
+                    _start_quest(state.quest_by_id(quest_id), events)
             if spoken is not None:
                 _advance_quest(state, spoken, events)
 
@@ -196,7 +196,7 @@ def _consume(state: WorldState, item: str, qty: int, reason: str, events: list[E
 
 # ---- quest -------------------------------------------------------------------------------------
 
-def _start_quest(state: WorldState, quest: Quest, events: list[Event]) -> None:
+def _start_quest(quest: Quest, events: list[Event]) -> None:
     quest.step = 0
     events.append(QuestStarted(quest=quest.id))
 
