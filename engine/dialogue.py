@@ -12,10 +12,10 @@ import re
 from msgspec import Struct
 
 from engine import rules
-from engine.commands import GiveItem, NpcAction, NpcReply, Rejection, SellItem
+from engine.commands import GiveItem, NpcAction, NpcReply, Rejection, SellItem, StartQuest
 from engine.grounding import fact_for
 from engine.intent import Intent, Line, describe, find_item, recognise
-from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Npc, Turn, WorldState
+from engine.state import MAX_NPC_LINE_CHARS, MAX_SAY_CHARS, Npc, Quest, Turn, WorldState
 
 
 class Offer(Struct, frozen=True):
@@ -67,8 +67,23 @@ class DialogueProposal(Struct, frozen=True):
     action: NpcAction | None = None
 
 
-def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
-    q = state.quest
+def _quest_facts(state: WorldState, npc_id: str, about: str | None) -> list[str]:
+    """What this villager knows of the quests it has a part in. The village's first quest is
+    always on its giver's mind; a later quest not yet taken up comes up only when the player's
+    line is ``about`` it, so the prompt holds no more than the talk needs."""
+    out: list[str] = []
+    for q in state.all_quests:
+        if q.started or q is state.quest or q.id == about:
+            out += _one_quest_facts(state, q, npc_id)
+    return out
+
+
+def _in_mind(state: WorldState, action: NpcAction, about: str | None) -> bool:
+    """Is this action one the prompt shows? Not the start of a later quest the talk is not about."""
+    return not isinstance(action, StartQuest) or action.quest in (state.quest.id, about)
+
+
+def _one_quest_facts(state: WorldState, q: Quest, npc_id: str) -> list[str]:
     out: list[str] = []
     involved = npc_id == q.giver or any(s.npc == npc_id for s in q.steps)
     if not involved:
@@ -78,13 +93,17 @@ def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
             out.append(f"You need help: {q.summary} The traveller has not offered to help yet.")
         return out
     if q.complete:
-        out.append(f"The traveller finished '{q.title}'. The bell rings again; you are grateful.")
+        if q is state.quest:
+            out.append(f"The traveller finished '{q.title}'. The bell rings again; you are grateful.")
+        else:
+            out.append(f"The traveller finished '{q.title}'. You are grateful.")
         return out
     s = q.current
     assert s is not None
     out.append(f"The traveller is helping with '{q.title}'. Their next task: {s.description}")
     if s.npc == npc_id and s.kind == "receive":
-        out.append(f"You have finished the {state.items[s.item].name} and should hand it to the traveller.")
+        made = "finished" if state.items[s.item].quest else "set aside"  # made for it, or from stock
+        out.append(f"You have {made} the {state.items[s.item].name} and should hand it to the traveller.")
     if s.npc == npc_id and s.kind == "give":
         out.append(f"You are waiting for the traveller to bring you the {state.items[s.item].name}.")
     return out
@@ -106,7 +125,7 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
     sells = [Offer(item=i, name=items[i].name, price=p, count=npc.inventory.get(i, 0))
              for i, p in sorted(npc.sells.items()) if npc.inventory.get(i, 0) > 0]
     buys = [Offer(item=i, name=items[i].name, price=p, count=0) for i, p in sorted(npc.buys.items())]
-    quest = _quest_facts(state, npc_id)
+    quest = _quest_facts(state, npc_id, intent.quest)
     names = {npc.name, state.player.name}
     if state.world_name:
         names.add(state.world_name)
@@ -124,9 +143,10 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
         names.add(o.name)
     for i, n in npc.inventory.items():
         names.add(items[i].name)
-    s = state.quest.current
-    if s is not None and s.item:
-        names.add(items[s.item].name)
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.item:
+            names.add(items[s.item].name)
     return DialogueRequest(
         npc_id=npc.id, npc_name=npc.name, role=npc.role, persona=npc.persona, skin=npc.skin,
         activity=npc.activity, facts=list(npc.facts), sells=sells, buys=buys,
@@ -134,7 +154,8 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
         recent=list(npc.memory),
         player_words=words, player_gold=state.player.gold, known_names=sorted(names),
         intent=intent, wants=describe(state, intent), action=action, fact=fact,
-        possible_actions=rules.possible_npc_actions(state, npc),
+        possible_actions=[a for a in rules.possible_npc_actions(state, npc)
+                          if _in_mind(state, a, intent.quest)],
     )
 
 

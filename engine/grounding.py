@@ -12,7 +12,7 @@ from __future__ import annotations
 from engine.commands import GiveItem, NpcAction, SellItem, StartQuest
 from engine.intent import Intent, true_price
 from engine.sim import schedule_entry
-from engine.state import Npc, WorldState
+from engine.state import Npc, Quest, WorldState
 
 
 def a(name: str) -> str:
@@ -124,11 +124,13 @@ def where_fact(state: WorldState, npc: Npc, intent: Intent) -> str:
 def _in_own_voice(text: str, npc: Npc) -> str:
     """A quest description written about this villager, said by it ("bring it to Maren at the
     inn" -> "bring it to me at the inn")."""
-    return text.replace(f"to {npc.name} ", "to me ").replace(f"to {npc.name}.", "to me.")
+    return (text.replace(f"to {npc.name} ", "to me ").replace(f"to {npc.name}.", "to me.")
+            .replace(f"Tell {npc.name} ", "Tell me "))
 
 
-def quest_fact(state: WorldState, npc: Npc) -> str:
-    q = state.quest
+def quest_fact(state: WorldState, npc: Npc, quest: Quest | None = None) -> str:
+    """Where ``quest`` (the village's first, unless named) stands, as this villager says it."""
+    q = quest or state.quest
     if q.complete:
         return f"Thanks to you, {q.title} is done."
     if not q.started:
@@ -160,8 +162,9 @@ def fact_for(state: WorldState, npc_id: str, intent: Intent, action: NpcAction |
             return f"{_cap(count_words(qty))} {plural(items[item].name)}, {price * qty} gold."
         case GiveItem(item=item):
             return f"Here is the {items[item].name}, ready for you."
-        case StartQuest():
-            first = state.quest.steps[0].description if state.quest.steps else ""
+        case StartQuest(quest=quest_id):
+            started = state.quest_by_id(quest_id) or state.quest
+            first = started.steps[0].description if started.steps else ""
             return f"Thank you! First: {first[:1].lower()}{first[1:]}"
     match intent.kind:
         case "ask_price":
@@ -183,7 +186,11 @@ def fact_for(state: WorldState, npc_id: str, intent: Intent, action: NpcAction |
         case "ask_trade":
             return trade_fact(state, npc)
         case "ask_quest" | "give" | "accept":
-            return quest_fact(state, npc)
+            return quest_fact(state, npc, state.quest_by_id(intent.quest) if intent.quest else None)
+        case "tell" | "persuade":
+            quest = state.quest_by_id(intent.quest) if intent.quest else None
+            step = quest.current if quest is not None else None
+            return step.reply if step is not None and step.reply else ""
         case "decline":
             return "As you wish."
         case "refused":

@@ -13,7 +13,7 @@ import re
 
 from msgspec import Struct
 
-from engine.state import Npc, WorldState
+from engine.state import Npc, Quest, WorldState
 
 ASK_PRICE = "ask_price"
 BUY = "buy"
@@ -26,6 +26,10 @@ ASK_TRADE = "ask_trade"
 ASK_QUEST = "ask_quest"
 ACCEPT = "accept"
 DECLINE = "decline"
+#: The player delivers the message a quest step asks them to carry to this villager.
+TELL = "tell"
+#: The player wins this villager over by stating the fact a quest step asks for.
+PERSUADE = "persuade"
 SMALL_TALK = "small_talk"
 #: A request the world does not allow (see the ``REFUSED_*`` reasons).
 REFUSED = "refused"
@@ -43,6 +47,8 @@ class Intent(Struct, frozen=True):
     place: str | None = None
     qty: int = 1
     reason: str | None = None
+    #: The quest the line is about (asking, accepting, a hand-over, a message, a case made).
+    quest: str | None = None
 
 
 # ---- words ---------------------------------------------------------------------------------------
@@ -235,6 +241,8 @@ _TRADE_WORDS = ("goods", "wares", "sale", "sell", "serve", "make", "offer", "sto
 #: Where to take the quest's current item: the quest, not the goods ("Who should I take it to?").
 _QUEST_ERRAND = ("take it", "bring it", "take this", "bring this", "should i take", "should i bring",
                  "who should", "where should", "what now", "what next", "now what")
+#: Asking how a quest's errand goes ("Any news about the lantern?").
+_QUEST_NEWS = ("news", "any word", "how goes", "how is it going", "what about the", "about the")
 _QUEST = ("bell", "quest", "task", "job", "trouble", "troubled", "worried", "worry", "problem",
           "wrong", "happened", "matter", "clapper", "help", "work", "next", "ring", "sad", "what now",
           "what should i do", "what do i do", "what do i need")
@@ -270,13 +278,20 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
     pronoun = item is None and line.has_word(*_PRONOUNS)
     if pronoun:
         item = _last_item(state, npc)
-    q = state.quest
-    step = q.current
+    # A message a quest step asks the player to carry here, or the case it asks them to make.
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.kind in (TELL, PERSUADE) and s.npc == npc.id and holds(line, s.words):
+            return Intent(s.kind, quest=q.id)
     quest_item = item is not None and state.items[item].quest
-    receiving = step is not None and step.kind == "receive" and step.npc == npc.id
+    handing = [q for q in state.all_quests
+               if q.current is not None and q.current.kind == "receive" and q.current.npc == npc.id]
+    receiving = bool(handing)
+    step = handing[0].current if handing else None
 
-    if receiving and item == step.item:
-        return Intent(GIVE, item=step.item)
+    for q in handing:  # the villager owes the player this item: asking for it is the hand-over
+        if item == q.current.item and (quest_item or not line.has(*_PRICE, *_SELL)):
+            return Intent(GIVE, item=item, quest=q.id)
     mine = item is not None and state.player.inventory.get(item, 0) > 0
     if mine and not quest_item and line.has(*_SELL, *_OFFER_GOODS):
         return Intent(SELL, item=item, qty=qty)  # "Would you give me coin for a horseshoe?"
@@ -288,21 +303,33 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
             and claim != true_price(state, npc, item) and line.has(*_BUY_STRONG, *_BUY_SOFT, *_PRICE)):
         return Intent(REFUSED, item=item, reason=REFUSED_PRICE)
     if receiving and line.has(*_GIVE_ASK):
-        return Intent(GIVE, item=step.item)
+        return Intent(GIVE, item=step.item, quest=handing[0].id)
     if line.has(*_AUTHORITY) and line.has(*_DEMAND):
         return Intent(REFUSED, item=item if not quest_item else None, reason=REFUSED_PREMISE)
 
+    offered = offered_quest(state, npc)
+    named = named_quest(state, line)
+    if offered is not None and named is not None and named is not offered:
+        offered = None  # help offered with another quest ("Can I help with the bell?" to Bram)
     # A quest item is never goods: asking for it or about it is about the quest.
     if quest_item:
-        if npc.id == q.giver and not q.started and line.has(*_OFFER):
-            return Intent(ACCEPT)  # "Why is the bell so quiet? I'd gladly help."
+        if offered is not None and line.has(*_OFFER) and any(s.item == item for s in offered.steps):
+            return Intent(ACCEPT, quest=offered.id)  # "Why is the bell so quiet? I'd gladly help."
+        about = quest_about(state, npc, line, item)
         if line.has(*_GIVE_ASK, *_BUY_STRONG):
-            return Intent(GIVE, item=item)
-        return Intent(ASK_QUEST)
+            return Intent(GIVE, item=item, quest=about.id)
+        return Intent(ASK_QUEST, quest=about.id)
 
-    errand = step is not None and item is not None and item == step.item
-    if errand and line.has(*_QUEST_ERRAND):
-        return Intent(ASK_QUEST)
+    errands = [q for q in state.all_quests
+               if q.current is not None and item is not None and q.current.item == item]
+    if errands and line.has(*_QUEST_ERRAND):
+        return Intent(ASK_QUEST, quest=errands[0].id)
+    # "Any news about the lantern?" to someone with a part in a quest under way that needs one.
+    if item is not None and line.has(*_QUEST_NEWS):
+        for q in state.all_quests:
+            if (q.started and not q.complete and any(s.item == item for s in q.steps)
+                    and (q.giver == npc.id or q.current.npc == npc.id)):
+                return Intent(ASK_QUEST, quest=q.id)
     if other is not None and line.has(*_WHERE):
         return Intent(ASK_WHERE, npc=other)  # "Which way is Bram's forge?"
     if item is not None and (line.has(*_WHO_SELLS) or line.has_word("who", "where", "whence")
@@ -313,14 +340,13 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
     if item is None and line.has(*_WHERE) and line.has(*_OWN_PLACE):
         return Intent(ASK_WHERE, npc=npc.id)  # "Where do you keep your anvil?"
 
-    giver = npc.id == q.giver and not q.started
-    if giver and line.has(*_OFFER):
-        return Intent(ACCEPT)
-    if giver and item is None and len(line.words) <= 8:
+    if offered is not None and line.has(*_OFFER):
+        return Intent(ACCEPT, quest=offered.id)
+    if offered is not None and item is None and len(line.words) <= 8:
         if _opens_with(line, _NO):
             return Intent(DECLINE)
         if _opens_with(line, _YES):
-            return Intent(ACCEPT)
+            return Intent(ACCEPT, quest=offered.id)
 
     if item is not None and line.has(*_SELL):
         return Intent(SELL, item=item, qty=qty)
@@ -332,7 +358,7 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
             or (line.has_word("what", "what's", "which") and line.has_word(*_TRADE_WORDS))):
         return Intent(ASK_TRADE)
     if line.has(*_QUEST) or line.has(*_OFFER):
-        return Intent(ASK_QUEST)
+        return Intent(ASK_QUEST, quest=quest_about(state, npc, line, item).id)
     if line.has(*_BUY_STRONG):
         if line.has(*_GENERIC):
             return Intent(ASK_TRADE)
@@ -340,6 +366,69 @@ def recognise(state: WorldState, npc_id: str, words: str) -> Intent:
     if item is not None and not pronoun:
         return Intent(ASK_PRICE, item=item)
     return Intent(SMALL_TALK)
+
+
+def holds(line: Line, words: list[str]) -> bool:
+    """Does the line hold every entry of ``words`` (each a word or phrase, alternatives split by
+    "|"; a single word also matches in the plural)?"""
+    def has(alt: str) -> bool:
+        alt = " ".join(_WORD_RE.findall(alt.lower()))
+        return f" {alt} " in line.text or (" " not in alt and singular(alt) in line.singular)
+    return all(any(has(alt) for alt in entry.split("|")) for entry in words)
+
+
+def offered_quest(state: WorldState, npc: Npc) -> Quest | None:
+    """The first quest this villager gives that the player has not taken up yet."""
+    for q in state.all_quests:
+        if q.giver == npc.id and not q.started:
+            return q
+    return None
+
+
+_TITLE_SMALL = {"the", "a", "an", "for", "of", "to", "and", "in", "on", "at"}
+
+
+def quest_words(state: WorldState, quest: Quest) -> set[str]:
+    """Words that name a quest: its keywords (else its title's words) and its quest items' names."""
+    named = quest.keywords or [w for w in _WORD_RE.findall(quest.title.lower()) if w not in _TITLE_SMALL]
+    words = {singular(w) for k in named for w in _WORD_RE.findall(k.lower())}
+    for s in quest.steps:
+        if s.item in state.items and state.items[s.item].quest:
+            words.update(singular(w) for w in state.items[s.item].name.lower().split())
+    return words
+
+
+def named_quest(state: WorldState, line: Line) -> Quest | None:
+    """The first quest the line names by its words, if the village has more than one."""
+    quests = state.all_quests
+    if len(quests) == 1:
+        return None
+    said = set(line.singular)
+    for q in quests:
+        if said & quest_words(state, q):
+            return q
+    return None
+
+
+def quest_about(state: WorldState, npc: Npc, line: Line, item: str | None = None) -> Quest:
+    """The quest a question about "the quest" means: one the line names (by its words, or by an
+    item of its current step), else the one this villager has a part in now, else one it gives,
+    else the first quest under way, else the village's first quest."""
+    quests = state.all_quests
+    if len(quests) == 1:
+        return quests[0]
+    named = named_quest(state, line)
+    if named is not None:
+        return named
+    if item is not None:
+        for q in quests:
+            if q.current is not None and q.current.item == item:
+                return q
+    ranked = ([q for q in quests if q.current is not None and q.current.npc == npc.id]
+              + [q for q in quests if q.giver == npc.id and q.started and not q.complete]
+              + [q for q in quests if q.giver == npc.id and not q.started]
+              + [q for q in quests if q.started and not q.complete])
+    return ranked[0] if ranked else state.quest
 
 
 def _opens_with(line: Line, phrases: tuple[str, ...]) -> bool:
@@ -359,17 +448,24 @@ def candidate_intents(state: WorldState, npc_id: str) -> list[Intent]:
         raise KeyError(f"unknown npc {npc_id!r}")
     goods = sorted(i for i, it in state.items.items() if not it.quest)
     quest_items = sorted(i for i, it in state.items.items() if it.quest)
-    out = [Intent(SMALL_TALK), Intent(ASK_TRADE), Intent(ASK_QUEST)]
-    q = state.quest
-    if npc.id == q.giver and not q.started:
-        out += [Intent(ACCEPT), Intent(DECLINE)]
+    out = [Intent(SMALL_TALK), Intent(ASK_TRADE)]
+    out += [Intent(ASK_QUEST, quest=q.id) for q in state.all_quests]
+    offered = offered_quest(state, npc)
+    if offered is not None:
+        out += [Intent(ACCEPT, quest=offered.id), Intent(DECLINE)]
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.kind in (TELL, PERSUADE) and s.npc == npc.id:
+            out.append(Intent(s.kind, quest=q.id))
     for i in goods:
         out.append(Intent(ASK_PRICE, item=i))
         out.append(Intent(ASK_WHO_SELLS, item=i))
         out += [Intent(BUY, item=i, qty=n) for n in range(1, 100)]
         out += [Intent(SELL, item=i, qty=n) for n in range(1, 100)]
         out += [Intent(REFUSED, item=i, reason=r) for r in (REFUSED_FREE, REFUSED_PRICE, REFUSED_PREMISE)]
-    out += [Intent(GIVE, item=i) for i in quest_items]
+    out += [Intent(GIVE, item=i, quest=q.id) for i in quest_items for q in state.all_quests]
+    out += [Intent(GIVE, item=q.current.item, quest=q.id) for q in state.all_quests
+            if q.current is not None and q.current.kind == "receive" and q.current.npc == npc.id]
     out += [Intent(ASK_WHERE, npc=n.id) for n in state.npcs]
     out += [Intent(ASK_WHERE, place=p) for p in sorted(state.map.places)]
     out += [Intent(REFUSED, reason=r) for r in (REFUSED_FREE, REFUSED_PREMISE, REFUSED_UNKNOWN_ITEM)]
@@ -399,6 +495,10 @@ def describe(state: WorldState, intent: Intent) -> str:
             return "asks about the quest"
         case "accept":
             return "offers to help you"
+        case "tell":
+            return "brings you a message"
+        case "persuade":
+            return "makes a case to you"
         case "decline":
             return "says no"
         case "refused":

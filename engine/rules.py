@@ -9,8 +9,8 @@ from __future__ import annotations
 import unicodedata
 
 from engine.commands import GiveItem, NpcAction, Rejection, SellItem, StartQuest
-from engine.intent import Intent, recognise
-from engine.state import MAX_NPC_LINE_CHARS, Npc, WorldState
+from engine.intent import PERSUADE, TELL, Intent, recognise
+from engine.state import MAX_NPC_LINE_CHARS, Npc, Quest, WorldState
 
 #: How far (Chebyshev distance, in tiles) the player may be from an NPC to talk or trade.
 TALK_RANGE = 2
@@ -73,8 +73,8 @@ def check_give(state: WorldState, npc: Npc, item: str, qty: int) -> Rejection | 
 
 
 def check_accept_quest(state: WorldState, quest_id: str) -> Rejection | None:
-    q = state.quest
-    if quest_id != q.id:
+    q = state.quest_by_id(quest_id)
+    if q is None:
         return Rejection.UNKNOWN_QUEST
     if q.started:
         return Rejection.QUEST_NOT_AVAILABLE
@@ -93,7 +93,7 @@ def intended_action(state: WorldState, npc: Npc, intent: Intent) -> NpcAction | 
         case "give" if intent.item is not None:
             action = GiveItem(item=intent.item)
         case "accept":
-            action = StartQuest(quest=state.quest.id)
+            action = StartQuest(quest=intent.quest or state.quest.id)
         case _:
             return None
     return action if _action_allowed(state, npc, action) is None else None
@@ -107,6 +107,27 @@ def requested_action(state: WorldState, npc: Npc) -> NpcAction | None:
     return intended_action(state, npc, recognise(state, npc.id, npc.memory[-1].text))
 
 
+def spoken_step_done(state: WorldState, npc: Npc) -> Quest | None:
+    """The quest whose current step the player's latest, still unanswered line to this NPC does (a
+    message delivered, a villager persuaded), or None. The engine decides it from the words; the
+    reply to that line completes the step."""
+    if not npc.memory or npc.memory[-1].speaker != "player":
+        return None
+    intent = recognise(state, npc.id, npc.memory[-1].text)
+    if intent.kind not in (TELL, PERSUADE):
+        return None
+    return state.quest_by_id(intent.quest)
+
+
+def quest_receiving(state: WorldState, npc_id: str, item: str) -> Quest | None:
+    """The first quest whose current step is this villager handing this item to the player."""
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.kind == "receive" and s.npc == npc_id and s.item == item:
+            return q
+    return None
+
+
 def _action_allowed(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:
     """Could this NPC take this action now, had the player asked for it?"""
     match action:
@@ -115,16 +136,16 @@ def _action_allowed(state: WorldState, npc: Npc, action: NpcAction) -> Rejection
         case GiveItem(item=item):
             if item not in state.items:
                 return Rejection.UNKNOWN_ITEM
-            step = state.quest.current
-            if step is None or step.kind != "receive" or step.npc != npc.id or step.item != item:
+            if quest_receiving(state, npc.id, item) is None:
                 return Rejection.QUEST_STEP_MISMATCH
             return None
-        case StartQuest(quest=quest):
-            if quest != state.quest.id:
+        case StartQuest(quest=quest_id):
+            quest = state.quest_by_id(quest_id)
+            if quest is None:
                 return Rejection.UNKNOWN_QUEST
-            if npc.id != state.quest.giver:
+            if npc.id != quest.giver:
                 return Rejection.NOT_QUEST_GIVER
-            if state.quest.started:
+            if quest.started:
                 return Rejection.QUEST_NOT_AVAILABLE
             return None
     return Rejection.UNKNOWN_ITEM  # unreachable for well-typed input
@@ -147,12 +168,16 @@ def possible_npc_actions(state: WorldState, npc: Npc) -> list[NpcAction]:
         a = SellItem(item=item, price=npc.sells[item])
         if _action_allowed(state, npc, a) is None:
             out.append(a)
-    step = state.quest.current
-    if step is not None and step.kind == "receive" and step.npc == npc.id and step.item:
-        out.append(GiveItem(item=step.item))
-    a2 = StartQuest(quest=state.quest.id)
-    if _action_allowed(state, npc, a2) is None:
-        out.append(a2)
+    for q in state.all_quests:
+        step = q.current
+        if step is not None and step.kind == "receive" and step.npc == npc.id and step.item:
+            give = GiveItem(item=step.item)
+            if give not in out:
+                out.append(give)
+    for q in state.all_quests:
+        start = StartQuest(quest=q.id)
+        if _action_allowed(state, npc, start) is None:
+            out.append(start)
     return out
 
 

@@ -21,15 +21,38 @@ from engine.hashing import state_hash
 from engine.state import WorldState
 
 SAVE_FORMAT = "hearth-save"
-SAVE_VERSION = 1
+SAVE_VERSION = 2
 #: What a player does with a save this Hearth cannot read: start over, keeping it as a backup.
 OLD_SAVE_ADVICE = ("start a new game with `hearth play --new-game` (the old save is kept as a "
                    "backup), or open it with the Hearth that wrote it")
 
+
+
+def _add_village_quests(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 -> 2: a world had one quest. A game of the shipped village gains the quests the
+    village has since (not started); a game of any other world is kept as it was."""
+    from engine.world import load_world  # the shipped world data, read only when upgrading
+
+    if raw.get("quests"):
+        return raw
+    village = load_world()
+    first = raw.get("quest") or {}
+    if raw.get("world_name") != village.world_name or first.get("id") != village.quest.id:
+        return raw
+    npcs = {n.get("id") for n in raw.get("npcs", ())}
+    items = set(raw.get("items", {}))
+    fits = [q for q in village.quests or ()
+            if q.giver in npcs and all((s.npc is None or s.npc in npcs)
+                                       and (s.item is None or s.item in items) for s in q.steps)]
+    if fits:
+        raw["quests"] = msgspec.to_builtins(fits)
+    return raw
+
+
 #: version -> a function turning the raw (msgpack-decoded) state of that version into the next.
 #: A change to the world state that old saves cannot be read as adds a step here and bumps
 #: ``SAVE_VERSION``.
-UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _add_village_quests}
 
 
 class SaveError(Exception):

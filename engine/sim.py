@@ -16,7 +16,7 @@ from engine.commands import (
     SellItem, SkinWorn, StartQuest, TalkEnded, TalkStarted, Traded, WearSkin, command_name,
 )
 from engine.state import (
-    MAX_SAY_CHARS, MEMORY_TURNS, NPC_MOVE_TICKS, PLAYER_MOVE_TICKS, Npc, Turn,
+    MAX_SAY_CHARS, MEMORY_TURNS, NPC_MOVE_TICKS, PLAYER_MOVE_TICKS, Npc, Quest, Turn,
     WorldState, add_items,
 )
 from engine.world import distance_field, walkable
@@ -109,25 +109,25 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
         case Give(npc=npc_id, item=item, qty=qty):
             npc, why = rules.check_talking(state, npc_id)
             why = why or rules.check_give(state, npc, item, qty)
-            if why is None and state.items[item].quest and not _quest_wants(state, npc_id, item):
+            if why is None and state.items[item].quest and _quest_wanting(state, npc_id, item) is None:
                 why = Rejection.QUEST_ITEM  # a quest item handed to the wrong person would strand the quest
             if why:
                 return _reject(events, cmd, why)
             add_items(p.inventory, item, -qty)
             events.append(Gave(npc=npc_id, item=item, qty=qty, to_player=False))
-            step_ = state.quest.current
-            if step_ is not None and step_.kind == "give" and step_.npc == npc_id and step_.item == item:
+            quest = _quest_wanting(state, npc_id, item)
+            if quest is not None:
                 # The quest uses one up (the smith melts the ingot, the bell takes the clapper).
-                _consume(state, item, 1, f"quest {state.quest.id}", events)
+                _consume(state, item, 1, f"quest {quest.id}", events)
                 add_items(npc.inventory, item, qty - 1)
-                _advance_quest(state, events)
+                _advance_quest(state, quest, events)
             else:
                 add_items(npc.inventory, item, qty)
         case AcceptQuest(quest=quest_id):
             why = rules.check_accept_quest(state, quest_id)
             if why:
                 return _reject(events, cmd, why)
-            _start_quest(state, events)
+            _start_quest(state.quest_by_id(quest_id), events)
         case WearSkin(npc=npc_id, skin=skin):
             npc = state.npc(npc_id)
             if npc is None:
@@ -143,18 +143,26 @@ def _apply(state: WorldState, cmd: Command, events: list[Event]) -> None:
                 why = rules.check_npc_action(state, npc, action)
             if why:
                 return _reject(events, cmd, why)
+            # A message delivered or a villager won over: the reply to that line completes the step.
+            spoken = rules.spoken_step_done(state, npc)
             _remember(state, npc, npc_id, text, action)
             events.append(NpcSaid(npc=npc_id, text=text, action=action))
             match action:
                 case SellItem(item=item, qty=qty):
                     _sell_to_player(state, npc, item, qty, events)
                 case GiveItem(item=item):
-                    _mint(state, item, 1, f"quest {state.quest.id}", events)
+                    quest = rules.quest_receiving(state, npc_id, item)
+                    if npc.inventory.get(item, 0) > 0:
+                        add_items(npc.inventory, item, -1)  # goods the villager has: handed over
+                    else:
+                        _mint(state, item, 1, f"quest {quest.id}", events)  # made for the quest
                     add_items(p.inventory, item, 1)
                     events.append(Gave(npc=npc_id, item=item, qty=1, to_player=True))
-                    _advance_quest(state, events)
-                case StartQuest():
-                    _start_quest(state, events)
+                    _advance_quest(state, quest, events)
+                case StartQuest(quest=quest_id):
+                    _start_quest(state.quest_by_id(quest_id), events)
+            if spoken is not None:
+                _advance_quest(state, spoken, events)
 
 
 def _is_skin_id(skin: str) -> bool:
@@ -188,13 +196,12 @@ def _consume(state: WorldState, item: str, qty: int, reason: str, events: list[E
 
 # ---- quest -------------------------------------------------------------------------------------
 
-def _start_quest(state: WorldState, events: list[Event]) -> None:
-    state.quest.step = 0
-    events.append(QuestStarted(quest=state.quest.id))
+def _start_quest(quest: Quest, events: list[Event]) -> None:
+    quest.step = 0
+    events.append(QuestStarted(quest=quest.id))
 
 
-def _advance_quest(state: WorldState, events: list[Event]) -> None:
-    q = state.quest
+def _advance_quest(state: WorldState, q: Quest, events: list[Event]) -> None:
     done = q.current
     if done is not None and done.reward_gold:
         state.player.gold += done.reward_gold
@@ -207,21 +214,27 @@ def _advance_quest(state: WorldState, events: list[Event]) -> None:
         events.append(QuestAdvanced(quest=q.id, step=q.step))
 
 
-def _quest_wants(state: WorldState, npc_id: str, item: str) -> bool:
-    s = state.quest.current
-    return s is not None and s.kind == "give" and s.npc == npc_id and s.item == item
+def _quest_wanting(state: WorldState, npc_id: str, item: str) -> Quest | None:
+    """The first quest whose current step is giving this item to this villager."""
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.kind == "give" and s.npc == npc_id and s.item == item:
+            return q
+    return None
 
 
 def _quest_talk(state: WorldState, npc_id: str, events: list[Event]) -> None:
-    s = state.quest.current
-    if s is not None and s.kind == "talk" and s.npc == npc_id:
-        _advance_quest(state, events)
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.kind == "talk" and s.npc == npc_id:
+            _advance_quest(state, q, events)
 
 
 def _check_quest(state: WorldState, events: list[Event]) -> None:
-    s = state.quest.current
-    if s is not None and s.kind == "obtain" and state.player.inventory.get(s.item or "", 0) > 0:
-        _advance_quest(state, events)
+    for q in state.all_quests:
+        s = q.current
+        if s is not None and s.kind == "obtain" and state.player.inventory.get(s.item or "", 0) > 0:
+            _advance_quest(state, q, events)
 
 
 # ---- movement ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ is self-contained, and the state hash covers everything a rule can read.
 from __future__ import annotations
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct, UnsetType
 
 from engine.commands import NpcAction
 
@@ -99,12 +99,21 @@ class Player(Struct):
 
 class QuestStep(Struct, frozen=True):
     #: "obtain" (player holds item), "give" (player gives item to npc),
-    #: "receive" (npc gives item to player), "talk" (player talks to npc).
+    #: "receive" (npc gives item to player), "talk" (player talks to npc),
+    #: "tell" (player tells npc a message: their line holds ``words``),
+    #: "persuade" (player wins npc over by stating a fact: their line holds ``words``).
     kind: str
     description: str
     npc: str | None = None
     item: str | None = None
     reward_gold: int = 0
+    #: tell / persuade: what the player's line must hold, decided by the engine. Each entry is one
+    #: required word or phrase, with alternatives separated by "|" ("lantern|lamp").
+    #: (Fields that are unset are left out of the encoding, so quests written before they existed
+    #: encode and hash as they did.)
+    words: list[str] | UnsetType = UNSET
+    #: tell / persuade: what the villager answers when the line does it (the engine's fact).
+    reply: str | UnsetType = UNSET
 
 
 class Quest(Struct):
@@ -115,6 +124,8 @@ class Quest(Struct):
     steps: list[QuestStep]
     #: -1: not started; len(steps): complete.
     step: int = -1
+    #: Words that name this quest when the player asks about it ("lantern", "watch").
+    keywords: list[str] | UnsetType = UNSET
 
     @property
     def started(self) -> bool:
@@ -140,12 +151,27 @@ class WorldState(Struct):
     player: Player
     #: Kept sorted by id: iteration order is part of the rules.
     npcs: list[Npc]
+    #: The village's first quest. Further quests are in ``quests``; ``all_quests`` lists them all.
     quest: Quest
     #: Running totals of what rules created or destroyed, for conservation checks.
     gold_minted: int = 0
     items_minted: dict[str, int] = {}
     items_consumed: dict[str, int] = {}
     world_name: str = ""
+    #: The quests after the first, each with its own step. Unset in a world of one quest, so a
+    #: state written before there were several encodes and hashes as it did.
+    quests: list[Quest] | UnsetType = UNSET
+
+    @property
+    def all_quests(self) -> list[Quest]:
+        """Every quest of the world, the first one first (the order rules try them in)."""
+        return [self.quest, *(self.quests or ())]
+
+    def quest_by_id(self, quest_id: str) -> Quest | None:
+        for q in self.all_quests:
+            if q.id == quest_id:
+                return q
+        return None
 
     def npc(self, npc_id: str) -> Npc | None:
         for n in self.npcs:

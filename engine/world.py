@@ -32,7 +32,9 @@ TILE_KINDS: dict[str, tuple[str, bool]] = {
     "t": ("table", False),
 }
 
-QUEST_STEP_KINDS = ("obtain", "give", "receive", "talk")
+QUEST_STEP_KINDS = ("obtain", "give", "receive", "talk", "tell", "persuade")
+#: Step kinds done by what the player says to the step's villager.
+SPOKEN_STEP_KINDS = ("tell", "persuade")
 
 
 class WorldDataError(ValueError):
@@ -75,6 +77,7 @@ class _QuestData(msgspec.Struct, forbid_unknown_fields=True):
     giver: str
     summary: str
     steps: list[QuestStep]
+    keywords: list[str] = []
 
 
 class _WorldMeta(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,6 +92,8 @@ class _WorldData(msgspec.Struct, forbid_unknown_fields=True):
     npcs: list[_NpcData]
     quest: _QuestData
     places: dict[str, tuple[int, int]] = {}
+    #: The quests after the first ([[quests]] tables).
+    quests: list[_QuestData] = []
 
 
 def parse_map(text: str) -> TileMap:
@@ -174,25 +179,47 @@ def load_world(path: Path | str | None = None, seed: int = 0) -> WorldState:
     if len({n.id for n in npcs}) != len(npcs):
         raise WorldDataError("npc ids must be unique")
     npc_ids = {n.id for n in npcs}
-    q = data.quest
-    if q.giver not in npc_ids:
-        raise WorldDataError(f"quest {q.id}: unknown giver {q.giver!r}")
-    for i, s in enumerate(q.steps):
-        if s.kind not in QUEST_STEP_KINDS:
-            raise WorldDataError(f"quest {q.id} step {i}: unknown kind {s.kind!r}")
-        if s.kind in ("give", "receive", "talk") and s.npc not in npc_ids:
-            raise WorldDataError(f"quest {q.id} step {i}: unknown npc {s.npc!r}")
-        if s.kind != "talk" and s.item not in items:
-            raise WorldDataError(f"quest {q.id} step {i}: unknown item {s.item!r}")
+    quest_data = [data.quest, *data.quests]
+    if len({q.id for q in quest_data}) != len(quest_data):
+        raise WorldDataError("quest ids must be unique")
+    for q in quest_data:
+        _check_quest(q, npc_ids, items)
+    quests = [_quest(q) for q in quest_data]
     p = data.player
     return WorldState(
         tick=0, seed=seed, rng=rng.seed_state(seed), map=tmap, items=items,
         player=Player(name=p.name, x=p.x, y=p.y, gold=p.gold, inventory=dict(p.inventory),
                       from_x=p.x, from_y=p.y),
         npcs=npcs,
-        quest=Quest(id=q.id, title=q.title, giver=q.giver, summary=q.summary, steps=list(q.steps)),
+        quest=quests[0], quests=quests[1:] or msgspec.UNSET,
         world_name=data.world.name,
     )
+
+
+def _quest(q: _QuestData) -> Quest:
+    return Quest(id=q.id, title=q.title, giver=q.giver, summary=q.summary, steps=list(q.steps),
+                 keywords=list(q.keywords) if q.keywords else msgspec.UNSET)
+
+
+def _check_quest(q: _QuestData, npc_ids: set[str], items: dict[str, Item]) -> None:
+    if q.giver not in npc_ids:
+        raise WorldDataError(f"quest {q.id}: unknown giver {q.giver!r}")
+    for i, s in enumerate(q.steps):
+        where = f"quest {q.id} step {i}"
+        if s.kind not in QUEST_STEP_KINDS:
+            raise WorldDataError(f"{where}: unknown kind {s.kind!r}")
+        if s.kind in ("give", "receive", "talk", *SPOKEN_STEP_KINDS) and s.npc not in npc_ids:
+            raise WorldDataError(f"{where}: unknown npc {s.npc!r}")
+        if s.kind in SPOKEN_STEP_KINDS:
+            if not s.words or any(not w.strip() or any(not a.strip() for a in w.split("|"))
+                                  for w in s.words):
+                raise WorldDataError(f"{where}: a {s.kind} step needs words the player's line "
+                                     f"must hold (each non-empty, alternatives split by '|')")
+            if not s.reply or '"' in s.reply or "\\" in s.reply:
+                raise WorldDataError(f"{where}: a {s.kind} step needs a reply without double "
+                                     f"quotes or backslashes")
+        elif s.kind != "talk" and s.item not in items:
+            raise WorldDataError(f"{where}: unknown item {s.item!r}")
 
 
 def new_game(seed: int = 0, world: Path | str | None = None) -> WorldState:

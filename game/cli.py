@@ -69,10 +69,15 @@ def state_json(state: WorldState) -> dict:
         "npcs": [{"id": n.id, "name": n.name, "role": n.role, "x": n.x, "y": n.y, "gold": n.gold,
                   "inventory": dict(sorted(n.inventory.items())), "skin": n.skin,
                   "activity": n.activity} for n in state.npcs],
-        "quest": {"id": q.id, "title": q.title, "started": q.started, "complete": q.complete,
-                  "step": q.step, "steps": len(q.steps),
-                  "current": q.current.description if q.current else None},
+        "quest": _quest_json(q),
+        "quests": [_quest_json(q) for q in state.all_quests],
     }
+
+
+def _quest_json(q) -> dict:
+    return {"id": q.id, "title": q.title, "started": q.started, "complete": q.complete,
+            "step": q.step, "steps": len(q.steps),
+            "current": q.current.description if q.current else None}
 
 
 def cmd_state(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import pygame
 
 from engine.commands import AcceptQuest, Buy, Command, EndTalk, Give, Interact, Move, Sell
+from engine.intent import offered_quest
 from engine.state import MAX_SAY_CHARS, TICKS_PER_SECOND, WorldState
 from game.help_overlay import HELP_KEY, draw_help
 from game.notices import describe
@@ -270,7 +271,8 @@ def parse_shortcut(state: WorldState, npc_id: str, line: str) -> Command | str:
         return SHORTCUT_HELP
     verb, args = words[0].lower(), words[1:]
     if verb == "accept":
-        return AcceptQuest(quest=state.quest.id)
+        offered = offered_quest(state, state.npc(npc_id)) if state.npc(npc_id) else None
+        return AcceptQuest(quest=(offered or state.quest).id)
     if verb not in ("buy", "sell", "give"):
         return f"Unknown command /{verb}. {SHORTCUT_HELP}"
     qty = 1

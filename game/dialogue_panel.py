@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pygame
 
+from engine.intent import offered_quest
 from engine.state import Npc, WorldState
 from game import text
 from game.palette import (
@@ -102,7 +103,7 @@ def _draw_wares(surface: pygame.Surface, rect: pygame.Rect, state: WorldState, n
     y = _trade_list(surface, rect, y, "BUYS", [
         (i, state.items[i].name if i in state.items else i, p, None) for i, p in sorted(npc.buys.items())
     ], "nothing")
-    q = state.quest
+    q = offered_quest(state, npc) or state.quest
     if q.giver == npc.id and not q.started:
         text.draw(surface, text.ellipsize(f"/accept  takes on '{q.title}'", f, rect.width),
                   (rect.left, y + 2), 18, ACCENT)

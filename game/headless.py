@@ -11,7 +11,7 @@ Script format (one action per line, ``#`` starts a comment)::
     buy tobin iron_ingot [QTY]
     sell tobin rope [QTY]
     give bram iron_ingot [QTY]
-    accept                accept the quest offered by the NPC you are talking to
+    accept [QUEST]        accept the quest offered by the NPC you are talking to (or QUEST, by id)
     leave                 end the conversation
     wait 120              let 120 ticks pass
 """
@@ -30,6 +30,7 @@ from engine.commands import (
     QuestAdvanced, QuestCompleted, QuestStarted, Rejected, Say, Sell, Give, TalkStarted, Traded,
 )
 from engine.dialogue import DialogueTurn
+from engine.intent import offered_quest
 from engine.hashing import state_hash
 from engine.replay import Recorder
 from engine.sim import step
@@ -52,7 +53,7 @@ class Action:
 
 
 _ARITY = {"goto": (1, 1), "talk": (2, 999), "buy": (2, 3), "sell": (2, 3), "give": (2, 3),
-          "accept": (0, 0), "leave": (0, 0), "wait": (1, 1)}
+          "accept": (0, 1), "leave": (0, 0), "wait": (1, 1)}
 
 
 def parse_script(text: str, state: WorldState | None = None) -> list[Action]:
@@ -81,6 +82,9 @@ def parse_script(text: str, state: WorldState | None = None) -> list[Action]:
             raise ScriptError(f"line {n}: unknown npc {args[0]!r}")
         if state is not None and verb in ("buy", "sell", "give") and args[1] not in state.items:
             raise ScriptError(f"line {n}: unknown item {args[1]!r}")
+        if state is not None and verb == "accept" and args and state.quest_by_id(args[0]) is None:
+            raise ScriptError(f"line {n}: unknown quest {args[0]!r} "
+                              f"(known: {', '.join(q.id for q in state.all_quests)})")
         actions.append(Action(line=n, verb=verb, args=args))
     return actions
 
@@ -160,6 +164,8 @@ class Director:
                 return s.tick - self._started_at + 1 >= int(a.args[0]), []
             case "goto":
                 return self._goto(a)
+            case "talk" | "accept" if self._queued:
+                return False, []  # the last reply commits first: a line answers the line before it
             case "talk":
                 npc_id, words = a.args[0], " ".join(a.args[1:])
                 if p.talking_to != npc_id:
@@ -176,8 +182,11 @@ class Director:
                 pre = [Interact(npc=a.args[0])] if p.talking_to != a.args[0] else []
                 return True, pre + [cls(npc=a.args[0], item=a.args[1], qty=qty)]
             case "accept":
+                talking = s.npc(p.talking_to) if p.talking_to else None
+                quest = (s.quest_by_id(a.args[0]) if a.args
+                         else offered_quest(s, talking) if talking is not None else s.quest)
                 # Only if the villager has not already started it in conversation.
-                return True, [] if s.quest.started else [AcceptQuest(quest=s.quest.id)]
+                return True, [] if quest is None or quest.started else [AcceptQuest(quest=quest.id)]
             case "leave":
                 return True, [EndTalk()] if p.talking_to else []
         raise ScriptError(f"line {a.line}: unknown action {a.verb}")
@@ -287,12 +296,12 @@ class Director:
                         self.out(f"[{t}] {self._name(n)} gave you {self._item(item, qty)}")
                     else:
                         self.out(f"[{t}] You gave {self._item(item, qty)} to {self._name(n)}")
-                case QuestStarted():
-                    self.out(f"[{t}] Quest started: {self.state.quest.title}")
-                case QuestAdvanced(step=i):
-                    self.out(f"[{t}] Quest: {self.state.quest.steps[i].description}")
-                case QuestCompleted():
-                    self.out(f"[{t}] Quest complete: {self.state.quest.title}")
+                case QuestStarted(quest=q):
+                    self.out(f"[{t}] Quest started: {self.state.quest_by_id(q).title}")
+                case QuestAdvanced(quest=q, step=i):
+                    self.out(f"[{t}] Quest: {self.state.quest_by_id(q).steps[i].description}")
+                case QuestCompleted(quest=q):
+                    self.out(f"[{t}] Quest complete: {self.state.quest_by_id(q).title}")
                 case GoldMinted(amount=a):
                     self.out(f"[{t}] Reward: {a} gold")
                 case Rejected(command=c, reason=r) if c != "move":
@@ -303,17 +312,26 @@ class Director:
 def summary(state: WorldState) -> list[str]:
     p = state.player
     inv = ", ".join(f"{state.items[i].name} x{n}" for i, n in sorted(p.inventory.items())) or "nothing"
-    q = state.quest
-    qs = ("not started" if not q.started else "complete" if q.complete
-          else f"step {q.step + 1}/{len(q.steps)}: {q.current.description}")
     lines = [f"ticks: {state.tick} ({clock(state)})",
-             f"player: at ({p.x}, {p.y}), {p.gold} gold, carrying {inv}",
-             f"quest '{q.title}': {qs}"]
+             f"player: at ({p.x}, {p.y}), {p.gold} gold, carrying {inv}"]
+    for q in state.all_quests:
+        qs = ("not started" if not q.started else "complete" if q.complete
+              else f"step {q.step + 1}/{len(q.steps)}: {q.current.description}")
+        lines.append(f"quest '{q.title}': {qs}")
     for n in state.npcs:
         lines.append(f"  {n.name} the {n.role}: at ({n.x}, {n.y}), {n.activity or 'idle'}, "
                      f"{n.gold} gold, skin {n.skin or 'base voice'}")
     lines.append(f"state-hash: {state_hash(state)}")
     return lines
+
+
+def walkthrough_script(quest_id: str) -> Path:
+    """The script that plays one quest of the village from a new game: ``assets/demo.script`` for
+    the first, ``assets/quests/<id>.script`` for the others."""
+    from assets import ASSETS_DIR
+
+    own = ASSETS_DIR / "quests" / f"{quest_id}.script"
+    return own if own.exists() else ASSETS_DIR / "demo.script"
 
 
 def load_script(path: Path, state: WorldState) -> list[Action]:

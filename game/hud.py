@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import pygame
 
-from engine.state import TICKS_PER_HOUR, WorldState
+from engine.state import TICKS_PER_HOUR, Quest, WorldState
 from game import text
 from game.palette import (
     ACCENT, BORDER, GOLD, INK, INK_DIM, INK_FAINT, OK_GREEN, PANEL_BG, REFUSAL, SECTION_BG,
@@ -38,9 +38,9 @@ def clock_text(state: WorldState) -> str:
     return f"Day {state.day}  {state.hour:02d}:{minute:02d}  {time_of_day(state.hour)}"
 
 
-def quest_lines(state: WorldState) -> tuple[str, str]:
-    """(status line, detail) for the quest box."""
-    q = state.quest
+def quest_lines(state: WorldState, quest: Quest | None = None) -> tuple[str, str]:
+    """(status line, detail) for a quest (the village's first unless named) in the quest box."""
+    q = quest or state.quest
     if not q.started:
         giver = state.npc(q.giver)
         who = giver.name if giver else q.giver
@@ -50,6 +50,19 @@ def quest_lines(state: WorldState) -> tuple[str, str]:
     step = q.current
     assert step is not None
     return f"Step {q.step + 1} of {len(q.steps)}", step.description
+
+
+def board_quests(state: WorldState, most: int = 2) -> tuple[list[Quest], str]:
+    """The quests the side panel shows (those under way, else the next one on offer, else the
+    first) and a line about the others ("" if none)."""
+    quests = state.all_quests
+    shown = ([q for q in quests if q.started and not q.complete]
+             or [q for q in quests if not q.started][:1] or quests[:1])[:most]
+    others = [q for q in quests if q not in shown]
+    if not others:
+        return shown, ""
+    done = sum(q.complete for q in others)
+    return shown, f"{len(others)} more quest{'s' if len(others) > 1 else ''}, {done} done"
 
 
 def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldState, hint: str | None,
@@ -85,16 +98,21 @@ def draw_side_panel(surface: pygame.Surface, rect: pygame.Rect, state: WorldStat
         y += 20
     y += 6
 
-    y = _section(surface, inner, y, "Quest")
-    q = state.quest
-    text.draw(surface, q.title, (inner.left, y), 24, ACCENT)
-    y += 22
-    status, detail = quest_lines(state)
-    text.draw(surface, status, (inner.left, y), 20, OK_GREEN if q.complete else INK_DIM)
-    y += 20
-    y = text.draw_wrapped(surface, detail, pygame.Rect(inner.left, y, inner.width, 100), 20, INK,
-                          max_lines=4)
-    y += 8
+    shown, rest = board_quests(state)
+    y = _section(surface, inner, y, "Quests" if len(state.all_quests) > 1 else "Quest")
+    for i, q in enumerate(shown):
+        text.draw(surface, q.title, (inner.left, y), 24 if i == 0 else 20, ACCENT)
+        y += 22
+        status, detail = quest_lines(state, q)
+        text.draw(surface, status, (inner.left, y), 20, OK_GREEN if q.complete else INK_DIM)
+        y += 20
+        y = text.draw_wrapped(surface, detail, pygame.Rect(inner.left, y, inner.width, 100), 20, INK,
+                              max_lines=4 if len(shown) == 1 else 2)
+        y += 6
+    if rest:
+        text.draw(surface, rest, (inner.left, y), 18, INK_FAINT)
+        y += 20
+    y += 2
 
     swarm_rect = pygame.Rect(inner.left, rect.bottom - SWARM_BOX_HEIGHT - _PAD, inner.width,
                              SWARM_BOX_HEIGHT)

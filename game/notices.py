@@ -63,12 +63,13 @@ def describe(state: WorldState, ev: Event) -> tuple[str, bool] | None:
             return f"{npc_name(npc)} gave you the {item_name(item, qty)}.", False
         case Gave(npc=npc, item=item, qty=qty, to_player=False):
             return f"You gave the {item_name(item, qty)} to {npc_name(npc)}.", False
-        case QuestStarted():
-            return f"Quest started: {state.quest.title}.", False
-        case QuestAdvanced(step=step):
-            return f"{state.quest.title}: step {step + 1} of {len(state.quest.steps)}.", False
-        case QuestCompleted():
-            return f"Quest complete: {state.quest.title}!", False
+        case QuestStarted(quest=quest):
+            return f"Quest started: {(state.quest_by_id(quest) or state.quest).title}.", False
+        case QuestAdvanced(quest=quest, step=step):
+            q = state.quest_by_id(quest) or state.quest
+            return f"{q.title}: step {step + 1} of {len(q.steps)}.", False
+        case QuestCompleted(quest=quest):
+            return f"Quest complete: {(state.quest_by_id(quest) or state.quest).title}!", False
         case GoldMinted(amount=amount):
             return f"Reward: {amount} gold.", False
     return None

@@ -81,6 +81,8 @@ class Question:
     premise: bool = False
     inventory: dict[str, int] = field(default_factory=dict)
     gold: int | None = None
+    #: The quest ``quest_step`` counts in (the village's first unless named).
+    quest: str = "silent_bell"
 
 
 def load_questions(path: Path = QUESTIONS) -> list[Question]:
@@ -95,7 +97,10 @@ def load_questions(path: Path = QUESTIONS) -> list[Question]:
             raise ValueError(f"{where}: {e}") from None
         if item.npc not in NPCS:
             raise ValueError(f"{where}: unknown npc {item.npc!r}")
-        if not -1 <= item.quest_step <= len(world.quest.steps):
+        quest = world.quest_by_id(item.quest)
+        if quest is None:
+            raise ValueError(f"{where}: unknown quest {item.quest!r}")
+        if not -1 <= item.quest_step <= len(quest.steps):
             raise ValueError(f"{where}: quest_step {item.quest_step} out of range")
         m = ACTION_RE.fullmatch(item.action)
         if m is None:
@@ -165,7 +170,7 @@ def _beside(state: WorldState, npc_id: str) -> WorldState:
     return state
 
 
-def _do(state: WorldState, npc_id: str, cmd, want_step: int) -> WorldState:
+def _do(state: WorldState, npc_id: str, cmd, want_step: int, quest: str = "silent_bell") -> WorldState:
     if state.player.talking_to != npc_id:
         state = _beside(state, npc_id)
     if cmd is not None:
@@ -173,8 +178,9 @@ def _do(state: WorldState, npc_id: str, cmd, want_step: int) -> WorldState:
         bad = [e for e in events if isinstance(e, Rejected)]
         if bad:
             raise SetupError(f"{cmd} refused: {bad}")
-    if state.quest.step != want_step:
-        raise SetupError(f"quest at step {state.quest.step}, wanted {want_step}")
+    at = state.quest_by_id(quest).step
+    if at != want_step:
+        raise SetupError(f"quest {quest} at step {at}, wanted {want_step}")
     return state
 
 
@@ -196,10 +202,48 @@ def advance_quest(state: WorldState, to_step: int) -> WorldState:
     return state
 
 
+def _said(npc_id: str, words: str, reply: str, action=None) -> list:
+    return [Say(npc=npc_id, text=words), NpcReply(npc=npc_id, text=reply, action=action)]
+
+
+def advance_other_quest(state: WorldState, quest_id: str, to_step: int) -> WorldState:
+    """Play one of the village's later quests up to ``to_step`` with the engine's own commands:
+    each entry is (villager, commands, the quest's step after them)."""
+    q = state.quest_by_id(quest_id)
+    reply = {i: s.reply for i, s in enumerate(q.steps) if s.reply}
+    plans = {
+        "watch_lantern": [
+            ("hilda", AcceptQuest(quest=quest_id), 0),                           # -> 0 tell Tobin
+            ("tobin", _said("tobin", "The watch needs a lantern.", reply.get(0, "")), 1),
+            ("bram", Buy(npc="bram", item="nails"), 1),                          # -> 1 trade nails
+            ("tobin", Give(npc="tobin", item="nails"), 2),                       # -> 2 ask for it
+            ("tobin", _said("tobin", "May I have the lantern?", "Here.",
+                            GiveItem(item="lantern")), 3),                       # -> 3 to Hilda
+            ("hilda", Give(npc="hilda", item="lantern"), 4),                     # -> 4 complete
+        ],
+        "honest_price": [
+            ("bram", AcceptQuest(quest=quest_id), 0),                            # -> 0 persuade
+            ("tobin", _said("tobin", "Bram pays 8 gold for an ingot.", reply.get(0, "")), 1),
+            ("tobin", _said("tobin", "May I have the ingot?", "Here.",
+                            GiveItem(item="iron_ingot")), 2),                    # -> 2 to Bram
+            ("bram", Give(npc="bram", item="iron_ingot"), 3),                    # -> 3 complete
+        ],
+    }
+    for npc_id, cmd, after in plans[quest_id]:
+        if q.step >= to_step:
+            break
+        state = _do(state, npc_id, cmd, after, quest_id)
+        q = state.quest_by_id(quest_id)
+    return state
+
+
 def question_state(q: Question, seed: int = 1, skin: str | None = None) -> WorldState:
     """A new game at the question's precondition, the player talking to the asked villager (who
     wears ``skin``, a skin id, if given) with no conversation behind them."""
-    state = advance_quest(new_game(seed), q.quest_step)
+    if q.quest == "silent_bell":
+        state = advance_quest(new_game(seed), q.quest_step)
+    else:
+        state = advance_other_quest(new_game(seed), q.quest, q.quest_step)
     if state.player.talking_to is not None:
         state, _ = step(state, [EndTalk()])
     for npc in state.npcs:
