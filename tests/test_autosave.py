@@ -165,6 +165,7 @@ def test_window_saves_on_signals_continues_and_starts_over(tmp_path):
     assert load_game(save).tick < second
 
 
+@pytest.mark.slow
 def test_window_names_what_to_do_with_a_save_it_cannot_read(tmp_path):
     home = tmp_path / "home"
     save = home / "saves" / "current.save"
@@ -175,6 +176,7 @@ def test_window_names_what_to_do_with_a_save_it_cannot_read(tmp_path):
     assert "newer than this Hearth" in r.stderr and save.exists()
 
 
+@pytest.mark.slow
 def test_headless_runs_leave_the_players_save_alone(tmp_path):
     home = tmp_path / "home"
     r = hearth("play", "--headless", "--ticks", "30", home=home)

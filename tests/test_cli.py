@@ -57,12 +57,14 @@ def test_help_names_every_option_and_subcommand(path, capsys):
     assert not missing, f"`{' '.join(('hearth', *path))} --help` does not name {missing}"
 
 
+@pytest.mark.slow
 def test_help_from_the_command_line(tmp_path):
     r = hearth("--help", home=tmp_path / "home")
     assert r.returncode == 0 and r.stdout.startswith("usage: hearth ")
     assert HELP_NAMES[()] <= set(r.stdout.replace(",", " ").split())
 
 
+@pytest.mark.slow
 def test_headless_play_prints_hash_last_and_narrates(tmp_path):
     r = hearth("play", "--headless", "--seed", "3", "--ticks", "6000",
                "--script", str(ROOT / "assets" / "demo.script"), home=tmp_path / "home")
@@ -107,6 +109,7 @@ def test_talk_json_through_the_model(hearth_home, tmp_path):
     assert r.returncode == 2 and "unknown npc 'nobody'" in r.stderr
 
 
+@pytest.mark.slow
 def test_bad_script_is_named(tmp_path):
     script = tmp_path / "bad.script"
     script.write_text("goto maren\nfly away\n")
@@ -119,6 +122,7 @@ def test_bad_script_is_named(tmp_path):
     assert r.returncode == 2 and "unknown item 'moonstone'" in r.stderr
 
 
+@pytest.mark.slow
 def test_state_json_and_save_round_trip(tmp_path):
     save = tmp_path / "g.save"
     home = tmp_path / "home"

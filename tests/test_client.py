@@ -71,6 +71,7 @@ def region(img: np.ndarray, rect: pygame.Rect) -> np.ndarray:
     return img[rect.top:rect.bottom, rect.left:rect.right]
 
 
+@pytest.mark.slow
 def test_window_frame_is_drawn(session, tmp_path):
     shot = tmp_path / "frame.png"
     assert run_window(session, max_frames=4, screenshot=shot) == 0
@@ -115,6 +116,7 @@ def test_dialogue_panel_keeps_clear_of_the_conversation(session):
     assert dialogue_rect(state).bottom < play_rect(state).centery
 
 
+@pytest.mark.slow
 def test_render_only_reads_state(talking_session, offscreen):
     s = talking_session
     surface = pygame.Surface(window_size(s.state))
@@ -222,6 +224,7 @@ def test_keys_queue_commands(session):
         pygame.display.quit()
 
 
+@pytest.mark.slow
 def test_missing_art_falls_back_to_shapes(session, tmp_path, monkeypatch, offscreen):
     monkeypatch.setattr(art_module, "ART_DIR", tmp_path)
     ui = make_ui(session.state)

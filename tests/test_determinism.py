@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from engine.replay import load_log, replay
 from tests.conftest import hearth
 
@@ -20,6 +22,7 @@ def _run(tmp_path: Path, name: str, seed: int, ticks: int = 10_000) -> tuple[Pat
     return log, last.split()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_agree_at_every_tick(tmp_path):
     # Different PYTHONHASHSEEDs: set/dict ordering tricks would show up as a divergence.
     a, ha = _run(tmp_path, "run1", seed=11)
@@ -31,6 +34,7 @@ def test_two_processes_agree_at_every_tick(tmp_path):
     assert la.inputs and la.inputs == lb.inputs
 
 
+@pytest.mark.slow
 def test_replay_matches_and_detects_tampering(tmp_path):
     log_path, final = _run(tmp_path, "run3", seed=4, ticks=3000)
     log = load_log(log_path)
@@ -46,6 +50,7 @@ def test_replay_matches_and_detects_tampering(tmp_path):
     assert not bad.ok and bad.first_mismatch >= t.tick
 
 
+@pytest.mark.slow
 def test_replay_cli_exit_codes(tmp_path):
     log_path, final = _run(tmp_path, "run4", seed=2, ticks=600)
     home = tmp_path / "home"

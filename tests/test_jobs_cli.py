@@ -153,6 +153,7 @@ def test_a_cheating_worker_is_caught_from_the_command_line(procs, tmp_path):
     assert again.returncode == 2 and "fraud record" in again.stderr
 
 
+@pytest.mark.slow
 def test_bad_files_and_unhonourable_lines(procs, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", '
@@ -235,6 +236,7 @@ def test_workers_are_found_through_the_dht_by_model_id(dht_nodes, tmp_path):
             w.close()
 
 
+@pytest.mark.slow
 def test_cli_worker_and_submit_meet_through_a_bootstrap_node(dht_nodes, procs, tmp_path):
     boot = dht_nodes("boot")
     net = ["--bootstrap", boot.endpoint, "--dht-listen", "127.0.0.1:0", "--loopback"]

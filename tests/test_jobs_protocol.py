@@ -136,6 +136,7 @@ def test_too_many_items_in_a_shard_is_refused():
     st.none() | st.integers(-2**63, 2**64 - 1) | st.text(max_size=70) | st.binary(max_size=40)
     | st.sampled_from(["hello", "assign", "sign", "result", "error", "offer"]),
     max_size=6).map(msgspec.msgpack.encode))
+@pytest.mark.slow
 def test_any_frame_decodes_or_is_a_protocol_error(frame):
     for decode in (p.decode_to_worker, p.decode_to_requester):
         try:

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.commands import (
@@ -47,6 +48,7 @@ ticks = st.lists(st.lists(command, max_size=3), min_size=1, max_size=60)
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(start=st.sampled_from([n.id for n in BASE.npcs]), script=ticks)
+@pytest.mark.slow
 def test_random_commands_keep_the_books(start, script):
     state = place_player_near(clone(BASE), start)
     items0, gold0 = world_totals(state)

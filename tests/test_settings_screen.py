@@ -157,6 +157,7 @@ def test_window_keys_open_help_and_settings_and_start_a_new_game(config, tmp_pat
         session.close()
 
 
+@pytest.mark.slow
 def test_settings_from_the_command_line(tmp_path):
     home = tmp_path / "home"
     r = hearth("settings", "set", "upload_limit", "512K", home=home)

@@ -316,6 +316,7 @@ def test_wrong_base_model_is_refused(good):
         verify_bundle(good[0], base_model="0" * 64)
 
 
+@pytest.mark.slow
 def test_bad_bundle_on_the_command_line(good, tmp_path, hearth_home):
     b = copy_bundle(good[0], tmp_path)
     _flip_byte(b, None, None)
@@ -652,6 +653,7 @@ def test_voice_falls_back_to_the_base_voice(runtime, three_skins, base, caplog):
 
 # ---- the command line -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_id(tmp_path):
     r = hearth("id", home=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -702,6 +704,7 @@ def test_cli_install_list_wear_lineage(chain, hearth_home, tmp_path):
     assert creators[0].public_hex[:16] in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_train_refuses_bad_input_before_training(tmp_path, hearth_home):
     data = tmp_path / "d.jsonl"
     r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "o"),

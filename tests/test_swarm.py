@@ -409,6 +409,7 @@ def test_cli_seed_fetch_install_publish_browse(tmp_path, base, ident, hearth_hom
     assert len(resume) == 2, "resume data is saved for both torrents"
 
 
+@pytest.mark.slow
 def test_cli_fetch_of_mislabelled_content_exits_2_and_leaves_nothing(nodes, tmp_path):
     real = fake_model(tmp_path / "store", 1 * MB)
     seeder = nodes("seeder")
