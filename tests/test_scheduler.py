@@ -5,10 +5,11 @@ masks, cancel, skins, the pre-emption gate and close behave as documented."""
 import asyncio
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+
+from tests.test_serving import items as serving_items
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "assets" / "skins" / "bundles"
@@ -17,43 +18,8 @@ WIDTH = 4
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
-@dataclass(frozen=True)
-class Msg:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Item:  # the attributes of swarm.jobs.backend.WorkItem
-    custom_id: str
-    messages: list
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-QUESTIONS = [
-    "What is the capital of France?",
-    "Write one line about rain.",
-    "List three fruits.",
-    "Explain in one sentence why the sky looks blue on a clear afternoon in summer.",
-    "Hi",
-    "Count from one to ten.",
-    "Name a colour.",
-    "What does a blacksmith make? Answer briefly and mention the tools of the trade.",
-]
-
-
 def items(n=8, max_tokens=24):
-    """Greedy and sampled items (two top_p values) with prompts of different lengths."""
-    out = []
-    for i in range(n):
-        q = QUESTIONS[i % len(QUESTIONS)]
-        msgs = [Msg("user", q)] if i % 3 else [Msg("system", "You are terse."), Msg("user", q)]
-        t, p = [(0.0, 1.0), (0.8, 1.0), (0.9, 0.85)][i % 3]
-        out.append(Item(f"req-{i}", msgs, max_tokens, t, p, seed=1000 + i))
-    return out
+    return serving_items(n, max_tokens)
 
 
 def request(it, **kw):

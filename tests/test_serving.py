@@ -4,31 +4,17 @@ token."""
 
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from npc.serving import sampler
+from npc.serving.types import Item
+from npc.serving.types import Message as Msg
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 PIRATE = ROOT / "assets" / "skins" / "bundles" / "pirate" / "adapter.gguf"
-
-
-@dataclass(frozen=True)
-class Msg:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Item:  # the attributes of swarm.jobs.backend.WorkItem
-    custom_id: str
-    messages: list
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 QUESTIONS = [

@@ -31,7 +31,8 @@ import numpy as np
 from npc.llama import Adapter, Context, LoadOptions, Model
 from npc.serving import rescore as _rescore
 from npc.serving import sampler
-from npc.serving.types import FINISH_LENGTH, FINISH_STOP, Completion, Released, ServingError, Verdict
+from npc.serving.types import (FINISH_LENGTH, FINISH_STOP, Completion, Item, Message, Released,
+                               ServingError, Verdict)
 
 ROLES = ("system", "user", "assistant")
 
@@ -300,28 +301,12 @@ class Engine:
         self.model.close()
 
 
-@dataclass(frozen=True)
-class _Message:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class _CheckItem:
-    custom_id: str
-    messages: list
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-def check_items(n: int, max_tokens: int = 8) -> list[_CheckItem]:
+def check_items(n: int, max_tokens: int = 8) -> list[Item]:
     """Items for ``Engine.self_check``: prompts of different lengths (so sequences reading a
     prompt and sequences generating share batches), greedy and sampled."""
     out = []
     for i in range(n):
         ask = "Describe the weather. " * (1 + i % 5) + f"Item {i}."
         t, p = [(0.0, 1.0), (0.8, 1.0), (1.0, 0.9)][i % 3]
-        out.append(_CheckItem(f"self-check-{i}", [_Message("user", ask)], max_tokens, t, p, i))
+        out.append(Item(f"self-check-{i}", [Message("user", ask)], max_tokens, t, p, i))
     return out

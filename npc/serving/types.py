@@ -10,6 +10,25 @@ FINISH_LENGTH = "length"  # max_tokens tokens were generated
 
 
 @dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """An item with the attributes of swarm's ``WorkItem``, for npc's own checks, tests and
+    benchmarks (the engine reads items by attribute, so either serves)."""
+
+    custom_id: str
+    messages: list
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Completion:
     """The exact tokens generated for one item; ``text`` is derived from them."""
 

@@ -16,13 +16,12 @@ is simply composed again.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from common.files import fsync_dir
+from npc.skins.convert import write_lora_gguf
 from npc.skins.manifest import SkinError
 
 _SUFFIXES = (".lora_a", ".lora_b")
@@ -73,8 +72,6 @@ def compose(layers: Sequence[Path | str], out_path: Path | str) -> Path:
     """Write to ``out_path`` the one LoRA adapter equal to ``layers`` (GGUF LoRA files, bottom
     first) worn together. Raises SkinError naming the file when one cannot be read or the layers
     do not fit each other (another architecture, a weight of another shape)."""
-    import gguf
-
     if len(layers) < 2:
         raise ValueError("composing needs at least two adapters")
     read = [(Path(p), *_read(Path(p))) for p in layers]
@@ -85,7 +82,7 @@ def compose(layers: Sequence[Path | str], out_path: Path | str) -> Path:
     names = sorted({n for _, _, pairs, _ in read for n in pairs}, key=_order)
     ranks = {n: sum(pairs[n][0].shape[0] for _, _, pairs, _ in read if n in pairs) for n in names}
     # The composed adapter's alpha puts its scale at the first layer's, so equal scales fold to 1.
-    first_path, _, first_pairs, first_alpha = read[0]
+    _, _, first_pairs, first_alpha = read[0]
     any_pair = next(iter(first_pairs.values()))
     ref = _scale(first_alpha, any_pair[0].shape[0])
     top_rank = max(ranks.values())
@@ -106,30 +103,14 @@ def compose(layers: Sequence[Path | str], out_path: Path | str) -> Path:
                      for x, _ in a_parts + b_parts)
     exact = exact and halves_f16
     dtype = np.float16 if exact else np.float32
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    writer = gguf.GGUFWriter(str(tmp), arch=arch)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if exact else gguf.LlamaFileType.ALL_F32)
+    tensors = []
     for n in names:
         a_parts, b_parts = parts[n]
         a = np.concatenate([x.astype(dtype) for x, _ in a_parts], axis=0)
         b = np.concatenate([(x.astype(np.float32) * f).astype(dtype) if f != 1.0 else x.astype(dtype)
                             for x, f in b_parts], axis=1)
-        writer.add_tensor(n + ".lora_a", np.ascontiguousarray(a))
-        writer.add_tensor(n + ".lora_b", np.ascontiguousarray(b))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(out_path)
-    fsync_dir(out_path.parent)
-    return out_path
+        tensors += [(n + ".lora_a", np.ascontiguousarray(a)), (n + ".lora_b", np.ascontiguousarray(b))]
+    return write_lora_gguf(out_path, arch, alpha, tensors, f16=exact)
 
 
 def _weight_shape(read, name: str) -> tuple[int, int]:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from common.files import fsync_dir
 from npc.gguf_info import GGUFError, read_gguf
 from npc.skins.manifest import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, SkinError
 
@@ -157,21 +159,33 @@ def convert_peft_to_gguf(peft_dir: Path | str, base_gguf: Path | str, out_path: 
         out.append((base_name + ".lora_a", np.ascontiguousarray(a, dtype=np_dtype)))
         out.append((base_name + ".lora_b", np.ascontiguousarray(b, dtype=np_dtype)))
 
+    return write_lora_gguf(out_path, arch, alpha, out, f16=dtype == "f16")
+
+
+def write_lora_gguf(out_path: Path | str, arch: str, alpha: float,
+                    tensors: list[tuple[str, np.ndarray]], *, f16: bool) -> Path:
+    """Write a GGUF LoRA adapter as llama.cpp's converter does (``tensors``: (name, numpy array)
+    in file order), crash-safely: a partial file is renamed into place once synced."""
+    import gguf
+
+    out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".partial")
     writer = gguf.GGUFWriter(str(tmp), arch=arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16"
-                         else gguf.LlamaFileType.ALL_F32)
-    for name, data in out:
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
+    for name, data in tensors:
         writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     tmp.replace(out_path)
+    fsync_dir(out_path.parent)
     return out_path
 
 

@@ -44,7 +44,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,27 +54,12 @@ import numpy as np  # noqa: E402
 from npc.llama import C, quantize  # noqa: E402  (npc.llama first: its OpenMP settings)
 from npc.serving import Completion, Engine, EngineOptions, Released  # noqa: E402
 from npc.serving.rescore import forced_logits  # noqa: E402
+from npc.serving.types import Item, Message  # noqa: E402
 
 TOPICS = ["a lighthouse keeper", "a lost key", "the first snow", "a market day", "a clockmaker",
           "a river crossing", "an old map", "a stubborn goat", "a night train", "a letter home",
           "a storm at sea", "a bakery at dawn", "a chess match", "a broken bell", "a fox",
           "a garden wall"]
-
-
-@dataclass(frozen=True)
-class Msg:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Item:
-    custom_id: str
-    messages: list
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 def make_items(n: int, max_tokens: int, sampled: bool = False, tag: str = "i",
@@ -91,7 +75,7 @@ def make_items(n: int, max_tokens: int, sampled: bool = False, tag: str = "i",
             ask = ("Background: the village sits between a river and a pine forest. " * long_prompt) + ask
         t, p = ((0.8, 1.0) if i % 3 == 1 else (0.9, 0.9) if i % 3 == 2 else (0.0, 1.0)) if sampled \
             else (0.0, 1.0)
-        out.append(Item(f"{tag}{i}", [Msg("user", ask)], max_tokens, t, p, seed=7000 + i))
+        out.append(Item(f"{tag}{i}", [Message("user", ask)], max_tokens, t, p, seed=7000 + i))
     return out
 
 

@@ -23,13 +23,13 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from npc.serving import Engine, EngineOptions, Finished, GenRequest, Scheduler  # noqa: E402
+from npc.serving.types import Item, Message  # noqa: E402
 from npc.store import ModelStore  # noqa: E402
 
 ASKS = ["Tell a story about a mill by the river.", "Describe the village market in detail.",
@@ -38,29 +38,13 @@ ASKS = ["Tell a story about a mill by the river.", "Describe the village market 
         "What do farmers do in winter? Explain at length.", "Describe a storm at sea."]
 
 
-@dataclass(frozen=True)
-class _Msg:
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class _Item:
-    custom_id: str
-    messages: list
-    max_tokens: int
-    temperature: float
-    top_p: float
-    seed: int
-
-
 def requests(n: int, max_tokens: int) -> list[GenRequest]:
     return [GenRequest(messages=(("user", ASKS[i % len(ASKS)]),), max_tokens=max_tokens,
                        temperature=0.0 if i % 2 else 0.8, seed=i) for i in range(n)]
 
 
 def as_item(i: int, r: GenRequest) -> _Item:
-    return _Item(f"r{i}", [_Msg(a, b) for a, b in r.messages], r.max_tokens, r.temperature,
+    return Item(f"r{i}", [Message(a, b) for a, b in r.messages], r.max_tokens, r.temperature,
                  r.top_p, r.seed)
 
 
