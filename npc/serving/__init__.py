@@ -9,6 +9,8 @@ carry the same field names, so the caller converts them field for field.
 """
 
 from npc.serving.engine import Engine, EngineOptions
+from npc.serving.scheduler import Finished, GenRequest, Handle, Scheduler, TokenEvent
 from npc.serving.types import Completion, Released, ServingError, Verdict
 
-__all__ = ["Completion", "Engine", "EngineOptions", "Released", "ServingError", "Verdict"]
+__all__ = ["Completion", "Engine", "EngineOptions", "Finished", "GenRequest", "Handle", "Released",
+           "Scheduler", "ServingError", "TokenEvent", "Verdict"]
