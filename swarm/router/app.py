@@ -128,9 +128,10 @@ class Router:
     def _local_model(self, route: Route, parsed: ParsedRequest) -> str:
         if route.model is not None:
             return route.model
-        if self.local.resolve(parsed.model) is not None:
-            return parsed.model
-        return self.local.models()[0]  # any other name: the base model
+        base = self.local.models()[0]
+        if self.local.resolve(parsed.model) is not None or parsed.model.startswith(base + "/"):
+            return parsed.model  # a skin that is not installed is a 404, not the base model
+        return base  # any other name (an app's hard-wired "gpt-4o-mini"): the base model
 
     async def _local(self, route: Route, parsed: ParsedRequest, request: Request) -> Response:
         model = self._local_model(route, parsed)

@@ -44,6 +44,7 @@ class GenerationRequest:
     response_format: dict | None = None  # OpenAI's response_format (json_object, json_schema)
     tools: tuple[dict, ...] = ()  # OpenAI's tools (type "function")
     tool_choice: object = None  # OpenAI's tool_choice ("none" | "auto" | "required" | {...})
+    parallel_tool_calls: bool = False  # more than one call per answer (only when asked for)
 
     @property
     def constrained(self) -> bool:

@@ -20,14 +20,14 @@ MAX_N = 16
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 #: Fields whose value cannot change a completion: accepted and ignored.
-IGNORED = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls",
-                     "safety_identifier", "prompt_cache_key"})
+IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier",
+                     "prompt_cache_key"})
 #: Sampling knobs honoured only at their neutral value.
 NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0}
 CHAT_FIELDS = frozenset({"model", "messages", "max_tokens", "max_completion_tokens",
                          "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
                          "logprobs", "top_logprobs", "response_format", "tools", "tool_choice",
-                         "logit_bias"}) | IGNORED | set(NEUTRAL)
+                         "parallel_tool_calls", "logit_bias"}) | IGNORED | set(NEUTRAL)
 COMPLETION_FIELDS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "n",
                                "seed", "stop", "stream", "stream_options", "logprobs", "echo",
                                "suffix", "best_of", "logit_bias"}) | IGNORED | set(NEUTRAL)
@@ -300,7 +300,9 @@ def parse_chat(body: dict) -> ParsedRequest:
     n = _int(body, "n", 1, MAX_N) or 1
     base = GenerationRequest(model=model, messages=messages, max_tokens=max_tokens,
                              logprobs=logprobs, response_format=rf, tools=tools,
-                             tool_choice=choice, **_sampling(body))
+                             tool_choice=choice,
+                             parallel_tool_calls=_bool(body, "parallel_tool_calls"),
+                             **_sampling(body))
     return ParsedRequest("chat", model, _choices(base, n), n, stream, include_usage, body)
 
 
