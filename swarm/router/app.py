@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from fastapi import FastAPI, Request
@@ -80,8 +81,33 @@ async def read_json(request: Request, limit: int) -> dict:
     return body
 
 
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
+
+
+class RequireKey:
+    """ASGI middleware: every request but /health carries ``Authorization: Bearer <key>``. (A
+    plain ASGI wrapper: Starlette's BaseHTTPMiddleware would hide client disconnects from
+    streams.)"""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error_response(ApiError(
+                    401, "a valid API key is required (Authorization: Bearer KEY)",
+                    type=AUTHENTICATION, code="invalid_api_key"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class Router:
@@ -232,25 +258,25 @@ class Router:
             for i in range(len(gens)):
                 first = chunks.start(i)
                 if first is not None:
-                    yield json.dumps(first)
+                    yield _json(first)
             while any(d is None for d in dones):
                 i, ev = await queue.get()
                 g = parsed.choices[i]
                 if isinstance(ev, Done):
                     dones[i] = ev
                     if ev.tool_calls:
-                        yield json.dumps(chunks.tool_calls(i, ev))
+                        yield _json(chunks.tool_calls(i, ev))
                     elif g.tools and g.tool_choice != "none" and ev.text:
-                        yield json.dumps(chunks.text(i, ev.text, None))  # held back: see below
-                    yield json.dumps(chunks.finish(i, ev))
+                        yield _json(chunks.text(i, ev.text, None))  # held back: see below
+                    yield _json(chunks.finish(i, ev))
                 elif g.tools and g.tool_choice != "none":
                     continue  # a tool call or an answer? only the whole text says
                 elif ev.text or g.logprobs is not None:
                     pieces = [ev] if g.logprobs is not None else None
-                    yield json.dumps(chunks.text(i, ev.text, pieces, offsets[i]))
+                    yield _json(chunks.text(i, ev.text, pieces, offsets[i]))
                     offsets[i] += len(ev.text)
             if parsed.include_usage:
-                yield json.dumps(chunks.usage(dones, parsed.n))
+                yield _json(chunks.usage(dones, parsed.n))
             yield "[DONE]"
         finally:
             for g in gens:
@@ -267,18 +293,17 @@ def create_app(local: LocalModel, settings: RouterSettings, *, swarm: SwarmTarge
     """The endpoint's app. With ``api_key`` every /v1 request must carry
     ``Authorization: Bearer <api_key>``."""
     router = Router(local, settings, swarm, fingerprint)
-    app = FastAPI(title="Hearth", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await router.close()
+
+    app = FastAPI(title="Hearth", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.router = router
 
-    @app.middleware("http")
-    async def authorize(request: Request, call_next):
-        if api_key is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error_response(ApiError(401, "a valid API key is required (Authorization: "
-                                                     "Bearer KEY)", type=AUTHENTICATION,
-                                                code="invalid_api_key"))
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(RequireKey, api_key=api_key)
 
     @app.exception_handler(ApiError)
     async def api_error(_request, e: ApiError):
@@ -323,9 +348,5 @@ def create_app(local: LocalModel, settings: RouterSettings, *, swarm: SwarmTarge
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await router.handle(request, "completion")
-
-    @app.on_event("shutdown")
-    async def shutdown():
-        await router.close()
 
     return app
