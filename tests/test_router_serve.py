@@ -156,7 +156,7 @@ def test_json_schema_and_json_object_are_enforced(served):
 
 def test_tools_are_answered_as_well_formed_calls(served):
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
-    r = served.client.chat.completions.create(model="hearth", messages=ask, max_tokens=60,
+    r = served.client.chat.completions.create(model="hearth", messages=ask, max_tokens=40,
                                               tools=[WEATHER], tool_choice="required",
                                               temperature=0)
     (call,) = r.choices[0].message.tool_calls
@@ -169,7 +169,7 @@ def test_tools_are_answered_as_well_formed_calls(served):
                                                   max_tokens=30, tools=[WEATHER], temperature=0)
     msg = again.choices[0].message
     assert msg.content or msg.tool_calls
-    stream = served.client.chat.completions.create(model="hearth", messages=ask, max_tokens=60,
+    stream = served.client.chat.completions.create(model="hearth", messages=ask, max_tokens=40,
                                                    tools=[WEATHER], tool_choice="required",
                                                    temperature=0, stream=True)
     calls = [tc for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
@@ -222,10 +222,10 @@ def test_bad_bodies_get_4xx_and_the_server_keeps_serving(served):
 def test_concurrent_clients_get_what_they_would_get_alone(served):
     prompts = [[{"role": "user", "content": f"Tell me about the {w}."}]
                for w in ("bell", "mill", "inn", "forge", "well", "road", "river", "market")]
-    alone = [greedy(served, p, max_tokens=12).choices[0].message.content for p in prompts]
+    alone = [greedy(served, p, max_tokens=6).choices[0].message.content for p in prompts]
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(
-            lambda p: greedy(served, p, max_tokens=12).choices[0].message.content, prompts))
+            lambda p: greedy(served, p, max_tokens=6).choices[0].message.content, prompts))
     assert together == alone
 
 
