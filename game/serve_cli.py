@@ -7,8 +7,10 @@ swarm route and runs uvicorn."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -56,7 +58,6 @@ class BackgroundServer:
         self.port = sock.getsockname()[1]
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                                     timeout_graceful_shutdown=2))
-        self.server.install_signal_handlers = lambda: None
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name="hearth-serve", daemon=True)
 
@@ -77,6 +78,24 @@ class BackgroundServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+def _until_signal_server(config):
+    """uvicorn's server for the main thread: Ctrl-C or SIGTERM shuts it down gracefully and
+    ``hearth serve`` exits 0 (uvicorn itself re-raises the signal once it has stopped)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            old = {sig: signal.signal(sig, self.handle_exit)
+                   for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
+    return Server(config)
 
 
 def _dht_endpoints(model_id: str) -> list[str]:
@@ -144,8 +163,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving: http://{shown}:{port}/v1 models {' '.join(local.models())}", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5))
+    server = _until_signal_server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                 timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])
     finally:

@@ -220,3 +220,14 @@ def test_the_presence_gate_pauses_while_the_window_marks_and_not_after_it_is_gon
     os.utime(presence_path(tmp_path), (old, old))
     gate._checked = float("-inf")
     assert not gate.paused()
+
+
+@pytest.mark.slow
+def test_serve_refuses_to_listen_beyond_this_machine_without_a_key(tmp_path):
+    from conftest import hearth
+    r = hearth("serve", "--host", "0.0.0.0", "--port", "0", home=tmp_path)
+    assert r.returncode == 2 and "--api-key" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config" / "router.toml").write_text('[[routes]]\nname = "x"\ntarget = "moon"\n')
+    r = hearth("serve", "--port", "0", home=tmp_path)
+    assert r.returncode != 0 and "router.toml" in r.stderr and "moon" in r.stderr

@@ -292,3 +292,20 @@ def test_the_game_window_keeps_priority(served):
         mark(False, served.presence_root)
     t.join(30)
     assert got and got[0].choices[0].message.content
+
+
+def test_hearth_serve_runs_until_interrupted(tmp_path):
+    import signal
+
+    from conftest import hearth_popen
+    proc = hearth_popen("serve", "--port", "0", home=tmp_path, env={"PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving: http://127.0.0.1:"), (line, proc.stderr.read())
+        url = line.split()[1]
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        assert client.chat.completions.create(model="hearth", messages=ASK, max_tokens=4,
+                                              temperature=0).choices[0].message.content
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
