@@ -16,9 +16,9 @@ generation earlier or mask tokens; they never change a kept token's logits.
 
 Skins: llama.cpp applies an adapter to the whole context, so requests wearing different skins
 cannot share a decode. The loop wears one skin at a time and admits only requests for it. When
-requests for another skin are queued, it stops admitting as soon as the skin worn has nothing
-queued or the oldest request for another skin has waited ``switch_after_s``; the batch drains and
-the loop switches to the skin of the oldest queued request.
+requests for another skin are queued, it stops admitting once the skin worn has nothing queued,
+or once the oldest request for another skin has waited ``switch_after_s`` and the skin worn has
+been worn that long; the batch drains and the loop wears the skin of that waiting request.
 
 The engine lock: the scheduler holds ``Engine._lock`` for each busy period (from admitting work
 until nothing is running or queued) and releases it when idle. ``Engine.generate`` and
@@ -53,16 +53,24 @@ MAX_LOGPROBS = 20
 
 @dataclass(frozen=True)
 class GenRequest:
-    messages: tuple[tuple[str, str], ...] | None = None  # chat: (role, content), the model's chat template
-    prompt: str | None = None        # raw text; exactly one of messages / prompt
+    """One generation request. ``messages``: chat as (role, content) pairs, rendered with the
+    model's chat template; ``prompt``: raw text; exactly one of the two. ``temperature`` 0 is
+    greedy, otherwise the sampler's seeded rule. ``stop``: the text ends before the first stop
+    string, which is never streamed. ``logprobs``: None for none, k in 0..20 for the chosen
+    token's logprob and the k most likely alternatives. ``skin``: an adapter id the engine's
+    ``skins`` callable resolves. ``constraint``: an ``npc.serving.constrain.Constraint`` (anything
+    with ``matcher(model)``), None for free text."""
+
+    messages: tuple[tuple[str, str], ...] | None = None
+    prompt: str | None = None
     max_tokens: int = 256
-    temperature: float = 1.0         # 0 = greedy; otherwise the sampler's seeded rule
+    temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
-    stop: tuple[str, ...] = ()       # stop strings: the text ends before the first one; never streamed
-    logprobs: int | None = None      # None = none; k in 0..20 = chosen token's logprob + top-k alternatives
-    skin: str | None = None          # an adapter id the Engine's ``skins`` callable resolves
-    constraint: object | None = None  # has ``matcher(model)`` (npc.serving.constrain.Constraint); None = free text
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    skin: str | None = None
+    constraint: object | None = None
 
 
 @dataclass(frozen=True)
@@ -148,24 +156,39 @@ class Handle:
     def events(self) -> Iterator[TokenEvent | Finished]:
         """The request's events as they come (blocking); ends after ``Finished``. Raises
         ServingError if the request could not be served after all (e.g. its skin failed to
-        load)."""
-        while True:
-            ev = self._channel.get()
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-            if isinstance(ev, Finished):
-                return
+        load). Closing the iterator before ``Finished`` cancels the request."""
+        done = False
+        try:
+            while True:
+                ev = self._channel.get()
+                if isinstance(ev, BaseException):
+                    done = True
+                    raise ev
+                done = isinstance(ev, Finished)
+                yield ev
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel()
 
     async def aevents(self) -> AsyncIterator[TokenEvent | Finished]:
-        """``events`` for asyncio code: awaiting never blocks the event loop."""
-        while True:
-            ev = await self._channel.aget()
-            if isinstance(ev, BaseException):
-                raise ev
-            yield ev
-            if isinstance(ev, Finished):
-                return
+        """``events`` for asyncio code: awaiting never blocks the event loop. Closing the
+        iterator or cancelling the task reading it (a client gone) cancels the request."""
+        done = False
+        try:
+            while True:
+                ev = await self._channel.aget()
+                if isinstance(ev, BaseException):
+                    done = True
+                    raise ev
+                done = isinstance(ev, Finished)
+                yield ev
+                if done:
+                    return
+        finally:
+            if not done:
+                self.cancel()
 
     def cancel(self) -> None:
         """Stop generating: the slot and its KV cache are freed before the next decode step and
@@ -190,8 +213,8 @@ class _Active:
 class Scheduler:
     """Continuous batching over ``engine`` for requests that come and go (see the module
     docstring). ``gate``: ``paused()`` / ``wait_resumed(timeout)``, e.g. the game window's
-    pre-emption gate. ``switch_after_s``: how long a request for another skin waits before the
-    loop stops admitting requests for the skin it wears."""
+    pre-emption gate. ``switch_after_s``: how long a request for another skin waits (and the skin
+    worn has been worn) before the loop stops admitting requests for the skin it wears."""
 
     def __init__(self, engine: Engine, *, gate=None, switch_after_s: float = 0.5,
                  pause_poll_s: float = 0.1):
@@ -206,6 +229,7 @@ class Scheduler:
         self._failed: BaseException | None = None
         self._slots: list[_Active | None] = [None] * engine.options.width
         self._skin: str | None = None
+        self._worn_at = 0.0
         self._piece_text: dict[int, bytes] = {}
         self._thread = threading.Thread(target=self._main, name="serving-scheduler", daemon=True)
         self._thread.start()
@@ -252,11 +276,13 @@ class Scheduler:
             if not req.messages:
                 raise ServingError("messages is empty")
             for i, m in enumerate(req.messages):
-                if not (isinstance(m, tuple) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+                if not (isinstance(m, (tuple, list)) and len(m) == 2
+                        and all(isinstance(x, str) for x in m)):
                     raise ServingError(f"messages[{i}] must be a (role, content) pair of strings")
                 if m[0] not in ROLES:
-                    raise ServingError(f"messages[{i}]: role {m[0]!r} is not one of {', '.join(ROLES)}")
-            toks = model.tokenize(model.apply_chat_template(list(req.messages)),
+                    raise ServingError(f"messages[{i}]: role {m[0]!r} is not one of "
+                                       f"{', '.join(ROLES)}")
+            toks = model.tokenize(model.apply_chat_template([tuple(m) for m in req.messages]),
                                   add_special=True, parse_special=True)
         else:
             if not isinstance(req.prompt, str) or not req.prompt:
@@ -271,7 +297,8 @@ class Scheduler:
             raise ServingError(str(e)) from None
         if not isinstance(req.seed, int) or isinstance(req.seed, bool):
             raise ServingError(f"seed must be a whole number, not {req.seed!r}")
-        if not (isinstance(req.stop, tuple) and all(isinstance(s, str) and s for s in req.stop)):
+        if not (isinstance(req.stop, (tuple, list))
+                and all(isinstance(s, str) and s for s in req.stop)):
             raise ServingError(f"stop must be a tuple of non-empty strings, not {req.stop!r}")
         if req.logprobs is not None and not (isinstance(req.logprobs, int)
                                              and not isinstance(req.logprobs, bool)
@@ -298,9 +325,8 @@ class Scheduler:
         except BaseException as e:  # the context is unusable: every stream learns why
             with self._cond:
                 self._failed = e
-            err = ServingError(f"the scheduler stopped: {e}")
             for h, _ in self._drop_all():
-                h._channel.put(err)
+                h._channel.put(ServingError(f"the scheduler stopped: {e}"))
             return
         for h, a in self._drop_all():
             self._finish_cancelled(h, a)
@@ -389,7 +415,10 @@ class Scheduler:
                 return
             mine = [h for h in self._pending if h.request.skin == self._skin]
             others = [h for h in self._pending if h.request.skin != self._skin]
-            overdue = bool(others) and time.monotonic() - others[0]._submitted > self.switch_after_s
+            # Another skin's request is overdue once it and the skin worn have both waited the
+            # limit: each skin keeps the batch for at least that long when it has work.
+            overdue = bool(others) and (time.monotonic() - max(others[0]._submitted, self._worn_at)
+                                        > self.switch_after_s)
             if not any(self._slots) and others and (overdue or not mine):
                 self._cond.release()  # loading an adapter may take a while: submit goes on
                 try:
@@ -413,15 +442,16 @@ class Scheduler:
             self.engine._wear(self.engine.ctx, skin)
         except Exception as e:
             self._skin = _UNWORN
-            err = e if isinstance(e, ServingError) else ServingError(f"skin {skin}: {e}")
+            why = str(e) if isinstance(e, ServingError) else f"skin {skin}: {e}"
             with self._cond:
                 failed = [h for h in self._pending if h.request.skin == skin]
                 for h in failed:
                     self._pending.remove(h)
-            for h in failed:
-                h._channel.put(err)
+            for h in failed:  # one exception each: each reader raises its own
+                h._channel.put(ServingError(why))
             return
         self._skin = skin
+        self._worn_at = time.monotonic()
 
     def _step(self) -> None:
         """One decode: a token for every generating sequence, prompt chunks in what is left."""
@@ -513,7 +543,8 @@ class Scheduler:
             return ()
         ids = np.argpartition(-lp_all, k)[:k]
         ids = ids[np.lexsort((ids, -lp_all[ids]))]
-        return tuple((self._piece(int(t)).decode("utf-8", "replace"), float(lp_all[t])) for t in ids)
+        return tuple((self._piece(int(t)).decode("utf-8", "replace"), float(lp_all[t]))
+                     for t in ids)
 
 
 _UNWORN = object()  # no adapter state known yet: the first admission wears what it needs
