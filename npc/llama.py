@@ -155,6 +155,23 @@ class Model:
             self._pieces = [self.piece(t) for t in range(self.n_vocab)]
         return self._pieces
 
+    def is_control(self, token: int) -> bool:
+        """A control token, or a user-defined one written like one (``<...>``): it stands for a
+        meaning, not for its characters, so a grammar must never produce it as text."""
+        attr = C.llama_vocab_get_attr(self.vocab, token)
+        if attr & C.LLAMA_TOKEN_ATTR_CONTROL:
+            return True
+        if not attr & C.LLAMA_TOKEN_ATTR_USER_DEFINED:
+            return False
+        text = self.piece(token, special=True)
+        return text[:1] == b"<" and text[-1:] == b">"
+
+    @staticmethod
+    def tokenize_address() -> int:
+        """The address of llama.cpp's ``llama_tokenize``, for native code (llguidance) that
+        tokenizes with this model's vocabulary itself."""
+        return ctypes.cast(C.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+
     def is_eog(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 

@@ -4,12 +4,14 @@ A ``Constraint`` is a validated, immutable spec built from a request (``response
 ``tools``/``tool_choice``); anything llguidance cannot enforce exactly is refused with an
 ``UnsupportedConstraint`` naming the request field, never served unconstrained. For each
 generation ``Constraint.matcher(model)`` gives a ``Matcher`` whose ``allowed()`` mask the caller
-applies to the logits before the project's own sampler picks, so the sampler's rule (and a
-verifier's replay of it) is unchanged and an unconstrained request pays nothing.
+applies to the logits before the project's own sampler picks, so the sampler's rule is
+unchanged and an unconstrained request pays nothing. ``ConstraintBroken`` from a matcher means
+the generation cannot go on constrained (a caller bug, or one of llguidance's resource limits).
 
 Objects that list ``properties`` without saying whether others are allowed are generated closed
 (``schema_rules.closed``): every output is still valid under the request's schema, and a small
-model cannot append invented or repeated keys.
+model cannot append invented or repeated keys. OpenAPI's number formats (int32 ...) are
+enforced as the bounds they mean.
 
 JSON is generated in one canonical layout: no free whitespace, ``", "`` between items and
 ``": "`` after keys (the spacing the model's tokenizer favours); without it a small model can
@@ -29,6 +31,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,10 +79,46 @@ class Constraint:
     def matcher(self, model) -> "Matcher":
         """A fresh matcher for one generation with ``model`` (an ``npc.llama.Model``)."""
         tok = tokenizer_for(model)
-        ll = LLMatcher(tok, self.grammar, log_level=0)
-        if ll.is_error():
-            raise UnsupportedConstraint(f"{self.param}: {ll.get_error()}", self.param)
-        return Matcher(ll, tok.vocab_size, model.n_vocab)
+        return Matcher(_templates.fresh(model, tok, self), tok.vocab_size, model.n_vocab)
+
+    def prepare(self, model) -> None:
+        """Build the model's vocabulary view and compile this grammar now, so a later
+        ``matcher`` (on a thread that must not stall) only copies it. Optional."""
+        _templates.fresh(model, tokenizer_for(model), self)
+
+
+class _Templates:
+    """Compiled matchers in their initial state, per model and grammar, most recent last.
+
+    Compiling a grammar against the vocabulary takes up to ~10 ms (a few tools); copying a
+    compiled matcher takes microseconds, and clients tend to send the same schema again."""
+
+    SIZE = 64
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._by_model: "weakref.WeakKeyDictionary[object, OrderedDict[str, LLMatcher]]" = \
+            weakref.WeakKeyDictionary()
+
+    def fresh(self, model, tok, constraint: Constraint) -> LLMatcher:
+        with self._lock:
+            cache = self._by_model.setdefault(model, OrderedDict())
+            template = cache.get(constraint.grammar)
+            if template is not None:
+                cache.move_to_end(constraint.grammar)
+                return template.deep_copy()
+        template = LLMatcher(tok, constraint.grammar, log_level=0)
+        if template.is_error():
+            raise UnsupportedConstraint(f"{constraint.param}: {template.get_error()}",
+                                        constraint.param)
+        with self._lock:
+            cache[constraint.grammar] = template
+            while len(cache) > self.SIZE:
+                cache.popitem(last=False)
+        return template.deep_copy()
+
+
+_templates = _Templates()
 
 
 class Matcher:
@@ -130,7 +171,7 @@ def json_schema(schema: dict, *, strict: bool | None = None, param: str = SCHEMA
     llguidance cannot enforce exactly, and with ``strict`` for one breaking OpenAI's strict-mode
     rules (closed objects, every property required)."""
     _check_schema(schema, param, strict=bool(strict))
-    return Constraint("json_schema", _schema_grammar(schema_rules.closed(schema), param), param)
+    return Constraint("json_schema", _schema_grammar(_prepared(schema), param), param)
 
 
 def response_format(value) -> Constraint | None:
@@ -183,8 +224,7 @@ def tool_calls(tools: list[dict] | None, tool_choice=None, *, parallel: bool = F
     names = [choice] if choice not in ("auto", "required") else list(checked)
     # Each tool's parameters live under the call schema's $defs (their own $refs rebased), so
     # the tools' definitions can never collide.
-    defs = {f"tool_{i}": _rebase_refs(schema_rules.closed(checked[name]["parameters"]),
-                                      f"#/$defs/tool_{i}")
+    defs = {f"tool_{i}": _rebase_refs(_prepared(checked[name]["parameters"]), f"#/$defs/tool_{i}")
             for i, name in enumerate(names)}
     options = [_call_schema(name, f"#/$defs/tool_{i}") for i, name in enumerate(names)]
     call_schema = {**(options[0] if len(options) == 1 else {"anyOf": options}),
@@ -227,6 +267,16 @@ def parse_tool_calls(text: str) -> list[tuple[str, str]] | None:
         pos += len(CALL_SEP)
 
 
+def format_tool_calls(calls: list[tuple[str, str]]) -> str:
+    """(name, arguments JSON) pairs written as the model writes them, for an assistant turn with
+    ``tool_calls`` in a conversation's history; ``parse_tool_calls`` reads it back."""
+    blocks = []
+    for name, arguments in calls:
+        value = {"name": name, "arguments": json.loads(arguments)}
+        blocks.append(CALL_OPEN + json.dumps(value, ensure_ascii=False) + CALL_CLOSE)
+    return CALL_SEP.join(blocks)
+
+
 def tool_prompt(tools: list[dict]) -> str:
     """The system-prompt text that shows the model the tools and how to call them."""
     checked = _check_tools(tools)
@@ -262,6 +312,11 @@ def _check_schema(schema, param: str, *, strict: bool) -> None:
         problem = schema_rules.strict_problem(schema)
     if problem:
         raise UnsupportedConstraint(f"{param}: {problem}", param)
+
+
+def _prepared(schema: dict) -> dict:
+    """The schema as compiled: number formats as bounds, unstated objects closed."""
+    return schema_rules.closed(schema_rules.number_formats(schema))
 
 
 def _schema_grammar(schema: dict, param: str) -> str:
@@ -316,7 +371,7 @@ def _check_tools(tools) -> dict[str, dict]:
         if params.get("type") != "object":
             raise UnsupportedConstraint(f"{param} must be a schema of type 'object', not "
                                         f"{params.get('type')!r}", param)
-        _schema_grammar(params, param)
+        _schema_grammar(_prepared(params), param)
         out[name] = {"description": description, "parameters": params}
     return out
 

@@ -2,7 +2,8 @@
 
 llguidance computes token masks over a tokenizer it knows byte for byte: every token's bytes
 (llama.cpp's ``llama_token_to_piece`` with special tokens rendered, control tokens marked with a
-leading 0xFF byte so a grammar never produces them as text) and a callback into llama.cpp's own
+leading 0xFF byte, llguidance's convention for special tokens, so a grammar never produces them
+as text) and a callback into llama.cpp's own
 ``llama_tokenize`` for the literal strings of a grammar. Building it walks the whole vocabulary
 (about half a second for the default model), so it is cached for as long as the model lives.
 Every end-of-generation token of the model counts as llguidance's end of sequence, so whichever
@@ -15,7 +16,6 @@ import threading
 import weakref
 
 import llguidance
-import llguidance.llamacpp
 
 from npc.llama import Model
 
@@ -37,7 +37,10 @@ def tokenizer_for(model: Model) -> llguidance.LLTokenizer:
             if not eog:
                 raise ValueError(f"{model.path.name} has no end-of-generation token, so a "
                                  f"grammar could never end it")
-            tok = llguidance.llamacpp.lltokenizer_from_vocab(model.vocab, n_vocab=model.n_vocab,
-                                                             eos_token=eog)
+            tokens = [b"\xff" + model.piece(t, special=True) if model.is_control(t)
+                      else model.piece(t, special=True) for t in range(model.n_vocab)]
+            tok = llguidance.LLTokenizer.from_llamacpp(
+                tokens=tokens, vocab_ptr=model.vocab, tokenize_fptr=model.tokenize_address(),
+                eos_token=eog, slices=None)
             _tokenizers[model] = tok
         return tok

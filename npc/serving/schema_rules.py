@@ -2,8 +2,10 @@
 
 llguidance refuses the keywords it has not implemented (``not``, ``if``, ``uniqueItems`` ...), but
 a few that clients commonly send would pass through it with no effect: ``additionalItems`` (a
-draft-7 keyword that 2020-12 replaced) and OpenAPI's ``nullable``. A schema using them is refused
-here, so a client never gets output its schema seems to forbid. ``strict_problem`` applies
+draft-7 keyword that 2020-12 replaced), OpenAPI's ``nullable`` and ``format`` on anything but a
+string (OpenAPI's int32, int64, float and double become the bounds they mean instead). A schema using them is refused
+here, so a client never gets output its schema seems to forbid; so is llguidance's own
+``x-guidance`` key, which could otherwise switch on its lenient mode (unknown keywords ignored). ``strict_problem`` applies
 OpenAI's strict-mode rules (every object closed, every property required), which OpenAI enforces
 with a 400 when a request sets ``strict: true``.
 """
@@ -47,9 +49,15 @@ def ignored_keyword_problem(schema: dict, at: str = "", depth: int = 0) -> str |
     """A sentence naming the first keyword llguidance would silently ignore, or None."""
     if depth > MAX_DEPTH:
         return f"the schema is nested deeper than {MAX_DEPTH} levels (at {at})"
+    if "x-guidance" in schema:
+        return (f"'x-guidance' at {at or '/'} is not supported: the grammar engine's settings "
+                f"are Hearth's own")
     for key, why in IGNORED.items():
         if key in schema and not (key == "nullable" and schema[key] is False):
             return f"'{key}' at {at or '/'} is not supported: {why}"
+    problem = format_problem(schema)
+    if problem:
+        return f"{problem} (at {at or '/'})"
     for where, sub in subschemas(schema, at):
         if isinstance(sub, dict):
             problem = ignored_keyword_problem(sub, where, depth + 1)
@@ -86,27 +94,83 @@ def strict_problem(schema: dict, at: str = "", depth: int = 0) -> str | None:
 def closed(schema):
     """``schema`` with every object that lists ``properties`` but says nothing of others made
     closed (``additionalProperties: false``). Output valid under the result is valid under
-    ``schema``; it keeps a small model from appending invented or repeated keys. An object that
-    is a branch of ``allOf`` or combines with siblings (``allOf``, ``$ref``) is left open, since
-    closing it would change what the intersection allows."""
-    return _closed(schema, in_all_of=False)
+    ``schema``; it keeps a small model from appending invented or repeated keys. An object is
+    left open where closing it could take away valid output: when it requires a key it does not
+    list, or is intersected with other schemas (it has ``allOf``/``anyOf``/``oneOf``/``$ref``
+    beside its properties, or is a branch of an ``allOf`` or of a combinator beside properties)."""
+    return _rewrite(schema, _close, intersected=False)
 
 
-def _closed(schema, in_all_of: bool):
+def _close(schema: dict, intersected: bool) -> dict:
+    props = schema.get("properties")
+    if (isinstance(props, dict) and not intersected
+            and "additionalProperties" not in schema and "unevaluatedProperties" not in schema
+            and not any(k in schema for k in ("allOf", "anyOf", "oneOf", "$ref"))
+            and all(name in props for name in schema.get("required") or [])):
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
+#: Number formats (OpenAPI's) as the ranges they stand for; JSON Schema itself would ignore them.
+NUMBER_FORMATS = {
+    "int32": (-(2 ** 31), 2 ** 31 - 1),
+    "int64": (-(2 ** 63), 2 ** 63 - 1),
+    "float": (-3.4028234663852886e38, 3.4028234663852886e38),
+    "double": (-1.7976931348623157e308, 1.7976931348623157e308),
+}
+
+
+def number_formats(schema):
+    """``schema`` with each ``format`` of ``NUMBER_FORMATS`` on a number or integer turned into
+    the ``minimum``/``maximum`` it implies (tightening, never loosening, bounds already there)."""
+    return _rewrite(schema, _number_format, intersected=False)
+
+
+def _number_format(schema: dict, intersected: bool) -> dict:
+    bounds = NUMBER_FORMATS.get(schema.get("format"))
+    if bounds is None or not _numeric(schema.get("type")):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "format"}
+    lo, hi = bounds
+    out["minimum"] = max(lo, out["minimum"]) if _is_number(out.get("minimum")) else lo
+    out["maximum"] = min(hi, out["maximum"]) if _is_number(out.get("maximum")) else hi
+    return out
+
+
+def format_problem(schema: dict) -> str | None:
+    """Why this schema's ``format`` would go unenforced (a non-string format llguidance ignores)."""
+    fmt, kind = schema.get("format"), schema.get("type")
+    if fmt is None or kind is None or kind == "string" or (isinstance(kind, list) and "string" in kind):
+        return None
+    if fmt in NUMBER_FORMATS and _numeric(kind):
+        return None
+    return (f"'format': {fmt!r} is not supported for type {kind!r} (only strings have formats, "
+            f"besides {', '.join(NUMBER_FORMATS)} on numbers)")
+
+
+def _numeric(kind) -> bool:
+    kinds = kind if isinstance(kind, list) else [kind]
+    return bool(kinds) and all(k in ("integer", "number") for k in kinds)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _rewrite(schema, fn, intersected: bool):
+    """``fn(subschema, intersected)`` applied to every schema in ``schema``, outermost first."""
     if not isinstance(schema, dict):
         return schema
-    out = dict(schema)
-    if ("properties" in schema and "additionalProperties" not in schema
-            and "unevaluatedProperties" not in schema and not in_all_of
-            and "allOf" not in schema and "$ref" not in schema):
-        out["additionalProperties"] = False
-    for key, value in schema.items():
+    out = fn(schema, intersected)
+    has_props = "properties" in out
+    for key, value in list(out.items()):
         if key in MAPS and isinstance(value, dict):
-            out[key] = {k: _closed(v, False) for k, v in value.items()}
+            out = {**out, key: {k: _rewrite(v, fn, False) for k, v in value.items()}}
         elif key in ONE and isinstance(value, dict):
-            out[key] = _closed(value, False)
+            out = {**out, key: _rewrite(value, fn, False)}
         elif key in LISTS and isinstance(value, list):
-            out[key] = [_closed(v, key == "allOf") for v in value]
+            branch_intersected = key == "allOf" or (key in ("anyOf", "oneOf") and has_props)
+            out = {**out, key: [_rewrite(v, fn, branch_intersected) for v in value]}
     return out
 
 
