@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 
-from swarm.router.errors import ApiError, bad_request
+from swarm.router.errors import SERVER, ApiError, bad_request
 from swarm.router.local import ChatTurn, Done, GenerationRequest, Piece, ToolCall
 
 BASE_NAME = "hearth"
@@ -43,6 +43,14 @@ class _Generation:
         self._tools = tools
 
     async def __aiter__(self):
+        from npc.serving import ServingError
+        try:
+            async for item in self._events():
+                yield item
+        except ServingError as e:  # accepted, then could not be served (a skin failed to load)
+            raise ApiError(500, f"generation failed: {e}", type=SERVER) from None
+
+    async def _events(self):
         from npc.serving.constrain import parse_tool_calls
         from npc.serving.scheduler import Finished
         async for ev in self.handle.aevents():

@@ -38,6 +38,10 @@ RECENT = 1000
 DISCONNECT_POLL_S = 0.1
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
 class Recorded(dict):
     """What the endpoint remembers of one request: path, model, private, route taken."""
 
@@ -233,9 +237,7 @@ class Router:
                     return task.result()
                 if await request.is_disconnected():
                     log.info("client went away: generation cancelled")
-                    for g in gens:
-                        g.cancel()
-                    raise asyncio.CancelledError()
+                    raise ClientGone()
         except BaseException:
             for g in gens:
                 g.cancel()
@@ -248,41 +250,55 @@ class Router:
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int, gen) -> None:
-            async for ev in gen:
-                await queue.put((i, ev))
+            try:
+                async for ev in gen:
+                    await queue.put((i, ev))
+            except ApiError as e:
+                await queue.put((i, e))
 
         tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
         dones: list[Done | None] = [None] * len(gens)
-        offsets = [0] * len(gens)
         try:
-            for i in range(len(gens)):
-                first = chunks.start(i)
-                if first is not None:
-                    yield _json(first)
-            while any(d is None for d in dones):
-                i, ev = await queue.get()
-                g = parsed.choices[i]
-                if isinstance(ev, Done):
-                    dones[i] = ev
-                    if ev.tool_calls:
-                        yield _json(chunks.tool_calls(i, ev))
-                    elif g.tools and g.tool_choice != "none" and ev.text:
-                        yield _json(chunks.text(i, ev.text, None))  # held back: see below
-                    yield _json(chunks.finish(i, ev))
-                elif g.tools and g.tool_choice != "none":
-                    continue  # a tool call or an answer? only the whole text says
-                elif ev.text or g.logprobs is not None:
-                    pieces = [ev] if g.logprobs is not None else None
-                    yield _json(chunks.text(i, ev.text, pieces, offsets[i]))
-                    offsets[i] += len(ev.text)
-            if parsed.include_usage:
-                yield _json(chunks.usage(dones, parsed.n))
-            yield "[DONE]"
+            async for item in self._events(parsed, gens, chunks, queue, dones):
+                yield item
+        except ApiError as e:  # after the headers: OpenAI's in-stream error event
+            yield _json(e.body())
         finally:
             for g in gens:
                 g.cancel()
             for t in tasks:
                 t.cancel()
+
+    @staticmethod
+    async def _events(parsed: ParsedRequest, gens: list, chunks: r.ChunkMaker,
+                      queue: asyncio.Queue, dones: list):
+        """The stream's SSE data: each choice's chunks as its events arrive, then usage."""
+        offsets = [0] * len(gens)
+        for i in range(len(gens)):
+            first = chunks.start(i)
+            if first is not None:
+                yield _json(first)
+        while any(d is None for d in dones):
+            i, ev = await queue.get()
+            if isinstance(ev, ApiError):
+                raise ev
+            g = parsed.choices[i]
+            # With tools the text is held back: only the whole of it says whether it is a call.
+            held = bool(g.tools) and g.tool_choice != "none"
+            if isinstance(ev, Done):
+                dones[i] = ev
+                if ev.tool_calls:
+                    yield _json(chunks.tool_calls(i, ev))
+                elif held and ev.text:
+                    yield _json(chunks.text(i, ev.text, None))
+                yield _json(chunks.finish(i, ev))
+            elif not held and (ev.text or g.logprobs is not None):
+                pieces = [ev] if g.logprobs is not None else None
+                yield _json(chunks.text(i, ev.text, pieces, offsets[i]))
+                offsets[i] += len(ev.text)
+        if parsed.include_usage:
+            yield _json(chunks.usage(dones, parsed.n))
+        yield "[DONE]"
 
     async def close(self) -> None:
         await self.upstreams.close()
@@ -308,6 +324,10 @@ def create_app(local: LocalModel, settings: RouterSettings, *, swarm: SwarmTarge
     @app.exception_handler(ApiError)
     async def api_error(_request, e: ApiError):
         return _error_response(e)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_request, _e: ClientGone):
+        return Response(status_code=499)  # nobody reads it: the connection is closed
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, e: StarletteHTTPException):
