@@ -25,7 +25,7 @@ from swarm.router import responses as r
 from swarm.router.errors import (
     AUTHENTICATION, NOT_FOUND, SERVER, UNAVAILABLE, ApiError, RouteFailed, bad_request,
 )
-from swarm.router.local import Done, Generation, GenerationRequest, LocalModel, Piece
+from swarm.router.local import Done, Generation, LocalModel, Piece
 from swarm.router.openai_api import ParsedRequest, parse_chat, parse_completion
 from swarm.router.policy import PRIVATE_HEADER, ROUTE_HEADER, TAKEN_HEADER, is_private, plan
 from swarm.router.settings import Route, RouterSettings
@@ -33,7 +33,8 @@ from swarm.router.swarm_route import SwarmTarget
 from swarm.router.upstream import Upstreams
 
 log = logging.getLogger("hearth.router")
-#: Requests remembered for /health and for checking where requests went.
+#: Recent requests remembered (path, model, private, route taken): /health counts where they
+#: went, and an operator or a test can see that a private request stayed here.
 RECENT = 1000
 DISCONNECT_POLL_S = 0.1
 
@@ -345,7 +346,11 @@ def create_app(local: LocalModel, settings: RouterSettings, *, swarm: SwarmTarge
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": local.models()}
+        taken: dict[str, int] = {}
+        for rec in router.recent:
+            key = rec["route"] or "failed"
+            taken[key] = taken.get(key, 0) + 1
+        return {"status": "ok", "models": local.models(), "recent_routes": taken}
 
     def model_entry(name: str) -> dict:
         return {"id": name, "object": "model", "created": 0, "owned_by": "hearth"}

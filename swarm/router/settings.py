@@ -12,8 +12,8 @@ target = "upstream"              # local | swarm | upstream
 base_url = "https://api.openai.com/v1"
 api_key = "sk-..."               # sent to base_url only; never logged or shown
 model = "gpt-4o-mini"            # the model name sent to the target (default: the one asked for)
-price_per_1k = 600               # what 1,000 tokens cost on this route (your unit; swarm: micro-gold)
-max_cost = 5000                  # the most one request may cost here (worst case); above it, skipped
+price_per_1k = 600               # what 1,000 tokens cost here (your unit; swarm: micro-gold)
+max_cost = 5000                  # the most one request may cost here (worst case), else skipped
 fallbacks = ["swarm", "local"]   # route names tried in turn when this one fails
 timeout = 120                    # seconds
 
