@@ -24,8 +24,6 @@ from swarm.router.errors import SERVER, ApiError, bad_request
 from swarm.router.local import ChatTurn, Done, GenerationRequest, Piece, ToolCall
 
 BASE_NAME = "hearth"
-#: max_tokens when a chat request sets none (OpenAI's "as many as fit" would tie up a slot).
-DEFAULT_MAX_TOKENS = 256
 #: How long a listing of the installed skins is reused.
 SKINS_FRESH_S = 5.0
 
@@ -134,7 +132,7 @@ class SchedulerModel:
                                                                  if tools else ())
             handle = self.scheduler.submit(GenRequest(
                 messages=messages, prompt=req.prompt,
-                max_tokens=req.max_tokens or DEFAULT_MAX_TOKENS, temperature=req.temperature,
+                max_tokens=req.max_tokens, temperature=req.temperature,
                 top_p=req.top_p, seed=req.seed, stop=req.stop, logprobs=req.logprobs,
                 skin=resolved[1], constraint=constraint))
         except constrain.UnsupportedConstraint as e:

@@ -231,3 +231,23 @@ def test_serve_refuses_to_listen_beyond_this_machine_without_a_key(tmp_path):
     (tmp_path / "config" / "router.toml").write_text('[[routes]]\nname = "x"\ntarget = "moon"\n')
     r = hearth("serve", "--port", "0", home=tmp_path)
     assert r.returncode != 0 and "router.toml" in r.stderr and "moon" in r.stderr
+
+
+def test_the_window_marks_presence_while_the_player_is_at_it():
+    from game.window_worker import WindowWorker
+    from swarm.jobs.settings import WorkerSettings
+
+    now = [1000.0]
+    w = WindowWorker(WorkerSettings(idle_seconds=60), agreed=False, clock=lambda: now[0])
+    w.input_seen()
+    w.poll()  # not serving jobs (never agreed), but the mark is still kept for `hearth serve`
+    assert presence_path().exists()
+    now[0] += 61  # away
+    w.poll()
+    assert not presence_path().exists()
+    w.input_seen()
+    now[0] += 2
+    w.poll()
+    assert presence_path().exists()
+    w.close()
+    assert not presence_path().exists()

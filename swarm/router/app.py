@@ -172,7 +172,9 @@ class Router:
         gens: list[Generation] = []
         try:
             for g in parsed.choices:
-                gens.append(self.local.start(replace(g, model=model)))
+                # Off the event loop: tokenizing a long prompt or compiling a grammar takes a
+                # while, and other clients' streams must keep flowing meanwhile.
+                gens.append(await asyncio.to_thread(self.local.start, replace(g, model=model)))
         except BaseException:
             for gen in gens:
                 gen.cancel()

@@ -35,7 +35,7 @@ class GenerationRequest:
     model: str  # the model name asked for ("hearth", "hearth/saltbeard", ...)
     messages: tuple[ChatTurn, ...] | None = None  # chat; exactly one of messages / prompt
     prompt: str | None = None  # raw text (text completions)
-    max_tokens: int | None = None  # None: as many as the model's context leaves room for
+    max_tokens: int = 256
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0

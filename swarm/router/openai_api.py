@@ -13,10 +13,16 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
+from swarm.jobs.batchfile import DEFAULT_MAX_TOKENS
 from swarm.router.errors import bad_request
 from swarm.router.local import ChatTurn, GenerationRequest, ToolCall
 
 MAX_N = 16
+#: max_tokens when a chat request sets none, as in a jobs Batch file (OpenAI's "as many as fit"
+#: would tie up a slot for the whole context).
+CHAT_MAX_TOKENS = DEFAULT_MAX_TOKENS
+#: OpenAI's default for text completions.
+COMPLETION_MAX_TOKENS = 16
 MAX_STOP = 4
 MAX_TOP_LOGPROBS = 20
 #: Fields whose value cannot change a completion: accepted and ignored.
@@ -285,7 +291,7 @@ def parse_chat(body: dict) -> ParsedRequest:
     stream, include_usage = _stream(body)
     max_tokens = _int(body, "max_completion_tokens", 1)
     if max_tokens is None:
-        max_tokens = _int(body, "max_tokens", 1)
+        max_tokens = _int(body, "max_tokens", 1) or CHAT_MAX_TOKENS
     logprobs = None
     top = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     if _bool(body, "logprobs"):
@@ -334,7 +340,7 @@ def parse_completion(body: dict) -> ParsedRequest:
     choices = []
     for p in prompts:
         base = GenerationRequest(model=model, prompt=p,
-                                 max_tokens=16 if max_tokens is None else max_tokens,
+                                 max_tokens=max_tokens or COMPLETION_MAX_TOKENS,
                                  logprobs=_int(body, "logprobs", 0, MAX_TOP_LOGPROBS), **sampling)
         choices.extend(_choices(base, n))
     return ParsedRequest("completion", model, tuple(choices), n, stream, include_usage, body)

@@ -7,7 +7,7 @@ patterns match is taken, then its fallbacks. Rules that override the configurati
   ``private_models``): only the local model; a private request asking for another target by
   header is refused (400), never sent.
 * swarm-unfit (``swarm_route.unfit``: a grammar from response_format or tools, which a work item
-  cannot carry; a text completion; logprobs; tool turns; no max_tokens): swarm routes are
+  cannot carry; a text completion; logprobs; tool turns): swarm routes are
   skipped; asking for the swarm by header is refused (400) with the reason.
 * cost: a route with ``max_cost`` is skipped when the request's worst case (estimated prompt
   tokens plus ``max_tokens``, times every choice, at ``price_per_1k``) is above it.
@@ -32,8 +32,6 @@ PRIVATE_HEADER = "x-hearth-private"
 TAKEN_HEADER = "X-Hearth-Route-Taken"
 #: A generous bytes-per-token guess for the worst-case cost of a prompt not yet tokenized.
 BYTES_PER_TOKEN = 2
-#: max_tokens assumed for the worst case when a request sets none.
-UNBOUNDED_TOKENS = 4096
 
 
 def _matches(route: Route, model: str) -> bool:
@@ -52,7 +50,7 @@ def worst_case_tokens(req: ParsedRequest) -> int:
     for g in req.choices:
         text = g.prompt if g.prompt is not None else "".join(
             t.content + "".join(c.arguments for c in t.tool_calls) for t in g.messages or ())
-        total += len(text.encode()) // BYTES_PER_TOKEN + 16 + (g.max_tokens or UNBOUNDED_TOKENS)
+        total += len(text.encode()) // BYTES_PER_TOKEN + 16 + g.max_tokens
     return total
 
 

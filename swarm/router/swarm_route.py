@@ -31,8 +31,6 @@ def unfit(g: GenerationRequest) -> str | None:
         return "the swarm does not return logprobs"
     if any(t.role == "tool" or t.tool_calls for t in g.messages or ()):
         return "the swarm takes no tool calls or tool results"
-    if g.max_tokens is None:
-        return "the swarm needs max_tokens"
     return None
 
 

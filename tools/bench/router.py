@@ -1,7 +1,9 @@
 """``hearth serve``'s overhead and concurrency, measured side by side in one run on the default
 model: the same sampled chat requests (same seeds, so the same tokens) generated directly
 through the in-process scheduler and through the endpoint with the official openai client
-streaming over HTTP on 127.0.0.1, alternating, each the best of ``--repeats``.
+streaming over HTTP on 127.0.0.1. Each round runs, back to back: one request direct, the same
+request served, eight at once direct, the same eight served; ratios are taken within a round and
+the median over ``--rounds`` rounds is reported (a loaded machine swings a lot between rounds).
 
 * overhead_ratio: served tok/s over direct tok/s, one client at a time.
 * concurrency_ratio: aggregate served tok/s with 8 clients at once over 1 client.
@@ -78,39 +80,44 @@ def rate(run, jobs: list[int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tokens", type=int, default=48, help="max_tokens per request")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=24, help="max_tokens per request")
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
     local, backend, scheduler = load_local_model()
     server = BackgroundServer(create_app(local, RouterSettings()), bind("127.0.0.1", 0)).start()
     client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
-    try:
-        served(client, 0, 4)  # warm: grammar-free path, HTTP connection, chat template
-        direct1, served1, served8, direct8, ttfts = [], [], [], [], []
+    rows, ttfts = [], []
 
-        def one_served(i):
-            n, t = served(client, i, args.tokens)
-            ttfts.append(t)
-            return n
-        for rep in range(args.repeats):
-            i = 100 * rep
-            direct1.append(rate(lambda j: direct(scheduler, j, args.tokens), [i]))
-            served1.append(rate(one_served, [i]))
+    def one_served(i):
+        n, t = served(client, i, args.tokens)
+        ttfts.append(t)
+        return n
+    try:
+        served(client, 0, 4)  # warm: the HTTP connection, the chat template
+        for rnd in range(args.rounds):
+            i = 100 * rnd
+            d1 = rate(lambda j: direct(scheduler, j, args.tokens), [i])
+            s1 = rate(one_served, [i])
             eight = list(range(i, i + 8))
-            direct8.append(rate(lambda j: direct(scheduler, j, args.tokens), eight))
-            served8.append(rate(lambda j: served(client, j, args.tokens)[0], eight))
-            print(f"repeat {rep}: direct 1 {direct1[-1]:.1f} tok/s, served 1 {served1[-1]:.1f}, "
-                  f"direct 8 {direct8[-1]:.1f}, served 8 {served8[-1]:.1f}", flush=True)
+            d8 = rate(lambda j: direct(scheduler, j, args.tokens), eight)
+            s8 = rate(lambda j: served(client, j, args.tokens)[0], eight)
+            rows.append((d1, s1, d8, s8))
+            print(f"round {rnd}: direct 1 {d1:.1f} tok/s, served 1 {s1:.1f}, direct 8 {d8:.1f}, "
+                  f"served 8 {s8:.1f}", flush=True)
     finally:
         server.stop()
         scheduler.close()
         backend.close()
-    d1, s1, d8, s8 = max(direct1), max(served1), max(direct8), max(served8)
-    ttft = statistics.median(ttfts) * 1000
-    print(f"overhead_ratio={s1 / d1:.3f} concurrency_ratio={s8 / s1:.2f} ttft_p50_ms={ttft:.0f} "
-          f"direct_1_tps={d1:.1f} served_1_tps={s1:.1f} direct_8_tps={d8:.1f} "
-          f"served_8_tps={s8:.1f} served_8_over_direct_8={s8 / d8:.3f}")
+    med = statistics.median
+    overhead = med(s1 / d1 for d1, s1, _, _ in rows)
+    concurrency = med(s8 / s1 for _, s1, _, s8 in rows)
+    batched = med(s8 / d8 for _, _, d8, s8 in rows)
+    ttft = med(ttfts) * 1000
+    print(f"overhead_ratio={overhead:.3f} concurrency_ratio={concurrency:.2f} "
+          f"ttft_p50_ms={ttft:.0f} served_8_over_direct_8={batched:.3f} "
+          f"direct_1_tps={med(r[0] for r in rows):.1f} served_1_tps={med(r[1] for r in rows):.1f} "
+          f"direct_8_tps={med(r[2] for r in rows):.1f} served_8_tps={med(r[3] for r in rows):.1f}")
 
 
 if __name__ == "__main__":
