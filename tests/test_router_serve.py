@@ -95,10 +95,11 @@ def test_an_app_with_another_model_name_runs_on_the_base_model(served):
 
 def test_stream_with_usage_matches_the_whole_answer(served):
     whole = greedy(served)
-    stream = served.client.chat.completions.create(
+    raw = served.client.chat.completions.with_raw_response.create(
         model="hearth", messages=ASK, max_tokens=16, temperature=0, stream=True,
         stream_options={"include_usage": True})
-    chunks = list(stream)
+    assert raw.headers["x-hearth-route-taken"] == "local"
+    chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == \

@@ -1,8 +1,9 @@
 """``hearth serve``'s overhead and concurrency, measured side by side in one run on the default
 model: the same sampled chat requests (same seeds, so the same tokens) generated directly
 through the in-process scheduler and through the endpoint with the official openai client
-streaming over HTTP on 127.0.0.1. Each round runs, back to back: one request direct, the same
-request served, eight at once direct, the same eight served; ratios are taken within a round and
+streaming over HTTP on 127.0.0.1. Each round runs, back to back: one request direct and the
+same request served, then eight at once direct and the same eight served (odd rounds serve
+first); ratios are taken within a round and
 the median over ``--rounds`` rounds is reported (a loaded machine swings a lot between rounds).
 
 * overhead_ratio: served tok/s over direct tok/s, one client at a time.
@@ -97,11 +98,15 @@ def main() -> None:
         served(client, 0, 4)  # warm: the HTTP connection, the chat template
         for rnd in range(args.rounds):
             i = 100 * rnd
-            d1 = rate(lambda j: direct(scheduler, j, args.tokens), [i])
-            s1 = rate(one_served, [i])
             eight = list(range(i, i + 8))
-            d8 = rate(lambda j: direct(scheduler, j, args.tokens), eight)
-            s8 = rate(lambda j: served(client, j, args.tokens)[0], eight)
+            runs = {"d1": lambda: rate(lambda j: direct(scheduler, j, args.tokens), [i]),
+                    "s1": lambda: rate(one_served, [i]),
+                    "d8": lambda: rate(lambda j: direct(scheduler, j, args.tokens), eight),
+                    "s8": lambda: rate(lambda j: served(client, j, args.tokens)[0], eight)}
+            # Odd rounds serve first, so neither side always runs on a machine just disturbed.
+            order = ["d1", "s1", "d8", "s8"] if rnd % 2 == 0 else ["s1", "d1", "s8", "d8"]
+            got = {k: runs[k]() for k in order}
+            d1, s1, d8, s8 = got["d1"], got["s1"], got["d8"], got["s8"]
             rows.append((d1, s1, d8, s8))
             print(f"round {rnd}: direct 1 {d1:.1f} tok/s, served 1 {s1:.1f}, direct 8 {d8:.1f}, "
                   f"served 8 {s8:.1f}", flush=True)
