@@ -3,8 +3,8 @@ model: the same sampled chat requests (same seeds, so the same tokens) generated
 through the in-process scheduler and through the endpoint with the official openai client
 streaming over HTTP on 127.0.0.1. Each round runs, back to back: one request direct and the
 same request served, then eight at once direct and the same eight served (odd rounds serve
-first); ratios are taken within a round and
-the median over ``--rounds`` rounds is reported (a loaded machine swings a lot between rounds).
+first); ratios are taken within a round and the median over ``--rounds`` rounds is reported (a
+loaded machine swings a lot between rounds).
 
 * overhead_ratio: served tok/s over direct tok/s, one client at a time.
 * concurrency_ratio: aggregate served tok/s with 8 clients at once over 1 client.
