@@ -316,20 +316,21 @@ def test_a_token_mask_constrains_what_is_generated(sched, eng):
 class Forced:
     """A constraint whose matcher allows exactly one token at each step: ``tokens`` in order."""
 
-    def __init__(self, tokens):
-        self.tokens = tokens
+    def __init__(self, tokens, ends=True):
+        self.tokens, self.ends = tokens, ends
 
     def matcher(self, model):
-        return ForcedMatcher(model.n_vocab, self.tokens)
+        return ForcedMatcher(model.n_vocab, self.tokens, self.ends)
 
 
 class ForcedMatcher:
-    def __init__(self, n_vocab, tokens):
-        self.n_vocab, self.tokens, self.i = n_vocab, tokens, 0
+    def __init__(self, n_vocab, tokens, ends):
+        self.n_vocab, self.tokens, self.ends, self.i = n_vocab, tokens, ends, 0
 
     def allowed(self):
         mask = np.zeros(self.n_vocab, dtype=bool)
-        mask[self.tokens[self.i]] = True
+        if self.i < len(self.tokens):
+            mask[self.tokens[self.i]] = True
         return mask
 
     def advance(self, token):
@@ -337,7 +338,28 @@ class ForcedMatcher:
         self.i += 1
 
     def finished(self):
-        return self.i == len(self.tokens)
+        return self.i == len(self.tokens) and self.ends
+
+
+class Nothing:
+    """A broken constraint: its matcher allows no token after the first two."""
+
+    def matcher(self, model):
+        return Forced(model.tokenize("12"), ends=False).matcher(model)
+
+
+def test_a_constraint_that_allows_no_token_fails_only_its_own_request(sched, honest):
+    from npc.serving import GenRequest, ServingError, TokenEvent
+    work, expected = honest
+    other = Collector(sched.submit(request(work[0])))
+    h = sched.submit(GenRequest(prompt="Count.", max_tokens=5, constraint=Nothing()))
+    got = []
+    with pytest.raises(ServingError, match="allows no next token"):
+        for ev in h.events():
+            got.append(ev)
+    assert len(got) == len(sched.engine.model.tokenize("12"))
+    assert all(isinstance(ev, TokenEvent) for ev in got)
+    same_as(check_stream(other), expected[0])
 
 
 def test_characters_split_across_tokens_are_streamed_whole(sched, eng):

@@ -23,7 +23,13 @@ been worn that long; the batch drains and the loop wears the skin of that waitin
 The engine lock: the scheduler holds ``Engine._lock`` for each busy period (from admitting work
 until nothing is running or queued) and releases it when idle. ``Engine.generate`` and
 ``Engine.rescore`` called from other threads wait for an idle moment; they never interleave with
-the scheduler's decodes (``generate`` clears the shared batched context).
+the scheduler's decodes (``generate`` clears the shared batched context). Under steady load that
+wait has no bound, so an engine serving interactive requests is best dedicated to it.
+
+Constraints: ``submit`` builds the request's matcher (``constraint.matcher(engine.model)``) on the
+caller's thread, so compiling a grammar never stalls the running batch and its errors are raised
+by ``submit``. Each step the matcher's mask sets the logits of forbidden tokens to -inf before the
+sampler picks; the request stops with "stop" once the matcher is finished.
 
 Pre-emption: the gate is asked between steps and mirrored into llama.cpp's abort flag while the
 batch is busy; an aborted step is rolled back and redone on resume, and the KV cache of the work
@@ -80,7 +86,8 @@ class TokenEvent:
     then released with a later token). The concatenation of a stream's ``text`` is its
     ``Finished.text``. ``logprob`` and ``top_logprobs`` are log-probabilities under the model's
     own distribution: the log-softmax of the raw logits at temperature 1, before a constraint's
-    mask and whatever the request's temperature and top_p."""
+    mask and whatever the request's temperature and top_p. The end-of-generation token is not
+    part of the output and gets an event only when it releases held-back text."""
 
     text: str
     token: int
@@ -155,8 +162,9 @@ class Handle:
 
     def events(self) -> Iterator[TokenEvent | Finished]:
         """The request's events as they come (blocking); ends after ``Finished``. Raises
-        ServingError if the request could not be served after all (e.g. its skin failed to
-        load). Closing the iterator before ``Finished`` cancels the request."""
+        ServingError, after any events already streamed, if the request could not be served after
+        all (its skin failed to load, its constraint failed or allowed no token). Closing the
+        iterator before ``Finished`` cancels the request."""
         done = False
         try:
             while True:
@@ -490,8 +498,13 @@ class Scheduler:
         if req.logprobs is not None:
             lp_all = _log_softmax(logits)
         if m is not None:
-            mask = m.allowed()
+            try:
+                mask = m.allowed()
+            except Exception as e:  # a broken grammar ends its own request, not the loop
+                return self._fail(a, f"the constraint failed: {e}")
             if mask is not None:
+                if not mask.any():
+                    return self._fail(a, "the constraint allows no next token")
                 logits = np.where(mask, logits, -np.inf)
         tok = sampler.pick(logits, req.temperature, req.top_p, req.seed, len(a.out))
         if req.logprobs is not None:
@@ -505,12 +518,17 @@ class Scheduler:
             self._finish(a, finish, len(a.text))
             return True
         a.out.append(tok)
+        complete = False
         if m is not None:
-            m.advance(tok)
+            try:
+                m.advance(tok)
+                complete = m.finished()
+            except Exception as e:
+                return self._fail(a, f"the constraint failed: {e}")
         finish = None
         if len(a.out) >= req.max_tokens:
             finish = FINISH_LENGTH
-        elif m is not None and m.finished():
+        elif complete:
             finish = FINISH_STOP
         a.text += a.decoder.decode(self._piece(tok), final=finish is not None)
         end = _first_stop(a.text, req.stop, a.sent)
@@ -526,6 +544,10 @@ class Scheduler:
             a.feed = [tok]
             return False
         self._finish(a, finish, end)
+        return True
+
+    def _fail(self, a: _Active, why: str) -> bool:
+        a.handle._channel.put(ServingError(why))
         return True
 
     def _finish(self, a: _Active, reason: str, end: int) -> None:
