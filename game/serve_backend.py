@@ -183,8 +183,8 @@ def _arguments(call: ToolCall):
 
 
 def load_local_model(gate=None, *, width: int | None = None):
-    """(the LocalModel, the engine's InferenceBackend for re-scoring swarm work, the scheduler)
-    for the game's default model wearing installed skins."""
+    """(the LocalModel, the engine backend it runs on, the scheduler) for the game's default
+    model wearing installed skins. The caller closes the scheduler, then the backend."""
     from game.jobs_backend import load_backend
     from npc.serving.scheduler import Scheduler
 

@@ -120,13 +120,16 @@ def _dht_endpoints(model_id: str) -> list[str]:
         node.close()
 
 
-def make_swarm_target(verifier):
-    """The swarm route's requester: this machine's identity and job store, claims re-scored on
-    ``verifier`` (the local engine)."""
+def make_swarm_target():
+    """The swarm route's requester: this machine's identity and job store, workers' claims
+    re-scored on an engine of its own (the serving engine's scheduler would make re-scoring
+    wait for an idle moment, which steady local traffic may never leave)."""
     from common.identity import load_or_create_identity
+    from game.jobs_backend import load_backend
     from game.jobs_cli import jobs_dir
     from swarm.jobs.job_store import JobStore
     from swarm.router.swarm_route import SwarmTarget
+    verifier = load_backend("default", width=1, self_check=False)
     return SwarmTarget(load_or_create_identity(), JobStore(jobs_dir() / "requester.sqlite"),
                        verifier, find_endpoints=_dht_endpoints)
 
@@ -151,11 +154,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     note("loading the model")
     try:
         local, backend, scheduler = load_local_model(WindowPresenceGate(), width=args.width)
+        swarm = make_swarm_target() if any(r.target == "swarm" for r in settings.routes) else None
     except (ServingError, StoreError) as e:
         sock.close()
         raise CliError(f"cannot load the model: {e}") from None
-    swarm = (make_swarm_target(backend)
-             if any(r.target == "swarm" for r in settings.routes) else None)
     app = create_app(local, settings, swarm=swarm, api_key=args.api_key,
                      fingerprint=f"hearth-{backend.model_id[:12]}")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
@@ -170,6 +172,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         scheduler.close()
         backend.close()
+        if swarm is not None:
+            swarm.verifier.close()
         sock.close()
     return 0
 

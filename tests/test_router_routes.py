@@ -56,8 +56,10 @@ class Net:
             {"name": "dead-only", "models": ["gone-*"], "target": "upstream",
              "base_url": f"http://127.0.0.1:{free_port()}/v1"},
         ]
+        # As `hearth serve` does: claims re-scored on an engine of the requester's own.
+        self.verifier = load_backend("default", width=1, self_check=False)
         swarm = SwarmTarget(load_or_create_identity(tmp / "requester"),
-                            JobStore(tmp / "requester.sqlite"), self.backend,
+                            JobStore(tmp / "requester.sqlite"), self.verifier,
                             heartbeat_timeout=30)
         self.router = BackgroundServer(
             create_app(self.local, msgspec.convert({"routes": routes}, RouterSettings),
@@ -69,6 +71,7 @@ class Net:
         self.upstream.stop()
         self.worker.close()
         self.worker_backend.close()
+        self.verifier.close()
         self.scheduler.close()
         self.backend.close()
 
