@@ -196,7 +196,7 @@ def add_commands(sub) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--api-key", default=None, metavar="KEY",
-                   help="require `Authorization: Bearer KEY` on every request")
+                   help="require `Authorization: Bearer KEY` on every request but /health")
     p.add_argument("--width", type=int, default=None, metavar="N",
                    help="requests generated at once (default 8)")
     p.set_defaults(func=cmd_serve)
