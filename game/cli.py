@@ -19,6 +19,7 @@ from game.jobs_cli import add_commands as add_jobs_commands
 from game.model_cli import add_commands as add_model_commands
 from game.play_cli import add_command as add_play_command
 from game.play_cli import load_or_new
+from game.serve_cli import add_commands as add_serve_commands
 from game.settings_cli import add_command as add_settings_command
 from game.skin_cli import add_commands as add_skin_commands
 from game.swarm_cli import add_commands as add_swarm_commands
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_jobs_commands(sub)
     add_wallet_commands(sub)
     add_chain_command(sub)
+    add_serve_commands(sub)
     return ap
 
 

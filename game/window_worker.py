@@ -19,6 +19,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 
+from game.window_presence import mark
 from swarm.jobs.away import (OFF, PLAYER_PRESENT, SERVING, AwayPolicy, Observation, SwitchGate,
                              on_battery, other_cpu_percent)
 from swarm.jobs.settings import CONFIG_FILE, WorkerSettings, load_worker_settings
@@ -72,6 +73,7 @@ class WindowWorker:
         self._note: str | None = None
         self._loading = False
         self._polled = float("-inf")
+        self._presence_marked = float("-inf")
         self._battery = (float("-inf"), False)
         #: Micro-gold the worker's receipts were worth when serving started (earned = since then).
         self._amount_at_start = 0
@@ -93,6 +95,7 @@ class WindowWorker:
     def poll(self) -> None:
         """Decide, about once a second, whether to serve."""
         now = self.clock()
+        self._mark_presence(now)
         if now - self._polled < POLL_SECONDS or self.state in (OFF, FAILED):
             return
         self._polled = now
@@ -105,6 +108,14 @@ class WindowWorker:
         if self._worker is not None:
             self.gate.set_serving(decision.serve)
             self.state = decision.reason
+
+    def _mark_presence(self, now: float) -> None:
+        """Tell ``hearth serve`` (another process) whether the player is at the window, so its
+        local generation yields to the game as serving jobs does (game.window_presence)."""
+        if now - self._presence_marked < POLL_SECONDS:
+            return
+        self._presence_marked = now
+        mark(not self.minimised and now - self.last_input < self.settings.idle_seconds)
 
     def _on_battery(self, now: float) -> bool:
         polled, value = self._battery
@@ -181,6 +192,7 @@ class WindowWorker:
     def close(self) -> None:
         self._closed.set()
         self.gate.set_serving(False)
+        mark(False)
         w, self._worker = self._worker, None
         if w is not None:
             w.close()

@@ -1,0 +1,129 @@
+"""``hearth serve``'s overhead and concurrency, measured side by side in one run on the default
+model: the same sampled chat requests (same seeds, so the same tokens) generated directly
+through the in-process scheduler and through the endpoint with the official openai client
+streaming over HTTP on 127.0.0.1. Each round runs, back to back: one request direct and the
+same request served, then eight at once direct and the same eight served (odd rounds serve
+first); ratios are taken within a round and the median over ``--rounds`` rounds is reported (a
+loaded machine swings a lot between rounds).
+
+* overhead_ratio: served tok/s over direct tok/s, one client at a time.
+* concurrency_ratio: aggregate served tok/s with 8 clients at once over 1 client.
+* ttft_p50_ms: time to the first content chunk, one client, over every served single-client
+  request.
+
+Tokens/s counts generated tokens (usage.completion_tokens) over wall time, prompt reading
+included. Timings are wall time on whatever else the machine is running.
+
+Last line: ``overhead_ratio=<N> concurrency_ratio=<N> ttft_p50_ms=<N> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import openai  # noqa: E402
+
+from game.serve_backend import load_local_model  # noqa: E402
+from game.serve_cli import BackgroundServer, bind  # noqa: E402
+from swarm.router.app import create_app  # noqa: E402
+from swarm.router.settings import RouterSettings  # noqa: E402
+
+TOPICS = ["a lighthouse keeper", "a lost key", "the first snow", "a market day", "a clockmaker",
+          "a river crossing", "an old map", "a stubborn goat"]
+
+
+def messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Tell a short story about {TOPICS[i % len(TOPICS)]}."}]
+
+
+def direct(scheduler, i: int, tokens: int) -> int:
+    from npc.serving.scheduler import Finished, GenRequest
+    h = scheduler.submit(GenRequest(messages=tuple((m["role"], m["content"]) for m in messages(i)),
+                                    max_tokens=tokens, temperature=0.8, seed=i))
+    for ev in h.events():
+        if isinstance(ev, Finished):
+            return ev.completion_tokens
+    raise RuntimeError("no Finished event")
+
+
+def served(client, i: int, tokens: int) -> tuple[int, float]:
+    """(completion tokens, seconds to the first content chunk)."""
+    start = time.perf_counter()
+    first = None
+    used = 0
+    for chunk in client.chat.completions.create(
+            model="hearth", messages=messages(i), max_tokens=tokens, temperature=0.8, seed=i,
+            stream=True, stream_options={"include_usage": True}):
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - start
+        if chunk.usage is not None:
+            used = chunk.usage.completion_tokens
+    return used, first if first is not None else float("nan")
+
+
+def rate(run, jobs: list[int]) -> float:
+    start = time.perf_counter()
+    if len(jobs) == 1:
+        total = run(jobs[0])
+    else:
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            total = sum(pool.map(run, jobs))
+    return total / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=24, help="max_tokens per request")
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+
+    local, backend, scheduler = load_local_model()
+    server = BackgroundServer(create_app(local, RouterSettings()), bind("127.0.0.1", 0)).start()
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    rows, ttfts = [], []
+
+    def one_served(i):
+        n, t = served(client, i, args.tokens)
+        ttfts.append(t)
+        return n
+    try:
+        served(client, 0, 4)  # warm: the HTTP connection, the chat template
+        for rnd in range(args.rounds):
+            i = 100 * rnd
+            eight = list(range(i, i + 8))
+            runs = {"d1": lambda: rate(lambda j: direct(scheduler, j, args.tokens), [i]),
+                    "s1": lambda: rate(one_served, [i]),
+                    "d8": lambda: rate(lambda j: direct(scheduler, j, args.tokens), eight),
+                    "s8": lambda: rate(lambda j: served(client, j, args.tokens)[0], eight)}
+            # Odd rounds serve first, so neither side always runs on a machine just disturbed.
+            order = ["d1", "s1", "d8", "s8"] if rnd % 2 == 0 else ["s1", "d1", "s8", "d8"]
+            got = {k: runs[k]() for k in order}
+            d1, s1, d8, s8 = got["d1"], got["s1"], got["d8"], got["s8"]
+            rows.append((d1, s1, d8, s8))
+            print(f"round {rnd}: direct 1 {d1:.1f} tok/s, served 1 {s1:.1f}, direct 8 {d8:.1f}, "
+                  f"served 8 {s8:.1f}", flush=True)
+    finally:
+        server.stop()
+        scheduler.close()
+        backend.close()
+    med = statistics.median
+    overhead = med(s1 / d1 for d1, s1, _, _ in rows)
+    concurrency = med(s8 / s1 for _, s1, _, s8 in rows)
+    batched = med(s8 / d8 for _, _, d8, s8 in rows)
+    ttft = med(ttfts) * 1000
+    print(f"overhead_ratio={overhead:.3f} concurrency_ratio={concurrency:.2f} "
+          f"ttft_p50_ms={ttft:.0f} served_8_over_direct_8={batched:.3f} "
+          f"direct_1_tps={med(r[0] for r in rows):.1f} served_1_tps={med(r[1] for r in rows):.1f} "
+          f"direct_8_tps={med(r[2] for r in rows):.1f} served_8_tps={med(r[3] for r in rows):.1f}")
+
+
+if __name__ == "__main__":
+    main()
