@@ -258,7 +258,8 @@ def main() -> int:
               f"p99={pct(frames, 99):.2f} ms (replies: {len(session.completed)})")
     frame_p99 = pct(frames, 99)
     last = (f"ttft_p50_s={pct(ttft, 50):.3f} full_p95_s={pct(full, 95):.3f} "
-            f"overhead_ratio={overhead:.3f} grammar_ratio={grammar:.3f} frame_p99_ms={frame_p99:.2f}")
+            f"overhead_ratio={overhead:.3f} grammar_ratio={grammar:.3f} "
+            f"frame_p99_ms={frame_p99:.2f}")
     if args.seeding:
         last += f" frame_p99_ms_seeding={pct(seeding_frames, 99):.2f}"
     print(last)

@@ -107,11 +107,11 @@ class SeedingLoad:
             [sys.executable, "-m", "tools.bench.swarm_load", magnet, self.swarm.node.endpoint,
              str(self._workdir)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.nice(19))
-        _wait(lambda: self._uploaded() > 0 or self._leecher.poll() is not None,
+        _wait(lambda: self.sent() > 0 or self._leecher.poll() is not None,
               UPLOAD_START_SECONDS, "the downloader to start receiving")
         if self._leecher.poll() is not None:
             raise RuntimeError(f"the downloader exited with {self._leecher.returncode}")
-        self._t0, self._uploaded0, self._peak = time.perf_counter(), self._uploaded(), 0
+        self._t0, self._uploaded0, self._peak = time.perf_counter(), self.sent(), 0
         return self
 
     def poll_status(self):
@@ -123,14 +123,15 @@ class SeedingLoad:
 
     def stop(self) -> Upload:
         seconds = time.perf_counter() - self._t0
-        sent = self._uploaded() - self._uploaded0
+        sent = self.sent() - self._uploaded0
         self._leecher.terminate()
         out, _ = self._leecher.communicate(timeout=30)
         self.swarm.close()
         shutil.rmtree(self._workdir, ignore_errors=True)
         return Upload(sent, seconds, self._peak, out.count("complete"))
 
-    def _uploaded(self) -> int:
+    def sent(self) -> int:
+        """Payload bytes of the model sent since the node started."""
         stats = self.swarm.node.torrent_stats(self._ref)
         return stats.uploaded if stats is not None else 0
 
