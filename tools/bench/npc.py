@@ -8,8 +8,15 @@
 - grammar_ratio: per-token decode time with the reply grammar over without it.
 - frame_p99_ms: the game thread's frame work (tick + render to an offscreen surface) while replies
   are generated on the worker thread, at 60 frames per second.
+- with ``--seeding``: the same frames in blocks alternating with blocks where the window's swarm
+  node seeds the local stores on 127.0.0.1 (no bootstrap node, no public DHT router) while a
+  second local libtorrent session downloads the model from it again and again, so the seed is
+  uploading throughout (``swarm_load.py``). frame_p99_ms is then the blocks without the swarm,
+  frame_p99_ms_seeding the blocks with it. The node keeps its state in a scratch data directory
+  that links the player's stores.
 
 Last line: ttft_p50_s=… full_p95_s=… overhead_ratio=… grammar_ratio=… frame_p99_ms=…
+[frame_p99_ms_seeding=…]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +40,7 @@ from engine.world import new_game  # noqa: E402
 from npc.grammar import ReplyGrammar  # noqa: E402
 from npc.llama import C  # noqa: E402  (llama_cpp, after the game's OpenMP settings)
 from npc.prompt import build_prompt  # noqa: E402
+from swarm.settings import parse_rate  # noqa: E402
 
 UTTERANCES = [
     ("tobin", "What do you sell?"), ("tobin", "I want to buy a coil of rope."),
@@ -68,11 +77,117 @@ def reference_tps(model, ctx, prompt: list[int], n: int) -> float:
     return n / dt
 
 
+MAREN_LINES = ["Hello Maren!", "What is the news?", "Tell me about the bell.", "Do you sell stew?",
+               "Thanks, goodbye."]
+
+
+def maren_session(voice):
+    from game.session import GameSession
+    from tests.conftest import place_player_near
+    return GameSession(place_player_near(new_game(seed=2), "maren"), voice)
+
+
+def frame_block(session, surface, ui, replies: int, seconds: float, poll_swarm=None) -> list[float]:
+    """The game thread's work per frame (ms), at 60 frames per second, for the frames during
+    which a reply is being generated, until ``replies`` replies have come (or ``seconds`` pass).
+    ``poll_swarm`` is asked for the swarm box once a second, as the window asks its node."""
+    from game.client import SWARM_POLL_SECONDS
+    from game.render import render
+    frames, done, t_end = [], 0, time.perf_counter() + seconds
+    words = iter(MAREN_LINES * 4)
+    period = 1 / 60
+    next_frame = time.perf_counter()
+    polled = float("-inf")
+    while time.perf_counter() < t_end and done < replies:
+        if session.pending is None:
+            done = len(session.completed)
+            session.talk("maren", next(words))
+        t0 = time.perf_counter()
+        if poll_swarm is not None and t0 - polled >= SWARM_POLL_SECONDS:
+            polled = t0
+            ui.swarm_status = poll_swarm()
+        session.tick()
+        render(surface, session, 0.5, ui)
+        work = time.perf_counter() - t0
+        if session.pending is not None:
+            frames.append(work * 1000)
+        next_frame += period
+        delay = next_frame - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            next_frame = time.perf_counter()
+    return frames
+
+
+def frames_with_and_without_seeding(voice, surface, args) -> tuple[list[float], list[float]]:
+    """The frame block run alternately without and with the window's swarm node seeding (and a
+    local downloader fetching the model from it), each block a fresh conversation with the same
+    lines; pairs alternate their order (off-on, on-off, ...) so a drift in the machine's load
+    falls on both arms alike."""
+    from game.render import make_ui
+    from tools.bench.swarm_load import SeedingLoad
+
+    def block(seeding: bool) -> list[float]:
+        session = maren_session(voice)
+        ui = make_ui(session.state)
+        load = SeedingLoad(voice.runtime.model.path, args.upload_limit).start() if seeding else None
+        try:
+            frames = frame_block(session, surface, ui, args.block_replies, 60,
+                                 poll_swarm=load.poll_status if load else None)
+        finally:
+            session.close()
+            upload = load.stop() if load else None
+        line = (f"  {'seeding' if seeding else 'no swarm'}: {len(frames)} frames "
+                f"p50={pct(frames, 50):.2f} ms p99={pct(frames, 99):.2f} ms "
+                f"(replies: {len(session.completed)})")
+        if upload is not None:
+            uploads.append(upload)
+            line += (f"  upload {upload.mean_rate / 1e6:.1f} MB/s mean, "
+                     f"{upload.peak_rate / 1e6:.1f} MB/s peak, {upload.copies} copies")
+        print(line, flush=True)
+        time.sleep(1.0)  # the cancelled last reply and the closed node settle between blocks
+        return frames
+
+    uploads = []
+    off, on = [], []
+    block(False)  # warm-up, not counted: the persona prefixes are cached from here on
+    for pair in range(args.pairs):
+        for seeding in ((False, True) if pair % 2 == 0 else (True, False)):
+            (on if seeding else off).extend(block(seeding))
+    sent = sum(u.payload_bytes for u in uploads)
+    secs = sum(u.seconds for u in uploads)
+    print(f"frames while generating, no swarm: {len(off)}  p50={pct(off, 50):.2f} ms  "
+          f"p99={pct(off, 99):.2f} ms")
+    print(f"frames while generating, seeding:  {len(on)}  p50={pct(on, 50):.2f} ms  "
+          f"p99={pct(on, 99):.2f} ms  upload {sent / secs / 1e6:.1f} MB/s mean "
+          f"({sent / 1e6:.0f} MB in {secs:.0f} s, {sum(u.copies for u in uploads)} copies of the "
+          f"model), peak {max(u.peak_rate for u in uploads) / 1e6:.1f} MB/s")
+    print(f"p99 seeding/no swarm: {pct(on, 99) / pct(off, 99):.2f}")
+    return off, on
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--seeding", action="store_true",
+                    help="also measure the frames with the window's swarm node seeding the local "
+                         "stores on 127.0.0.1 while a second local node downloads the model from "
+                         "it, in blocks alternating with blocks without the swarm")
+    ap.add_argument("--pairs", type=int, default=2,
+                    help="with --seeding: pairs of blocks (one without, one with seeding)")
+    ap.add_argument("--block-replies", type=int, default=4,
+                    help="with --seeding: replies generated in each block")
+    ap.add_argument("--upload-limit", type=parse_rate, default=0,
+                    help="with --seeding: the node's upload limit (e.g. 2M; default 0, unlimited, "
+                         "as in a fresh swarm.toml)")
     args = ap.parse_args()
+    if args.seeding:
+        from common.paths import data_dir
+        from tools.bench.swarm_load import mirror_home
+        scratch = tempfile.TemporaryDirectory(prefix="hearth-bench-home-")
+        os.environ["HEARTH_HOME"] = str(mirror_home(data_dir(), Path(scratch.name) / "home"))
 
     from game.voices import load_model_voice
     voice = load_model_voice(say=lambda s: print(s, file=sys.stderr))
@@ -130,40 +245,24 @@ def main() -> int:
     # 3. frame time of the game thread while the worker generates
     import pygame
 
-    from game.render import make_ui, render
-    from game.session import GameSession
+    from game.render import make_ui
     pygame.init()
-    session = GameSession(place_player_near(new_game(seed=2), "maren"), voice)
     surface = pygame.display.set_mode((1280, 720))  # the dummy video driver: same code path as play
-    ui = make_ui(session.state)
-    frames, replies, t_end = [], 0, time.perf_counter() + 60
-    words = iter(["Hello Maren!", "What is the news?", "Tell me about the bell.",
-                  "Do you sell stew?", "Thanks, goodbye."] * 4)
-    period = 1 / 60
-    next_frame = time.perf_counter()
-    while time.perf_counter() < t_end and replies < 6:
-        if session.pending is None:
-            if replies or session.completed:
-                replies = len(session.completed)
-            session.talk("maren", next(words))
-        t0 = time.perf_counter()
-        session.tick()
-        render(surface, session, 0.5, ui)
-        work = time.perf_counter() - t0
-        if session.pending is not None:
-            frames.append(work * 1000)
-        next_frame += period
-        delay = next_frame - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            next_frame = time.perf_counter()
-    session.close()
+    if args.seeding:
+        frames, seeding_frames = frames_with_and_without_seeding(voice, surface, args)
+    else:
+        session = maren_session(voice)
+        frames = frame_block(session, surface, make_ui(session.state), replies=6, seconds=60)
+        session.close()
+        print(f"frames while generating: {len(frames)}  p50={pct(frames, 50):.2f} ms  "
+              f"p99={pct(frames, 99):.2f} ms (replies: {len(session.completed)})")
     frame_p99 = pct(frames, 99)
-    print(f"frames while generating: {len(frames)}  p50={pct(frames, 50):.2f} ms  p99={frame_p99:.2f} ms "
-          f"(replies: {len(session.completed)})")
-    print(f"ttft_p50_s={pct(ttft, 50):.3f} full_p95_s={pct(full, 95):.3f} overhead_ratio={overhead:.3f} "
-          f"grammar_ratio={grammar:.3f} frame_p99_ms={frame_p99:.2f}")
+    last = (f"ttft_p50_s={pct(ttft, 50):.3f} full_p95_s={pct(full, 95):.3f} "
+            f"overhead_ratio={overhead:.3f} grammar_ratio={grammar:.3f} "
+            f"frame_p99_ms={frame_p99:.2f}")
+    if args.seeding:
+        last += f" frame_p99_ms_seeding={pct(seeding_frames, 99):.2f}"
+    print(last)
     return 0
 
 
