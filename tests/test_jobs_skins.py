@@ -1,0 +1,214 @@
+"""Jobs that name a skin a worker lacks: the worker fetches the bundle over its own libtorrent
+session from the requester (which seeds it), the game's checks verify it, it is installed and
+the shard is served wearing it. Real ZeroMQ CURVE sockets and real libtorrent sessions, all on
+127.0.0.1 (no DHT, no trackers: the assignment names the requester's node as the peer); real skin
+bundles made for the real default base model; the deterministic test backend stands in for the
+engine (it wears a skin by mixing its id into the "model")."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from common.identity import load_or_create_identity
+from game.jobs_backend import skin_checks
+from jobs_backend import HashBackend
+from npc.skins.store import SkinStore
+from swarm.content import ContentRef
+from swarm.jobs import protocol as p
+from swarm.jobs import transport
+from swarm.jobs.job_store import JobStore
+from swarm.jobs.requester import Requester, job_id
+from swarm.jobs.skin_fetch import SkinFetcher
+from swarm.jobs.worker import MAX_PASSED_OVER, Worker, _Shard, next_shard
+from swarm.jobs.worker_store import WorkerStore
+from swarm.settings import SwarmSettings
+from swarm.torrent import SwarmNode
+from test_jobs_network import MODEL, items_of
+from test_skins import base, ident, make_bundle  # noqa: F401  (fixtures and the bundle builder)
+
+pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, base, ident):
+    """(bundle directory, skin id, base model id) of one real skin, made once."""
+    path, sid = make_bundle(tmp_path_factory.mktemp("skin"), base, ident)
+    return path, sid, base[0].blake3
+
+
+@pytest.fixture
+def net(tmp_path):
+    """Starts loopback swarm nodes and workers; everything is closed at the end."""
+    nodes: list[SwarmNode] = []
+    workers: list[Worker] = []
+
+    class Net:
+        def node(self, name: str) -> SwarmNode:
+            n = SwarmNode(SwarmSettings(listen="127.0.0.1:0", loopback=True, dht=False,
+                                        lan_discovery=False, stall_timeout=10),
+                          tmp_path / f"node-{name}").start()
+            nodes.append(n)
+            return n
+
+        def worker(self, name: str, base_model: str, *, fetch: bool = True,
+                   max_bytes: int = 64 << 20, skins: tuple[str, ...] = ()) -> Worker:
+            store = SkinStore(tmp_path / f"{name}-skins")
+            fetcher = None
+            if fetch:
+                verify, install = skin_checks(store, base_model)
+                node = self.node(name)
+                fetcher = SkinFetcher(lambda: node, tmp_path / f"{name}-downloads", verify,
+                                      install, max_bytes, timeout=30)
+            w = Worker(HashBackend(), load_or_create_identity(tmp_path / name),
+                       WorkerStore(tmp_path / f"{name}.sqlite"), skins=skins,
+                       skin_fetcher=fetcher).start()
+            w.skin_store = store
+            workers.append(w)
+            return w
+    yield Net()
+    for w in workers:
+        w.close()
+    for n in nodes:
+        n.close()
+
+
+def seed(node: SwarmNode, bundle_dir: Path, skin_id: str) -> str:
+    from game.swarm_bridge import skin_content
+    return node.seed(skin_content(skin_id, bundle_dir)).magnet
+
+
+def requester(tmp_path) -> Requester:
+    return Requester(load_or_create_identity(tmp_path / "requester"),
+                     JobStore(tmp_path / "requester.sqlite"), HashBackend(),
+                     heartbeat_timeout=5.0)
+
+
+def test_a_worker_without_the_skin_fetches_it_from_the_requester_and_serves(net, tmp_path,
+                                                                           bundle):
+    path, sid, base_model = bundle
+    seeder = net.node("requester")
+    magnet = seed(seeder, path, sid)
+    w = net.worker("w", base_model)
+    assert w.signed_offer().offer.fetch_skins and sid not in w.signed_offer().offer.skins
+    req = requester(tmp_path)
+    offers = [w.signed_offer()]
+    assert req.usable_offers(offers, MODEL, sid) == []  # it lacks the skin
+    assert len(req.usable_offers(offers, MODEL, sid, skin_fetchable=True)) == 1
+
+    items = items_of(12)
+    job = job_id(b"skinned", MODEL, sid)
+    outcome = req.run(job, MODEL, sid, items, offers, skin_magnet=magnet,
+                      skin_peers=[seeder.endpoint], timeout=60)
+    truth = HashBackend()
+    for item in items:  # every result is the model wearing the skin, not the bare model
+        c = outcome.completions[item.custom_id]
+        assert truth.rescore(item, c, sid).ok
+    assert any(not truth.rescore(i, outcome.completions[i.custom_id]).ok for i in items)
+    (receipt,) = w.store.receipts()
+    assert receipt.body.skin == sid and receipt.body.job == job
+    assert w.stats.skins_fetched == 1 and w.stats.skin_fetches_failed == 0
+    assert w.skin_store.get(sid).skin_id == sid  # installed, and now offered
+    assert sid in w.signed_offer().offer.skins
+    assert not list((tmp_path / "w-downloads").iterdir())  # nothing left behind
+
+
+def _tampered(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    sig = dst / "manifest.sig"
+    data = bytearray(sig.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    sig.write_bytes(bytes(data))
+    return dst
+
+
+def test_a_tampered_bundle_is_refused_nothing_installed_and_the_shard_goes_elsewhere(
+        net, tmp_path, bundle):
+    from swarm.content import Content
+    path, sid, base_model = bundle
+    bad = _tampered(path, tmp_path / "tampered" / "bundle")
+    seeder = net.node("requester")
+    # The torrent claims the real skin id, but its signature no longer verifies.
+    files = tuple(sorted(f.name for f in bad.iterdir()))
+    magnet = seeder.seed(Content(ContentRef("skin", sid), bad, files)).magnet
+    fetching = net.worker("fetching", base_model)
+    SkinStore(tmp_path / "holding-skins").install(path)
+    holding = net.worker("holding", base_model, fetch=False, skins=(sid,))
+    items = items_of(8)
+    req = requester(tmp_path)
+    req.shard_items = 4
+    outcome = req.run(job_id(b"tampered", MODEL, sid), MODEL, sid, items,
+                      [fetching.signed_offer(), holding.signed_offer()], skin_magnet=magnet,
+                      skin_peers=[seeder.endpoint], timeout=60)
+    assert set(outcome.completions) == {i.custom_id for i in items}
+    assert outcome.reassigned >= 1
+    assert fetching.stats.skin_fetches_failed == 1 and fetching.stats.shards_served == 0
+    assert holding.stats.shards_served == 2
+    assert fetching.skin_store.list() == [] and sid not in fetching.skins
+    assert not list((tmp_path / "fetching-downloads").glob("*hearth*"))
+
+
+def _assign_directly(w: Worker, tmp_path, sid: str, magnet: str, peers: list[str]) -> p.Error:
+    """Send one assignment over a real CURVE socket and return the worker's error answer."""
+    me = load_or_create_identity(tmp_path / "direct")
+    ctx = zmq.Context()
+    try:
+        sock = transport.jobs_client(ctx, me, w.curve_key, w.jobs_endpoint)
+        transport.send(sock, p.Assign(job="a" * 64, shard=0, requester=me.public_hex,
+                                      model=MODEL, skin=sid, price_per_1k=1000,
+                                      items=items_of(1), skin_magnet=magnet, skin_peers=peers))
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if sock.poll(500):
+                msg = p.decode_to_requester(sock.recv())
+                if isinstance(msg, p.Error):
+                    return msg
+        raise AssertionError("the worker never refused")
+    finally:
+        ctx.destroy(0)
+
+
+def test_a_worker_that_does_not_fetch_skins_refuses_clearly(net, tmp_path, bundle):
+    path, sid, base_model = bundle
+    seeder = net.node("requester")
+    magnet = seed(seeder, path, sid)
+    w = net.worker("w", base_model, fetch=False)
+    assert not w.signed_offer().offer.fetch_skins
+    assert requester(tmp_path).usable_offers([w.signed_offer()], MODEL, sid,
+                                             skin_fetchable=True) == []
+    err = _assign_directly(w, tmp_path, sid, magnet, [seeder.endpoint])
+    assert err.code == p.SKIN and "does not fetch skins" in err.message
+    assert w.skin_store.list() == [] and w.stats.shards_served == 0
+
+
+def test_a_skin_over_the_size_cap_is_refused_before_download(net, tmp_path, bundle):
+    path, sid, base_model = bundle
+    seeder = net.node("requester")
+    magnet = seed(seeder, path, sid)
+    w = net.worker("w", base_model, max_bytes=1024)
+    err = _assign_directly(w, tmp_path, sid, magnet, [seeder.endpoint])
+    assert err.code == p.SKIN and "limit" in err.message, err.message
+    assert w.skin_store.list() == [] and w.stats.skin_fetches_failed == 1
+    stats = seeder.torrent_stats(ContentRef("skin", sid))
+    assert stats.uploaded < 64 * 1024  # the metadata, not the bundle
+
+
+def test_the_compute_thread_keeps_a_skin_on_until_a_waiting_shard_has_waited_enough():
+    def shard(skin):
+        return _Shard(b"", p.Assign(job="a" * 64, shard=0, requester="b" * 64, model=MODEL,
+                                    skin=skin, price_per_1k=1, items=items_of(1)))
+    x, y = "1" * 64, "2" * 64
+    waiting = [shard(y), shard(x), shard(x), shard(x), shard(x)]
+    order = []
+    wearing = x
+    while waiting:
+        s = next_shard(waiting, wearing)
+        waiting.remove(s)
+        order.append(s.assign.skin)
+        wearing = s.assign.skin
+    # y waits for at most MAX_PASSED_OVER shards of the skin already worn, then x resumes.
+    assert order == [x] * MAX_PASSED_OVER + [y] + [x] * (4 - MAX_PASSED_OVER)
