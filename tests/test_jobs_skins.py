@@ -212,3 +212,45 @@ def test_the_compute_thread_keeps_a_skin_on_until_a_waiting_shard_has_waited_eno
         wearing = s.assign.skin
     # y waits for at most MAX_PASSED_OVER shards of the skin already worn, then x resumes.
     assert order == [x] * MAX_PASSED_OVER + [y] + [x] * (4 - MAX_PASSED_OVER)
+
+
+@pytest.mark.slow
+def test_hearth_jobs_submit_skin_seeds_it_and_hearth_worker_fetches_it(tmp_path, bundle):
+    """The command lines as separate processes: the requester has the skin installed and seeds
+    it; the worker lacks it, fetches it, installs it and serves wearing it."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, sealed_env
+    from jobs_backend import detokenize
+    from swarm.jobs.batchfile import parse_batch
+    from test_jobs_cli import RUNNER, WorkerProc
+    from test_jobs_network import batch_bytes
+
+    path, sid, _ = bundle
+    SkinStore(tmp_path / "req").install(path)
+    net = ["--loopback", "--dht-listen", "127.0.0.1:0"]
+    w = WorkerProc("honest+skins", tmp_path / "w", *net)
+    try:
+        requests = tmp_path / "requests.jsonl"
+        requests.write_bytes(batch_bytes(10))
+        out = tmp_path / "results.jsonl"
+        done = subprocess.run(
+            [sys.executable, RUNNER, "honest", "jobs", "submit", "--no-escrow", requests,
+             "--model", "default", "--skin", sid, "--out", out, "--peer", w.endpoint,
+             "--timeout", "90", *net],
+            cwd=ROOT, env=sealed_env(tmp_path / "req"), capture_output=True, text=True,
+            timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"seeding skin {sid[:16]}" in done.stderr
+    finally:
+        w.stop()
+    stderr = w.proc.stderr.read()
+    assert "skins fetched from the swarm: 1, refused or failed: 0" in stderr, stderr
+    assert SkinStore(tmp_path / "w").get(sid).skin_id == sid
+    truth = HashBackend()
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    for ln, g in zip(parse_batch(requests.read_bytes()), got):
+        tokens, _ = truth._decode(ln.item, truth.salt + sid.encode())
+        assert g["response"]["body"]["choices"][0]["message"]["content"] == detokenize(tokens)
