@@ -254,3 +254,43 @@ def test_hearth_jobs_submit_skin_seeds_it_and_hearth_worker_fetches_it(tmp_path,
     for ln, g in zip(parse_batch(requests.read_bytes()), got):
         tokens, _ = truth._decode(ln.item, truth.salt + sid.encode())
         assert g["response"]["body"]["choices"][0]["message"]["content"] == detokenize(tokens)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_a_real_worker_fetches_a_village_skin_and_serves_wearing_it(tmp_path):
+    """The real engine: the worker has no skin installed; the requester has the pirate skin and
+    seeds it; the worker fetches, verifies against its base model, installs and serves it, and
+    the requester re-scores every shard wearing the skin."""
+    import json
+    import signal
+
+    from conftest import hearth, hearth_popen
+    from game.village_skins import BUNDLES_DIR
+    from npc.skins.bundle import read_signed
+    from test_jobs_model import batch_file, serving_endpoint
+
+    bundle_dir = BUNDLES_DIR / "pirate"
+    sid = read_signed(bundle_dir).skin_id
+    r = hearth("skin", "install", bundle_dir, home=tmp_path / "requester", timeout=600)
+    assert r.returncode == 0, r.stderr
+    requests, out = tmp_path / "requests.jsonl", tmp_path / "results.jsonl"
+    batch_file(requests, 6)
+    net = ["--loopback", "--dht-listen", "127.0.0.1:0"]
+    worker = hearth_popen("worker", "--listen", "127.0.0.1:0", *net,
+                          home=tmp_path / "worker", env={"PYTHONUNBUFFERED": "1"})
+    try:
+        peer = serving_endpoint(worker)
+        r = hearth("jobs", "submit", requests, "--model", "default", "--skin", sid, "--out", out,
+                   "--peer", peer, "--verify-fraction", "1", *net,
+                   home=tmp_path / "requester", timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(got) == 6 and all(g["response"]["status_code"] == 200 for g in got)
+        assert "0 worker(s) caught cheating" in r.stderr + r.stdout  # re-scored with the skin
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    stderr = worker.stderr.read()
+    assert "skins fetched from the swarm: 1, refused or failed: 0" in stderr, stderr[-3000:]
+    assert (tmp_path / "worker" / "skins" / sid).is_dir()
