@@ -426,7 +426,8 @@ def _skin_fetcher(args: argparse.Namespace, settings, backend, nodes: list):
                 nodes.append(start_node(_network_settings(args)))
             return nodes[0]
     verify, install = checks
-    return SkinFetcher(node, download_dir(), verify, install, settings.max_skin_mb << 20)
+    return SkinFetcher(node, download_dir() / "worker-skins", verify, install,
+                       settings.max_skin_mb << 20)
 
 
 def _worker_escrow(identity, store, required: bool):

@@ -294,3 +294,26 @@ def test_a_real_worker_fetches_a_village_skin_and_serves_wearing_it(tmp_path):
     stderr = worker.stderr.read()
     assert "skins fetched from the swarm: 1, refused or failed: 0" in stderr, stderr[-3000:]
     assert (tmp_path / "worker" / "skins" / sid).is_dir()
+
+
+def test_the_new_fields_stay_off_the_wire_unless_used_and_are_checked():
+    import msgspec
+
+    from swarm.jobs.offers import Offer, offer_bytes
+    a = p.Assign(job="a" * 64, shard=0, requester="b" * 64, model=MODEL, skin="d" * 64,
+                 price_per_1k=1, items=items_of(1))
+    raw = msgspec.msgpack.decode(p.encode(a))
+    assert "skin_magnet" not in raw and "skin_peers" not in raw  # an older worker reads it
+    named = msgspec.structs.replace(a, skin_magnet="magnet:?xt=urn:btih:" + "0" * 40,
+                                    skin_peers=["127.0.0.1:6881"])
+    assert p.decode_to_worker(p.encode(named)) == named
+    for field, bad in (("skin_magnet", "http://example.org/skin"),
+                       ("skin_peers", ["127.0.0.1:1"] * (p.MAX_SKIN_PEERS + 1))):
+        frame = dict(msgspec.msgpack.decode(p.encode(named)), **{field: bad})
+        with pytest.raises(p.ProtocolError, match=field):
+            p.decode_to_worker(msgspec.msgpack.encode(frame))
+    offer = Offer(worker="e" * 64, models=[MODEL], skins=[], price_per_1k=1, capacity=1,
+                  endpoint="127.0.0.1:1", curve_key="f" * 64, issued=1)
+    # An offer that does not fetch skins signs the very bytes it did before the field existed.
+    assert b"fetch_skins" not in offer_bytes(offer)
+    assert b"fetch_skins" in offer_bytes(msgspec.structs.replace(offer, fetch_skins=True))

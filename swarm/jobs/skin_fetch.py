@@ -28,7 +28,8 @@ DEFAULT_FETCH_SECONDS = 120.0
 @dataclass
 class SkinFetcher:
     """``node`` returns the worker's running swarm node (started on first use by the caller,
-    who also closes it); ``dest`` is where bundles download before they are installed."""
+    who also closes it); ``dest``, a directory of the fetcher's own, is where bundles download
+    before they are installed."""
 
     node: Callable[[], SwarmNode]
     dest: Path
@@ -42,6 +43,9 @@ class SkinFetcher:
         want = ContentRef("skin", skin)
         if parse_magnet(magnet).ref != want:
             raise ContentError(f"the magnet link is not the torrent of skin {skin[:12]}")
+        # A bundle left here by a worker stopped between download and install is redone: this
+        # directory is the fetcher's own, and the fetch refuses to overwrite.
+        shutil.rmtree(self.dest / want.torrent_name, ignore_errors=True)
         result = self.node().fetch(magnet, self.dest, verifiers={"skin": self.verify},
                                    max_bytes={"skin": self.max_bytes}, peers=list(peers),
                                    timeout=self.timeout)
