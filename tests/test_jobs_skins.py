@@ -317,3 +317,17 @@ def test_the_new_fields_stay_off_the_wire_unless_used_and_are_checked():
     # An offer that does not fetch skins signs the very bytes it did before the field existed.
     assert b"fetch_skins" not in offer_bytes(offer)
     assert b"fetch_skins" in offer_bytes(msgspec.structs.replace(offer, fetch_skins=True))
+
+
+def test_worker_toml_fetch_skins_and_its_size_cap(tmp_path):
+    from swarm.jobs.settings import load_worker_settings
+    from swarm.settings import SettingsError
+    s = load_worker_settings(tmp_path / "none.toml")
+    assert (s.fetch_skins, s.max_skin_mb) == (True, 64)
+    cfg = tmp_path / "worker.toml"
+    cfg.write_text("fetch_skins = false\nmax_skin_mb = 8\n")
+    s = load_worker_settings(cfg)
+    assert (s.fetch_skins, s.max_skin_mb) == (False, 8)
+    cfg.write_text("max_skin_mb = 0\n")
+    with pytest.raises(SettingsError, match="max_skin_mb"):
+        load_worker_settings(cfg)
