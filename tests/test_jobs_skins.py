@@ -282,7 +282,7 @@ def test_a_real_worker_fetches_a_village_skin_and_serves_wearing_it(tmp_path):
     try:
         peer = serving_endpoint(worker)
         r = hearth("jobs", "submit", requests, "--model", "default", "--skin", sid, "--out", out,
-                   "--peer", peer, "--verify-fraction", "1", *net,
+                   "--peer", peer, "--verify-fraction", "1", "--no-escrow", *net,
                    home=tmp_path / "requester", timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         got = [json.loads(line) for line in out.read_text().splitlines()]
