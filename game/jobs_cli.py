@@ -382,22 +382,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
               f"{settings.price_per_1k}", flush=True)
         started = time.monotonic()
         next_announce = started + REANNOUNCE_SECONDS
-        served, fetched, failed = -1, 0, 0
+        said = {"served": -1, "fetched": 0, "failed": 0}
         while not stop.wait(0.5):
             if args.duration is not None and time.monotonic() - started > args.duration:
                 break
             if node is not None and time.monotonic() > next_announce:
                 announce(node, [backend.model_id], port)
                 next_announce = time.monotonic() + REANNOUNCE_SECONDS
-            s = worker.stats
-            if s.skins_fetched != fetched or s.skin_fetches_failed != failed:
-                fetched, failed = s.skins_fetched, s.skin_fetches_failed
-                note(f"skins fetched from the swarm: {fetched}, refused or failed: {failed}")
-            if s.shards_served != served:
-                served = s.shards_served
-                note(f"served {s.shards_served} shard(s), {s.tokens_generated} tokens, "
-                     f"{s.receipts_held} receipt(s) held "
-                     f"({s.receipts_amount / UNITS_PER_GOLD:.6f} gold)")
+            _tell_stats(worker.stats, said)
+        _tell_stats(worker.stats, said)  # whatever happened since the last look
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
@@ -407,6 +400,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if escrow is not None:
             escrow.client.close()
     return 0
+
+
+def _tell_stats(s, said: dict) -> None:
+    """Note the skins fetched and shards served since the last note (``said`` keeps count)."""
+    if (s.skins_fetched, s.skin_fetches_failed) != (said["fetched"], said["failed"]):
+        said["fetched"], said["failed"] = s.skins_fetched, s.skin_fetches_failed
+        note(f"skins fetched from the swarm: {s.skins_fetched}, refused or failed: "
+             f"{s.skin_fetches_failed}")
+    if s.shards_served != said["served"]:
+        said["served"] = s.shards_served
+        note(f"served {s.shards_served} shard(s), {s.tokens_generated} tokens, "
+             f"{s.receipts_held} receipt(s) held ({s.receipts_amount / UNITS_PER_GOLD:.6f} gold)")
 
 
 def _skin_fetcher(args: argparse.Namespace, settings, backend, nodes: list):
