@@ -10,6 +10,7 @@ installed skins through an ``AdapterPool``, and converts npc's plain results (``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from swarm.jobs.backend import Completion, Gate, Released, Verdict, WorkItem
 
@@ -46,6 +47,13 @@ class EngineBackend:
         return Verdict(ok=v.ok, checked_tokens=v.checked_tokens, first_mismatch=v.first_mismatch,
                        reason=v.reason)
 
+    def skin_checks(self):
+        """(verify, install) for skins fetched to serve with this engine (see
+        :func:`skin_checks`); None when the engine wears no skins."""
+        if self.pool is None:
+            return None
+        return skin_checks(self.pool.store, self.pool.base_model, self.pool.base_gguf)
+
     def skins(self) -> tuple[str, ...]:
         """The installed skins made for the model served (what an offer can list)."""
         if self.pool is None:
@@ -57,6 +65,32 @@ class EngineBackend:
         if self.pool is not None:
             self.pool.close()
         self.engine.close()
+
+
+def skin_checks(store, base_model: str, base_gguf: Path | None = None):
+    """(verify, install) for a worker fetching skins into ``store`` (a ``SkinStore``): a fetched
+    bundle must verify completely (signature, every file's hash), be the skin its torrent names
+    and be made for ``base_model`` (with ``base_gguf``, its tensors must fit that model), before
+    it is installed (verified once more by the store)."""
+    from npc.skins.bundle import verify_bundle
+    from npc.skins.manifest import SkinError
+    from swarm.content import ContentError, ContentRef
+
+    def verify(ref: ContentRef, path: Path) -> None:
+        try:
+            verified = verify_bundle(path, base_model=base_model, base_gguf=base_gguf)
+        except SkinError as e:
+            raise ContentError(f"the skin bundle does not verify: {e}") from None
+        if verified.skin_id != ref.id:
+            raise ContentError(f"the bundle is skin {verified.skin_id[:16]}…, but its torrent "
+                               f"promises {ref.id[:16]}…")
+
+    def install(path: Path) -> str:
+        try:
+            return store.install(path, base_model=base_model, base_gguf=base_gguf)
+        except SkinError as e:
+            raise ContentError(f"the skin store refused the bundle: {e}") from None
+    return verify, install
 
 
 def load_backend(model: str = "default", *, width: int | None = None,

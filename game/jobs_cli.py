@@ -84,6 +84,59 @@ def _skin(text: str | None) -> str | None:
     return text
 
 
+def _skin_source(args: argparse.Namespace, skin: str | None, offers) -> tuple:
+    """(the swarm node seeding the job's skin or None, its magnet link or None, peers to fetch it
+    from): an installed skin is seeded from here for the job's duration, with this node named as
+    its peer; ``--skin-magnet`` names a skin this machine does not have (workers then find its
+    seeds through their own DHT)."""
+    from swarm.content import ContentError, ContentRef, parse_magnet
+    if skin is None:
+        if args.skin_magnet:
+            raise CliError("--skin-magnet goes with --skin SKIN_ID")
+        return None, None, []
+    if args.skin_magnet:
+        try:
+            ref = parse_magnet(args.skin_magnet).ref
+        except ContentError as e:
+            raise CliError(f"--skin-magnet: {e}") from None
+        if ref != ContentRef("skin", skin):
+            raise CliError(f"--skin-magnet is not the torrent of skin {skin[:16]} (its name is "
+                           f"{ref.torrent_name if ref else 'not a Hearth skin'})")
+    from npc.skins.store import SkinStore
+    store = SkinStore()
+    if not store.is_installed(skin):
+        if args.skin_magnet:
+            return None, args.skin_magnet, []
+        note(f"skin {skin[:16]} is not installed here and no --skin-magnet was given: only "
+             f"workers that have it can serve the job")
+        return None, None, []
+    from game.swarm_bridge import skin_content, start_node
+    from swarm.torrent import SwarmError
+    try:
+        node = start_node(_network_settings(args))
+        seeded = node.seed(skin_content(skin, store.path(skin)))
+    except (SwarmError, ContentError) as e:
+        raise CliError(f"cannot seed skin {skin[:16]} for the workers: {e}") from None
+    host = node.settings.listen_host
+    if host in ("0.0.0.0", "::", "") and offers:
+        host = _facing_host(offers[0].offer.endpoint)
+    note(f"seeding skin {skin[:16]} for workers that lack it, at {host}:{node.session.port}")
+    return node, seeded.magnet, [f"{host}:{node.session.port}"]
+
+
+def _facing_host(endpoint: str) -> str:
+    """This machine's address on the route to ``endpoint`` (what a worker there can reach)."""
+    import socket
+    host, port = parse_endpoint(endpoint)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, port))  # UDP: picks the route, sends nothing
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
 def _network_settings(args: argparse.Namespace):
     overrides = {"loopback": True if args.loopback else None,
                  "listen": args.dht_listen}
@@ -196,8 +249,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
                    f"nothing bought again")
     elif items:
         offers = _find_offers(args, identity.public_hex, model)
-        usable = requester.usable_offers(offers, model, skin)
+        seeder, skin_magnet, skin_peers = _skin_source(args, skin, offers)
+        usable = requester.usable_offers(offers, model, skin, skin_fetchable=bool(skin_magnet))
         if not usable:
+            if seeder is not None:
+                seeder.close()
             cap = f" at most {args.max_price} micro-gold per 1k tokens" if args.max_price else ""
             raise CliError(f"{len(offers)} worker(s) answered but none serves this job{cap} "
                            f"(model, skin, price, or a fraud record of yours against them)")
@@ -218,7 +274,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             try:
                 outcome = requester.run(job, model, skin, items, offers,
                                         input_name=str(args.requests), output_name=str(args.out),
-                                        progress=progress, timeout=args.timeout, budget=budget)
+                                        progress=progress, timeout=args.timeout, budget=budget,
+                                        skin_magnet=skin_magnet, skin_peers=skin_peers)
             except EscrowError as e:
                 raise CliError(f"{e}; nothing was sent to any worker (add gold with `hearth "
                                f"wallet airdrop N` on the embedded chain or `hearth wallet "
@@ -230,6 +287,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 note("interrupted: accepted shards are kept; run the same command to resume")
                 raise
+            finally:
+                if seeder is not None:
+                    seeder.close()
         completions, caught = outcome.completions, outcome.caught
         summary = (f"{outcome.shards} shard(s), {outcome.verified_shards} re-scored, "
                    f"{outcome.reassigned} reassigned, {len(caught)} worker(s) caught cheating; "
@@ -302,44 +362,77 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT,
                                                                       signal.SIGTERM)}
+    nodes: list = []  # the worker's one swarm node (DHT and skin fetches), once started
+    node = None
+    if args.bootstrap is not None or _network_settings(args).bootstrap:
+        node = _start_dht(args)
+        nodes.append(node)
     worker = Worker(backend, identity, store, listen=args.listen,
                     price_per_1k=settings.price_per_1k, capacity=settings.capacity,
                     skins=getattr(backend, "skins", tuple)(), escrow=escrow,
-                    require_escrow=settings.require_escrow)
-    node = None
+                    require_escrow=settings.require_escrow,
+                    skin_fetcher=_skin_fetcher(args, settings, backend, nodes))
     try:
         worker.start()
         port = int(worker.offer_endpoint.rpartition(":")[2])
-        if args.bootstrap is not None or _network_settings(args).bootstrap:
-            node = _start_dht(args)
+        if node is not None:
             announce(node, [backend.model_id], port)
         print(f"serving: {worker.offer_endpoint} key {identity.public_hex} curve "
               f"{z85_key(worker.curve_key).decode()} model {backend.model_id} price "
               f"{settings.price_per_1k}", flush=True)
         started = time.monotonic()
         next_announce = started + REANNOUNCE_SECONDS
-        served = -1
+        said = {"served": -1, "fetched": 0, "failed": 0}
         while not stop.wait(0.5):
             if args.duration is not None and time.monotonic() - started > args.duration:
                 break
             if node is not None and time.monotonic() > next_announce:
                 announce(node, [backend.model_id], port)
                 next_announce = time.monotonic() + REANNOUNCE_SECONDS
-            s = worker.stats
-            if s.shards_served != served:
-                served = s.shards_served
-                note(f"served {s.shards_served} shard(s), {s.tokens_generated} tokens, "
-                     f"{s.receipts_held} receipt(s) held "
-                     f"({s.receipts_amount / UNITS_PER_GOLD:.6f} gold)")
+            _tell_stats(worker.stats, said)
+        _tell_stats(worker.stats, said)  # whatever happened since the last look
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
-        if node is not None:
-            node.close()
         worker.close()
+        for n in nodes:
+            n.close()
         if escrow is not None:
             escrow.client.close()
     return 0
+
+
+def _tell_stats(s, said: dict) -> None:
+    """Note the skins fetched and shards served since the last note (``said`` keeps count)."""
+    if (s.skins_fetched, s.skin_fetches_failed) != (said["fetched"], said["failed"]):
+        said["fetched"], said["failed"] = s.skins_fetched, s.skin_fetches_failed
+        note(f"skins fetched from the swarm: {s.skins_fetched}, refused or failed: "
+             f"{s.skin_fetches_failed}")
+    if s.shards_served != said["served"]:
+        said["served"] = s.shards_served
+        note(f"served {s.shards_served} shard(s), {s.tokens_generated} tokens, "
+             f"{s.receipts_held} receipt(s) held ({s.receipts_amount / UNITS_PER_GOLD:.6f} gold)")
+
+
+def _skin_fetcher(args: argparse.Namespace, settings, backend, nodes: list):
+    """What fetches a skin a shard names and this machine lacks (worker.toml's fetch_skins and
+    max_skin_mb): the swarm node in ``nodes`` (started on the first fetch if there is none), the
+    engine's skin checks (signature, hashes, skin id, base model) and its skin store."""
+    checks = getattr(backend, "skin_checks", lambda: None)()
+    if not settings.fetch_skins or checks is None:
+        return None
+    from game.swarm_bridge import download_dir, start_node
+    from swarm.jobs.skin_fetch import SkinFetcher
+    lock = threading.Lock()
+
+    def node():
+        with lock:
+            if not nodes:
+                nodes.append(start_node(_network_settings(args)))
+            return nodes[0]
+    verify, install = checks
+    return SkinFetcher(node, download_dir() / "worker-skins", verify, install,
+                       settings.max_skin_mb << 20)
 
 
 def _worker_escrow(identity, store, required: bool):
@@ -418,7 +511,13 @@ def add_commands(sub) -> None:
     q.add_argument("requests", type=Path, metavar="REQUESTS.jsonl")
     q.add_argument("--model", required=True, metavar="MODEL",
                    help="the model id (BLAKE3 hex) to run, or 'default' for the game's model")
-    q.add_argument("--skin", default=None, metavar="SKIN_ID", help="a skin for every request")
+    q.add_argument("--skin", default=None, metavar="SKIN_ID",
+                   help="a skin for every request; when it is installed here it is seeded over "
+                        "the swarm for the job's duration, so workers that lack it (and fetch "
+                        "skins) fetch it, verify it and serve wearing it")
+    q.add_argument("--skin-magnet", default=None, metavar="MAGNET",
+                   help="the skin's magnet link (as `hearth seed` or `hearth skin browse` print "
+                        "it), for a skin not installed here: workers fetch it from its seeds")
     q.add_argument("--out", type=Path, required=True, metavar="RESULTS.jsonl")
     q.add_argument("--max-price", type=int, default=None, metavar="MICRO_GOLD",
                    help="the most you pay per 1,000 tokens, in micro-gold (1 gold = 1,000,000)")
@@ -464,7 +563,13 @@ def add_commands(sub) -> None:
                                    "escrow checks out on chain (a gold account of a 2-of-2 "
                                    "multisig of the requester and you, holding enough); you "
                                    "co-sign its release only for receipts you hold, and its "
-                                   "refund only once they are all paid.")
+                                   "refund only once they are all paid. A shard wearing a skin "
+                                   "you lack is taken when its requester names the skin's "
+                                   "magnet link: the skin is fetched over the swarm, verified "
+                                   "(signature, every file's hash, made for your model) and "
+                                   "installed first (worker.toml: fetch_skins = true, "
+                                   "max_skin_mb = 64); a skin that fails is refused and nothing "
+                                   "is installed.")
     p.add_argument("--listen", default="0.0.0.0:7880", metavar="HOST:PORT",
                    help="the offer socket (the encrypted jobs socket uses the next port; "
                         "port 0 picks free ones; default 0.0.0.0:7880)")

@@ -24,7 +24,7 @@ class OfferError(ValueError):
     """An offer that cannot be trusted (bad signature, wrong key, stale)."""
 
 
-class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     worker: Hex64  # ed25519 public key
     models: Annotated[list[Hex64], msgspec.Meta(max_length=64)]
     skins: Annotated[list[Hex64], msgspec.Meta(max_length=1024)]
@@ -33,6 +33,9 @@ class Offer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     endpoint: Annotated[str, msgspec.Meta(max_length=300)]  # HOST:PORT of the CURVE jobs socket
     curve_key: Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]  # hex
     issued: int  # unix seconds
+    #: The worker fetches (over the swarm) a skin it lacks when an assignment names its magnet.
+    #: Left out of the signed bytes when false, so an offer without it reads and signs as before.
+    fetch_skins: bool = False
 
 
 class SignedOffer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

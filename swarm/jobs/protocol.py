@@ -3,8 +3,9 @@
 ``ToWorker`` is what a requester sends (to the offer socket: ``Hello``; to the jobs socket:
 ``Assign``, ``Rescore``, ``Cancel``, ``SignReceipt``, ``CosignRelease``, ``CosignRefund``);
 ``ToRequester`` is what a worker answers. Messages only ever gain fields at their end, with
-defaults; ``Assign`` leaves its ``escrow`` out of the encoding when there is none, so a worker
-that predates escrow still reads an unescrowed assignment. Every frame is
+defaults; ``Assign`` leaves its ``escrow`` (and its skin's magnet link and peers) out of the
+encoding when there is none, so a worker that predates escrow still reads an unescrowed
+assignment. Every frame is
 size-checked before it is decoded, and decoding checks types, lengths and ranges, so a hostile frame
 costs one ``ProtocolError`` and nothing else.
 """
@@ -29,6 +30,10 @@ MAX_TEXT = 1000
 Shard = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+#: A skin bundle's magnet link, and the BitTorrent peers (HOST:PORT) an assignment names for it.
+MagnetLink = Annotated[str, msgspec.Meta(max_length=2000, pattern="^magnet:\\?")]
+PeerEndpoint = Annotated[str, msgspec.Meta(max_length=300)]
+MAX_SKIN_PEERS = 8
 
 
 class ProtocolError(ValueError):
@@ -63,6 +68,11 @@ class Assign(Msg, tag="assign", omit_defaults=True):
     price_per_1k: Count
     items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
     escrow: EscrowTerms | None = None
+    #: Where a worker without ``skin`` fetches it: the bundle torrent's magnet link, and peers
+    #: that seed it (the requester's own node first). Without a magnet, only a worker that has
+    #: the skin installed can take the shard.
+    skin_magnet: MagnetLink | None = None
+    skin_peers: Annotated[list[PeerEndpoint], msgspec.Meta(max_length=MAX_SKIN_PEERS)] = []
 
 
 class Rescore(Msg, tag="rescore"):
@@ -181,6 +191,9 @@ BAD_RECEIPT = "bad_receipt"
 FAILED = "failed"  # the backend failed on the shard
 UNESCROWED = "unescrowed"  # the worker works only for gold locked in escrow (require_escrow)
 ESCROW = "escrow"  # an escrow or an escrow transaction the worker checked and refuses
+#: The shard's skin is not installed and the worker did not get it: it does not fetch skins, or
+#: the fetch failed, was too big, or the bundle did not verify (nothing was installed).
+SKIN = "skin"
 
 _enc = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(ToWorker)

@@ -167,10 +167,11 @@ class Requester:
 
     # ---- choosing workers ---------------------------------------------------------------------
 
-    def usable_offers(self, offers: list[SignedOffer], model: str,
-                      skin: str | None) -> list[Offer]:
-        """Offers whose signature checks, that serve ``model`` (and ``skin``) at no more than
-        ``max_price``, from workers never caught cheating: cheapest first, one per worker."""
+    def usable_offers(self, offers: list[SignedOffer], model: str, skin: str | None,
+                      skin_fetchable: bool = False) -> list[Offer]:
+        """Offers whose signature checks, that serve ``model`` (and ``skin``, or with
+        ``skin_fetchable`` fetch skins they lack) at no more than ``max_price``, from workers
+        never caught cheating: those with the skin first, then cheapest first, one per worker."""
         caught = self.store.caught()
         seen: dict[str, Offer] = {}
         for signed in offers:
@@ -178,12 +179,15 @@ class Requester:
                 offer = verify_offer(signed)
             except OfferError:
                 continue
-            if (model not in offer.models or (skin is not None and skin not in offer.skins)
+            lacks_skin = skin is not None and skin not in offer.skins
+            if (model not in offer.models or (lacks_skin and not (skin_fetchable
+                                                                  and offer.fetch_skins))
                     or offer.worker in caught or offer.worker == self.identity.public_hex
                     or (self.max_price is not None and offer.price_per_1k > self.max_price)):
                 continue
             seen.setdefault(offer.worker, offer)
-        ranked = sorted(seen.values(), key=lambda o: (o.price_per_1k, o.worker))
+        ranked = sorted(seen.values(), key=lambda o: (skin is not None and skin not in o.skins,
+                                                      o.price_per_1k, o.worker))
         return ranked[: self.max_workers] if self.max_workers else ranked
 
     # ---- the job ------------------------------------------------------------------------------
@@ -191,15 +195,17 @@ class Requester:
     def run(self, job: str, model: str, skin: str | None, items: list[WorkItem],
             offers: list[SignedOffer], *, input_name: str = "", output_name: str = "",
             progress: Callable[[Progress], None] | None = None,
-            timeout: float | None = None, budget: int | None = None) -> JobOutcome:
+            timeout: float | None = None, budget: int | None = None,
+            skin_magnet: str | None = None, skin_peers: list[str] = ()) -> JobOutcome:
         """Complete ``items`` (the job's valid requests, in input order) on the offered workers.
         Raises JobError when no trusted worker is left or ``timeout`` passes first. With escrow
         funds, ``budget`` (default: ``default_budget``) is the most the job locks; EscrowError
-        before anything is sent when the wallet cannot lock it."""
+        before anything is sent when the wallet cannot lock it. ``skin_magnet`` (with peers
+        that seed it, ``skin_peers``) lets workers that lack ``skin`` fetch it."""
         if self.verifier is not None and self.verifier.model_id != model:
             raise JobError(f"the model here ({self.verifier.model_id[:12]}) is not the job's "
                            f"model ({model[:12]}): results could not be checked")
-        usable = self.usable_offers(offers, model, skin)
+        usable = self.usable_offers(offers, model, skin, skin_fetchable=skin_magnet is not None)
         accepted = self.store.accepted(job) if items else {}
         row = self.store.job(job)
         if row is None:
@@ -218,6 +224,8 @@ class Requester:
                 raise EscrowError(f"the chain cannot be used for escrow: {e}") from None
         run = _Run(self, job, model, skin, plan_shards(items, row.shards) if items else [],
                    accepted, usable, progress, timeout, job_escrow)
+        if skin is not None and skin_magnet is not None:
+            run.skin_magnet, run.skin_peers = skin_magnet, list(skin_peers)
         return run.go()
 
     @staticmethod
@@ -236,6 +244,8 @@ class _Run:
                  progress, timeout, escrow: JobEscrow | None = None):
         self.req, self.job, self.model, self.skin = req, job, model, skin
         self.escrow = escrow
+        self.skin_magnet: str | None = None  # where workers without the skin fetch it
+        self.skin_peers: list[str] = []
         self.refusals: dict[str, str] = {}  # worker -> why it last refused a shard
         self.slots = [_Slot(i, items, ids=frozenset(it.custom_id for it in items))
                       for i, items in enumerate(shards)]
@@ -356,7 +366,8 @@ class _Run:
             terms = self._lock_for(pick, slot) if self.escrow is not None else None
             msg = p.Assign(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
                            model=self.model, skin=self.skin, price_per_1k=pick.offer.price_per_1k,
-                           items=slot.items, escrow=terms)
+                           items=slot.items, escrow=terms, skin_magnet=self.skin_magnet,
+                           skin_peers=self.skin_peers)
             if not transport.send(pick.sock, msg):
                 self._drop(pick.offer.worker)
                 continue

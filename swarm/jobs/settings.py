@@ -9,6 +9,8 @@ release_after = 30       # paused this long, a shard goes back to its requester
 price_per_1k = 100       # micro-gold per 1,000 tokens (prompt and generated)
 capacity = 8             # requests decoded at once (the offer says so)
 require_escrow = false   # true: work only for gold the requester locked in escrow
+fetch_skins = true       # fetch a skin a shard names from the swarm when it is not installed
+max_skin_mb = 64         # the largest skin bundle fetched
 ```
 
 ``require_escrow`` is off by default so a worker without a chain to check escrows on can still
@@ -39,6 +41,8 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     price_per_1k: int = 100
     capacity: int = 8
     require_escrow: bool = False
+    fetch_skins: bool = True
+    max_skin_mb: int = 64
 
     def __post_init__(self) -> None:
         if self.idle_seconds < 0:
@@ -51,6 +55,8 @@ class WorkerSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError("price_per_1k cannot be negative")
         if not 1 <= self.capacity <= 4096:
             raise SettingsError("capacity must be from 1 to 4096")
+        if not 1 <= self.max_skin_mb <= 4096:
+            raise SettingsError("max_skin_mb must be from 1 to 4096")
 
 
 def load_worker_settings(path: Path | None = None, **overrides) -> WorkerSettings:

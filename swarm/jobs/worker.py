@@ -13,6 +13,15 @@ before it is accepted, and refused (``escrow``) when the escrow is not what it c
 ``require_escrow`` an assignment that names none is refused (``unescrowed``). Without a chain
 client the worker cannot check escrows nor co-sign their transactions, so it refuses escrowed
 assignments and serves unescrowed ones.
+
+Skins (``swarm/jobs/skin_fetch.py``): with a ``skin_fetcher`` the worker takes a shard whose skin
+it lacks when the assignment names the skin's magnet link. A third thread fetches, verifies and
+installs the skin while the network loop keeps the shard's heartbeats going, then hands the shard
+to the compute thread; a fetch that fails is answered with a ``skin`` error (nothing installed).
+Without a fetcher such a shard is refused at once. The compute thread wears one skin per shard
+(one ``generate`` call, so the adapter never changes within a batch) and, among the shards
+waiting, runs next one with the skin it wears already, so adapters swap between groups of shards
+rather than between every shard; a shard passed over ``MAX_PASSED_OVER`` times goes next.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -34,9 +44,14 @@ from swarm.jobs.receipt import Receipt, ReceiptError, sign_body, verify_receipt
 from swarm.jobs.worker_escrow import WorkerEscrow
 from swarm.jobs.worker_store import WorkerStore
 
+if TYPE_CHECKING:
+    from swarm.jobs.skin_fetch import SkinFetcher
+
 POLL_MS = 20
 #: Shards waiting behind the running one; more are refused with ``busy``.
 MAX_QUEUED_SHARDS = 4
+#: A waiting shard lets shards wearing the current skin go first at most this many times.
+MAX_PASSED_OVER = 2
 
 
 @dataclass
@@ -45,6 +60,7 @@ class _Shard:
     assign: p.Assign | p.Rescore  # work to do, or another worker's claims to check
     done: int = 0
     cancelled: bool = False
+    passed_over: int = 0
 
 
 @dataclass
@@ -55,6 +71,9 @@ class WorkerStats:
     receipts_held: int = 0
     receipts_amount: int = 0  # micro-gold
     frames_refused: int = 0
+    skins_fetched: int = 0
+    skin_fetches_failed: int = 0
+    skin_swaps: int = 0  # times the compute thread changed the skin it wears
     running: list[str] = field(default_factory=list)  # "job:shard" being worked on or queued
 
 
@@ -69,7 +88,7 @@ class Worker:
                  advertise_host: str | None = None, price_per_1k: int = 100, capacity: int = 8,
                  skins: tuple[str, ...] = (), gate: Gate | None = None,
                  heartbeat_interval: float = 0.5, escrow: WorkerEscrow | None = None,
-                 require_escrow: bool = False):
+                 require_escrow: bool = False, skin_fetcher: SkinFetcher | None = None):
         if require_escrow and escrow is None:
             raise ValueError("require_escrow needs a chain to check escrows on")
         self.backend = backend
@@ -80,6 +99,7 @@ class Worker:
         self.price_per_1k = price_per_1k
         self.capacity = capacity
         self.skins = tuple(sorted(skins))
+        self.skin_fetcher = skin_fetcher
         self.gate = gate or AlwaysOpen()
         self.heartbeat_interval = heartbeat_interval
         host, _, port = listen.rpartition(":")
@@ -89,6 +109,7 @@ class Worker:
         self._model = backend.model_id
         self._ctx = zmq.Context()
         self._work: queue.Queue[_Shard | None] = queue.Queue()
+        self._fetches: queue.Queue[_Shard | None] = queue.Queue()
         self._outbox: queue.Queue[tuple[_Shard, p.Msg]] = queue.Queue()
         self._shards: dict[tuple[str, int, bytes], _Shard] = {}
         self._stop = threading.Event()
@@ -108,7 +129,7 @@ class Worker:
         self.offer_endpoint = self._public(transport.bound_endpoint(self._offers))
         self.jobs_endpoint = self._public(transport.bound_endpoint(self._jobs))
         self.stats.receipts_held, self.stats.receipts_amount = self.store.totals()
-        for target in (self._serve, self._compute):
+        for target in (self._serve, self._compute, self._fetch_skins):
             t = threading.Thread(target=target, daemon=True, name=f"worker-{target.__name__}")
             t.start()
             self._threads.append(t)
@@ -123,6 +144,7 @@ class Worker:
                 return
             self._stop.set()
             self._work.put(None)
+            self._fetches.put(None)
             for t in self._threads:
                 if t is threading.current_thread():
                     continue
@@ -143,7 +165,8 @@ class Worker:
             offer = Offer(worker=self.identity.public_hex, models=[self._model],
                           skins=list(self.skins), price_per_1k=self.price_per_1k,
                           capacity=self.capacity, endpoint=self.jobs_endpoint,
-                          curve_key=self.curve_key.hex(), issued=int(time.time()))
+                          curve_key=self.curve_key.hex(), issued=int(time.time()),
+                          fetch_skins=self.skin_fetcher is not None)
             self._signed = sign_offer(offer, self.identity)
         return self._signed
 
@@ -234,7 +257,10 @@ class Worker:
                 return
             shard = _Shard(peer, msg)
             self._shards[key] = shard
-            self._work.put(shard)
+            if msg.skin is not None and msg.skin not in self.skins:
+                self._fetches.put(shard)  # _refusal let it through: it names a magnet to fetch
+            else:
+                self._work.put(shard)
         transport.reply(self._jobs, peer, p.Accepted(job=msg.job, shard=msg.shard))
 
     def _refusal(self, msg: p.Assign | p.Rescore) -> tuple[str, str] | None:
@@ -243,7 +269,11 @@ class Worker:
         if msg.model != self._model:
             return p.UNSERVED, f"model {msg.model[:12]} is not served here"
         if msg.skin is not None and msg.skin not in self.skins:
-            return p.UNSERVED, f"skin {msg.skin[:12]} is not served here"
+            if not isinstance(msg, p.Assign) or msg.skin_magnet is None:
+                return p.UNSERVED, f"skin {msg.skin[:12]} is not served here"
+            if self.skin_fetcher is None:
+                return p.SKIN, (f"skin {msg.skin[:12]} is not installed here and this worker "
+                                f"does not fetch skins (fetch_skins = false)")
         if isinstance(msg, p.Rescore):
             if len(msg.claims) != len(msg.items):
                 return p.MALFORMED, "one claim per item is needed"
@@ -298,15 +328,53 @@ class Worker:
                 del self._shards[key]
         self.stats.running = [f"{k[0][:8]}:{k[1]}" for k in self._shards]
 
+    # ---- the skin fetch thread ----------------------------------------------------------------
+
+    def _fetch_skins(self) -> None:
+        while not self._stop.is_set():
+            shard = self._fetches.get()
+            if shard is None:
+                return
+            a = shard.assign
+            if shard.cancelled:
+                continue
+            if a.skin not in self.skins:  # an earlier shard may have fetched it meanwhile
+                try:
+                    self.skin_fetcher.fetch(a.skin, a.skin_magnet, a.skin_peers)
+                except Exception as e:  # any failure is this shard's, never the worker's
+                    self.stats.skin_fetches_failed += 1
+                    self._outbox.put((shard, p.Error(
+                        code=p.SKIN, message=f"skin {a.skin[:12]} was not fetched: "
+                                             f"{e}"[:p.MAX_TEXT], job=a.job, shard=a.shard)))
+                    continue
+                self.skins = tuple(sorted({*self.skins, a.skin}))
+                self._signed = None  # the next offer lists the new skin
+                self.stats.skins_fetched += 1
+            self._work.put(shard)
+
     # ---- the compute thread -------------------------------------------------------------------
 
     def _compute(self) -> None:
+        waiting: list[_Shard] = []
+        wearing: str | None = None
         while not self._stop.is_set():
-            shard = self._work.get()
-            if shard is None:
-                return
+            block = not waiting
+            while True:  # take everything queued, so the choice sees every waiting shard
+                try:
+                    shard = self._work.get(block=block)
+                except queue.Empty:
+                    break
+                if shard is None:
+                    return
+                waiting.append(shard)
+                block = False
+            shard = next_shard(waiting, wearing)
+            waiting.remove(shard)
             if shard.cancelled:
                 continue
+            if shard.assign.skin != wearing:
+                self.stats.skin_swaps += 1
+                wearing = shard.assign.skin
             self._outbox.put((shard, self._run(shard)))
 
     def _run(self, shard: _Shard) -> p.Msg:
@@ -342,3 +410,15 @@ class Worker:
             return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
                            job=a.job, shard=a.shard)
         return p.Rescored(job=a.job, shard=a.shard, verdicts=verdicts)
+
+
+def next_shard(waiting: list[_Shard], wearing: str | None) -> _Shard:
+    """The oldest waiting shard that wears ``wearing``, unless the oldest of all has been passed
+    over ``MAX_PASSED_OVER`` times already (or none wears it): that one then."""
+    oldest = waiting[0]
+    same = next((s for s in waiting if s.assign.skin == wearing), None)
+    if same is None or same is oldest or oldest.passed_over >= MAX_PASSED_OVER:
+        return oldest
+    for s in waiting[:waiting.index(same)]:
+        s.passed_over += 1
+    return same

@@ -148,6 +148,10 @@ class Fetch:
         atp.flags &= ~lt.torrent_flags.auto_managed
         atp.flags &= ~lt.torrent_flags.paused
         atp.peers = self.peers
+        if atp.ti is None and self.ref is None:
+            # Request no piece until the metadata has arrived and its layout and size pass
+            # (upload mode still exchanges the metadata): an oversized torrent costs nothing.
+            atp.flags |= lt.torrent_flags.upload_mode
         h = ses.add_torrent(atp)
         self.session.torrents[self.key] = Torrent(h, "fetch", self.label, self.resume_path)
         self.policy.use_slots(ses, fetching=True)
@@ -208,6 +212,7 @@ class Fetch:
             self._check_fetchable(ref)
         check_layout(ref, [(p, s) for _, p, s in real_files(ti)], self.max_bytes.get(ref.kind))
         self.ref, self.ti = ref, ti
+        self.handle.unset_flags(lt.torrent_flags.upload_mode)
 
     def _await_download(self, may_restart: bool) -> None:
         name = self.ref.torrent_name
