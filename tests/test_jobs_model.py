@@ -50,7 +50,9 @@ def test_three_real_workers_complete_a_200_request_job(tmp_path):
                for i in range(3)]
     try:
         peers = [serving_endpoint(w) for w in workers]
-        args = ["jobs", "submit", requests, "--model", "default", "--out", out, "--loopback"]
+        # Escrow is tested with the hash backend (tests/test_jobs_escrow.py); here the model's work.
+        args = ["jobs", "submit", requests, "--model", "default", "--out", out, "--loopback",
+                "--no-escrow"]
         for p in peers:
             args += ["--peer", p]
         r = hearth(*args, home=tmp_path / "requester", timeout=1200)
@@ -96,7 +98,7 @@ def test_a_job_wearing_a_skin_runs_on_a_worker_that_offers_it(tmp_path):
     try:
         peer = serving_endpoint(worker)
         r = hearth("jobs", "submit", requests, "--model", "default", "--skin", skin_id, "--out", out,
-                   "--peer", peer, "--loopback", "--verify-fraction", "1",
+                   "--peer", peer, "--loopback", "--verify-fraction", "1", "--no-escrow",
                    home=tmp_path / "requester", timeout=900)
         assert r.returncode == 0, r.stderr[-3000:]
         got = [json.loads(line) for line in out.read_text().splitlines()]
