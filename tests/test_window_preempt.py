@@ -50,7 +50,7 @@ def test_input_at_the_window_stops_the_workers_decoding(tmp_path):
         assert any(d.rc == 0 for d in log.decodes if d.start > window.jobs_from)
     # Each event that reached a running generation loop paused it, and no decode call started
     # after the pause while the player was still present.
-    assert any(o.in_flight for o in outcomes), outcomes
+    assert any(o.paused for o in outcomes), outcomes
     assert [o.late_decodes for o in outcomes] == [0, 0, 0], outcomes
     # Serving resumed between events, so every pause was a new one.
-    assert len(log.pauses) >= sum(o.in_flight for o in outcomes)
+    assert len(log.pauses) >= sum(o.paused for o in outcomes)

@@ -14,8 +14,9 @@ while paused. When the gate releases the work, ``Released`` carries what finishe
 what did not.
 
 Timing: with ``HEARTH_DECODE_LOG`` set to a file path, every ``llama_decode`` call of the
-generation loop appends ``decode START END RC`` and every pause the loop sees appends
-``paused T`` (``time.monotonic()`` seconds, one clock for every process on the machine), so a
+generation loop appends ``decode START END RC``, the abort watcher appends ``gate T`` when it
+first sees the gate closed, and every pause the loop sees appends ``paused T``
+(``time.monotonic()`` seconds, one clock for every process on the machine), so a
 process outside can time pre-emption from an input event to the last decode call returning
 (tools/bench/preempt_window.py).
 
@@ -53,12 +54,20 @@ class _DecodeLog:
 
     def __init__(self, path: str):
         self._file = open(path, "a", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()  # the loop and the abort watcher both write
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._file.write(text + "\n")
 
     def decode(self, start: float, end: float, rc: int) -> None:
-        self._file.write(f"decode {start:.6f} {end:.6f} {rc}\n")
+        self._line(f"decode {start:.6f} {end:.6f} {rc}")
+
+    def gate(self, t: float) -> None:
+        self._line(f"gate {t:.6f}")
 
     def paused(self, t: float) -> None:
-        self._file.write(f"paused {t:.6f}\n")
+        self._line(f"paused {t:.6f}")
 
     def close(self) -> None:
         self._file.close()
@@ -292,11 +301,16 @@ class Engine:
         return True
 
     def _watch(self, gate, flag, stop: threading.Event) -> None:
+        timing, was_paused = self._timing, False
         while not stop.wait(self.options.abort_poll_s):
             if gate.paused():
                 flag.set()
+                if timing is not None and not was_paused:
+                    timing.gate(time.monotonic())
+                was_paused = True
             else:
                 flag.clear()
+                was_paused = False
 
     # -- verifying -----------------------------------------------------------------------------
 

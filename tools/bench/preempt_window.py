@@ -10,15 +10,21 @@ pause it sees to a file (``HEARTH_DECODE_LOG``, npc/serving/engine.py); both pro
 with ``time.monotonic()``, the machine-wide CLOCK_MONOTONIC.
 
 Each event: wait until the worker is decoding again, wait a random 0.2-1.2 s more, stamp ``t0``
-right before xdotool is started, and send the event through the X server (XTEST, as a keyboard or
-mouse would): ``key shift`` and ``mousemove_relative`` alternately. The delay is from ``t0`` to
-the end of the last decode call before the engine's loop parks on the closed gate; it includes
-starting the xdotool process, the X server, SDL's event queue and the window's frame loop (the
-window reads input once a frame). ``t0`` is taken before xdotool is started, not from the X
-event's own timestamp (pygame does not expose it), so the numbers are an upper bound; the delay
-measured from xdotool's exit (the event has been sent by then) is printed beside it.
-An event that lands between two decode calls (no llama.cpp call in flight at ``t0``) is counted
-and left out of the percentiles. A decode call that starts after the pause and before the player
+and send the event through the X server (XTEST, as a keyboard or mouse would): ``key shift`` and
+``mousemove_relative`` alternately, written as one line to a running ``xdotool -`` (xdotool reads
+its commands from stdin and runs each line as it arrives, so no process start is timed). The
+delay is from ``t0`` to the end of the last decode call before the engine's loop parks on the
+closed gate; it includes xdotool, the X server, SDL's event queue and the window's frame loop
+(the window reads input once a frame). ``t0`` is taken right before the command is written, not
+from the X event's own timestamp (pygame does not expose it), so the numbers are an upper bound.
+The delay is split at the moment the engine's abort watcher first sees the gate closed: the
+window's part (X, SDL, the frame loop) and the engine's part (llama.cpp's abort, or the step
+finishing).
+Every event that reaches a running generation loop is timed; most land while a decode call is in
+flight, the rest between two calls (the loop may then start one more call before the window has
+read the event, and that call is aborted); the in-flight ones are also reported alone. An event
+sent just as a job ended (no generation loop running, nothing to pre-empt) is counted and left
+out. A decode call that starts after the pause and before the player
 could be away again is a failure and counted (``late_decodes``).
 
 Last line: ``window_preempt_p99_ms=<N> window_preempt_p50_ms=<N> events=<N> ...``. Timings are
@@ -96,6 +102,7 @@ class DecodeLog:
         self.path = path
         self.decodes: list[Decode] = []
         self.pauses: list[float] = []
+        self.gates: list[float] = []
         #: (index into decodes, pause time): how many decodes came before each pause, in order.
         self.pause_marks: list[tuple[int, float]] = []
         self._offset = 0
@@ -113,6 +120,8 @@ class DecodeLog:
                 kind, *v = line.split()
                 if kind == "decode":
                     self.decodes.append(Decode(float(v[0]), float(v[1]), int(v[2])))
+                elif kind == "gate":
+                    self.gates.append(float(v[0]))
                 elif kind == "paused":
                     self.pauses.append(float(v[0]))
                     self.pause_marks.append((len(self.decodes), float(v[0])))
@@ -125,9 +134,11 @@ class DecodeLog:
 @dataclass
 class Outcome:
     kind: str
-    in_flight: bool
+    paused: bool  # a generation loop was running and paused
+    in_flight: bool  # a decode call was in flight at t0
     delay_ms: float  # t0 to the end of the last decode call before the pause
-    after_send_ms: float  # the same from xdotool's exit
+    window_ms: float  # t0 to the engine's watcher seeing the gate closed
+    aborted: bool  # the last decode call was aborted (llama.cpp's abort flag), not finished
     late_decodes: int  # decode calls started after the pause, before the player could be away
 
 
@@ -202,6 +213,9 @@ class WindowUnderLoad:
                                  timeout=120).split()[0])
         self.x("xdotool", "windowfocus", "--sync", str(self.window))
         self.x("xdotool", "mousemove", "--window", str(self.window), "200", "200")
+        self.xdo = subprocess.Popen(["xdotool", "-"], stdin=subprocess.PIPE, text=True,
+                                    env={**os.environ, "DISPLAY": self.display})
+        self.procs.append(self.xdo)
         self.log(f"window {self.window} on {self.display}; waiting for its worker to serve")
         self._wait_listening(600)
         self.jobs_from = time.monotonic()  # the engine's self-check is over by now
@@ -248,13 +262,14 @@ class WindowUnderLoad:
                 self.stop.wait(2.0)
             round_ += 1
 
-    def send(self, kind: str) -> tuple[float, float]:
-        """One input event through the X server; (time before xdotool starts, after it exits)."""
-        args = (["xdotool", "key", "shift"] if kind == "key" else
-                ["xdotool", "mousemove_relative", "--", random.choice(["4", "-4"]), "0"])
+    def send(self, kind: str) -> float:
+        """One input event through the X server; the time right before it was handed over."""
+        line = ("key shift\n" if kind == "key" else
+                f"mousemove_relative -- {random.choice(['4', '-4'])} 0\n")
         t0 = time.monotonic()
-        self.x(*args)
-        return t0, time.monotonic()
+        self.xdo.stdin.write(line)
+        self.xdo.stdin.flush()
+        return t0
 
     def event(self, kind: str, rng: random.Random) -> Outcome:
         """Wait for serving, then a random moment, then send ``kind`` and time the pause."""
@@ -267,7 +282,7 @@ class WindowUnderLoad:
                                    + "\n".join(self.requester_errors[-2:]))
             time.sleep(0.05)
         time.sleep(rng.uniform(0.2, 1.2))
-        t0, sent = self.send(kind)
+        t0 = self.send(kind)
         deadline = t0 + self.idle + 5
         while True:
             log.read()
@@ -279,7 +294,7 @@ class WindowUnderLoad:
                 if any(d.start <= t0 <= d.end for d in log.decodes[-64:]):
                     raise RuntimeError(f"a decode call was in flight at the {kind} event, "
                                        f"and the engine never paused")
-                return Outcome(kind, False, float("nan"), float("nan"), 0)
+                return Outcome(kind, False, False, float("nan"), float("nan"), False, 0)
             time.sleep(0.01)
         before, paused_at = mark
         last = log.decodes[before - 1]
@@ -289,7 +304,9 @@ class WindowUnderLoad:
         time.sleep(max(0.0, t0 + self.idle - time.monotonic()))
         log.read()
         late = sum(1 for d in log.decodes[before:] if paused_at < d.start < t0 + self.idle)
-        return Outcome(kind, in_flight, (last.end - t0) * 1000, (last.end - sent) * 1000, late)
+        seen = next((g for g in log.gates if g > t0), paused_at)
+        return Outcome(kind, True, in_flight, (last.end - t0) * 1000, (seen - t0) * 1000,
+                       last.rc == 2, late)
 
     def close(self) -> None:
         self.stop.set()
@@ -336,25 +353,28 @@ def main() -> int:
             o = w.event("key" if i % 2 == 0 else "mouse", rng)
             outcomes.append(o)
             log(f"event {i + 1}/{args.events}: {o.kind} "
-                f"{'in flight' if o.in_flight else 'between decode calls'} "
-                f"{o.delay_ms:.1f} ms (from xdotool's exit {o.after_send_ms:.1f} ms)"
+                f"{'in flight' if o.in_flight else 'between decode calls' if o.paused else 'no job running'} "
+                f"{o.delay_ms:.1f} ms (window {o.window_ms:.1f} ms, then engine "
+                f"{o.delay_ms - o.window_ms:.1f} ms, {'aborted' if o.aborted else 'finished'})"
                 f"{f', {o.late_decodes} late decode call(s)' if o.late_decodes else ''}")
         jobs_done = w.jobs_done
         serving = [d for d in w.decode_log.decodes if d.start > w.jobs_from]
         steps = [(d.end - d.start) * 1000 for d in serving if d.rc == 0]
         aborted = sum(1 for d in serving if d.rc == 2)
 
-    timed = [o for o in outcomes if o.in_flight]
+    timed = [o for o in outcomes if o.paused]
     delays = [o.delay_ms for o in timed]
-    after = [o.after_send_ms for o in timed]
+    flight = [o.delay_ms for o in timed if o.in_flight]
+    window = [o.window_ms for o in timed]
+    engine = [o.delay_ms - o.window_ms for o in timed]
     late = sum(o.late_decodes for o in outcomes)
     print(f"events sent: {len(outcomes)} ({sum(o.kind == 'key' for o in outcomes)} key, "
-          f"{sum(o.kind == 'mouse' for o in outcomes)} mouse); with a decode call in flight: "
-          f"{len(timed)}; jobs completed by the requester meanwhile: {jobs_done}")
+          f"{sum(o.kind == 'mouse' for o in outcomes)} mouse); reached a running generation "
+          f"loop: {len(timed)}, of which with a decode call in flight: {len(flight)}; jobs completed by the requester meanwhile: {jobs_done}")
     print(f"decode calls serving the job: {len(steps)} completed, median {statistics.median(steps):.1f} ms, "
           f"p99 {percentile(steps, 0.99):.1f} ms; {aborted} aborted by the gate")
     if not delays:
-        print("no event landed while a decode call was in flight", file=sys.stderr)
+        print("no event reached a running generation loop", file=sys.stderr)
         return 1
     for kind in ("key", "mouse"):
         k = [o.delay_ms for o in timed if o.kind == kind]
@@ -362,8 +382,14 @@ def main() -> int:
             print(f"{kind}: n={len(k)} p50 {statistics.median(k):.1f} ms, max {max(k):.1f} ms")
     print(f"input event -> last decode call returned: p50 {statistics.median(delays):.1f} ms, "
           f"p99 {percentile(delays, 0.99):.1f} ms, max {max(delays):.1f} ms")
-    print(f"from xdotool's exit instead: p50 {statistics.median(after):.1f} ms, "
-          f"p99 {percentile(after, 0.99):.1f} ms")
+    if flight:
+        print(f"only the events with a decode call in flight: p50 {statistics.median(flight):.1f} "
+              f"ms, p99 {percentile(flight, 0.99):.1f} ms")
+    print(f"  the window's part (X, SDL, frame loop -> the engine's watcher sees the gate): "
+          f"p50 {statistics.median(window):.1f} ms, p99 {percentile(window, 0.99):.1f} ms")
+    print(f"  the engine's part (gate seen -> the decode call returns): "
+          f"p50 {statistics.median(engine):.1f} ms, p99 {percentile(engine, 0.99):.1f} ms; "
+          f"last call aborted in {sum(o.aborted for o in timed)} of {len(timed)}")
     print(f"decode calls started after the pause while the player was present: {late}")
     print(f"window_preempt_p99_ms={percentile(delays, 0.99):.1f} "
           f"window_preempt_p50_ms={statistics.median(delays):.1f} events={len(delays)} "
