@@ -262,10 +262,10 @@ class WindowUnderLoad:
                 self.stop.wait(2.0)
             round_ += 1
 
-    def send(self, kind: str) -> float:
+    def send(self, kind: str, rng: random.Random) -> float:
         """One input event through the X server; the time right before it was handed over."""
         line = ("key shift\n" if kind == "key" else
-                f"mousemove_relative -- {random.choice(['4', '-4'])} 0\n")
+                f"mousemove_relative -- {rng.choice([4, -4])} 0\n")
         t0 = time.monotonic()
         self.xdo.stdin.write(line)
         self.xdo.stdin.flush()
@@ -282,7 +282,7 @@ class WindowUnderLoad:
                                    + "\n".join(self.requester_errors[-2:]))
             time.sleep(0.05)
         time.sleep(rng.uniform(0.2, 1.2))
-        t0 = self.send(kind)
+        t0 = self.send(kind, rng)
         deadline = t0 + self.idle + 5
         while True:
             log.read()
