@@ -13,6 +13,13 @@ back (its KV entries removed) and redone on resume; the KV cache of the work in 
 while paused. When the gate releases the work, ``Released`` carries what finished and the ids of
 what did not.
 
+Timing: with ``HEARTH_DECODE_LOG`` set to a file path, every ``llama_decode`` call of the
+generation loop appends ``decode START END RC``, the abort watcher appends ``gate T`` when it
+first sees the gate closed, and every pause the loop sees appends ``paused T``
+(``time.monotonic()`` seconds, one clock for every process on the machine), so a
+process outside can time pre-emption from an input event to the last decode call returning
+(tools/bench/preempt_window.py).
+
 Exactness: only configurations whose batched, mixed-length generation gives logits bit-identical
 to a one-pass prefill are served: flash attention off and a non-unified KV cache are fixed here
 (nothing else was measured exact), and ``self_check`` measures the rest on this machine.
@@ -20,7 +27,9 @@ to a one-pass prefill are served: flash attention off and a non-unified KV cache
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +44,38 @@ from npc.serving.types import (FINISH_LENGTH, FINISH_STOP, Completion, Item, Mes
                                ServingError, Verdict)
 
 ROLES = ("system", "user", "assistant")
+#: A file to append decode-call timings to (see the module docstring); unset: no timing.
+DECODE_LOG_ENV = "HEARTH_DECODE_LOG"
+
+
+class _DecodeLog:
+    """Decode-call timings appended to the file named by ``HEARTH_DECODE_LOG``, one line each,
+    flushed at once so a reader sees them as they happen."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a", buffering=1, encoding="utf-8")
+        self._lock = threading.Lock()  # the loop and the abort watcher both write
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self._file.write(text + "\n")
+
+    def decode(self, start: float, end: float, rc: int) -> None:
+        self._line(f"decode {start:.6f} {end:.6f} {rc}")
+
+    def gate(self, t: float) -> None:
+        self._line(f"gate {t:.6f}")
+
+    def paused(self, t: float) -> None:
+        self._line(f"paused {t:.6f}")
+
+    def close(self) -> None:
+        self._file.close()
+
+    @staticmethod
+    def from_env() -> _DecodeLog | None:
+        path = os.environ.get(DECODE_LOG_ENV)
+        return _DecodeLog(path) if path else None
 
 
 @dataclass(frozen=True)
@@ -101,6 +142,7 @@ class Engine:
         self.skins = skins
         # Re-entrant: loading a skin may evict another, which calls forget_adapter.
         self._lock = threading.RLock()
+        self._timing = _DecodeLog.from_env()
 
     @property
     def model_id(self) -> str:
@@ -173,16 +215,21 @@ class Engine:
         flag.clear()
         watching = threading.Event()
         watcher = None
+        timing = self._timing
         if gate is not None:
             watcher = threading.Thread(target=self._watch, args=(gate, flag, watching),
                                        name="serving-abort-watch", daemon=True)
             watcher.start()
         try:
             while pending or any(slots):
-                if gate is not None and gate.paused() and not self._wait(gate):
-                    ctx.clear()
-                    raise Released([done[i] for i in sorted(done)],
-                                   [items[i].custom_id for i in range(len(items)) if i not in done])
+                if gate is not None and gate.paused():
+                    if timing is not None:
+                        timing.paused(time.monotonic())
+                    if not self._wait(gate):
+                        ctx.clear()
+                        raise Released([done[i] for i in sorted(done)],
+                                       [items[i].custom_id for i in range(len(items))
+                                        if i not in done])
                 for s in range(width):
                     if slots[s] is None and pending:
                         i = pending.popleft()
@@ -203,7 +250,11 @@ class Engine:
                     last = take == len(q.feed)
                     entries += [(q.feed[j], s, q.pos + j, last and j == take - 1) for j in range(take)]
                     taken.append((s, take, len(entries) - 1 if last else -1))
-                if ctx.decode_entries(entries) == 2:  # aborted: undo the step, ask the gate again
+                started = time.monotonic() if timing is not None else 0.0
+                rc = ctx.decode_entries(entries)
+                if timing is not None:
+                    timing.decode(started, time.monotonic(), rc)
+                if rc == 2:  # aborted: undo the step, ask the gate again
                     for s, _, _ in taken:
                         ctx.seq_rm(s, slots[s].pos, -1)
                     continue
@@ -250,11 +301,16 @@ class Engine:
         return True
 
     def _watch(self, gate, flag, stop: threading.Event) -> None:
+        timing, was_paused = self._timing, False
         while not stop.wait(self.options.abort_poll_s):
             if gate.paused():
                 flag.set()
+                if timing is not None and not was_paused:
+                    timing.gate(time.monotonic())
+                was_paused = True
             else:
                 flag.clear()
+                was_paused = False
 
     # -- verifying -----------------------------------------------------------------------------
 
@@ -299,6 +355,8 @@ class Engine:
         self._check_ctx.close()
         self.ctx.close()
         self.model.close()
+        if self._timing is not None:
+            self._timing.close()
 
 
 def check_items(n: int, max_tokens: int = 8) -> list[Item]:
