@@ -116,6 +116,29 @@ class _Seq:
     out: list[int] = field(default_factory=list)
 
 
+def plan_step(slots: list, prefill_per_step: int) -> tuple[list, list]:
+    """One continuous-batching step over ``slots`` (each None or an object with ``feed``, the
+    tokens still to decode, and ``pos``, its next position): one token per generating sequence
+    first, then prompt chunks in up to ``prefill_per_step`` tokens. Returns the decode entries
+    (token, seq, pos, wants logits) and, per slot decoded, (slot, tokens taken, logits row or -1
+    while its prompt is still being read)."""
+    order = sorted((s for s in range(len(slots)) if slots[s] is not None),
+                   key=lambda s: (len(slots[s].feed) > 1, s))
+    entries, taken = [], []
+    prefill_left = prefill_per_step
+    for s in order:
+        q = slots[s]
+        take = 1 if len(q.feed) == 1 else min(len(q.feed), prefill_left)
+        if take <= 0:
+            break
+        if len(q.feed) > 1:
+            prefill_left -= take
+        last = take == len(q.feed)
+        entries += [(q.feed[j], s, q.pos + j, last and j == take - 1) for j in range(take)]
+        taken.append((s, take, len(entries) - 1 if last else -1))
+    return entries, taken
+
+
 class Engine:
     """One model file, one batched context for generating, one single-sequence context for
     re-scoring. ``skins`` maps a skin id to an ``Adapter`` loaded against ``self.model`` (e.g.
@@ -235,21 +258,7 @@ class Engine:
                         i = pending.popleft()
                         ctx.seq_rm(s)
                         slots[s] = _Seq(i, items[i], len(prompts[i]), list(prompts[i]))
-                # One token per generating sequence first, then prompt chunks in what is left.
-                order = sorted((s for s in range(width) if slots[s] is not None),
-                               key=lambda s: (len(slots[s].feed) > 1, s))
-                entries, taken = [], []
-                prefill_left = self.options.prefill_per_step
-                for s in order:
-                    q = slots[s]
-                    take = 1 if len(q.feed) == 1 else min(len(q.feed), prefill_left)
-                    if take <= 0:
-                        break
-                    if len(q.feed) > 1:
-                        prefill_left -= take
-                    last = take == len(q.feed)
-                    entries += [(q.feed[j], s, q.pos + j, last and j == take - 1) for j in range(take)]
-                    taken.append((s, take, len(entries) - 1 if last else -1))
+                entries, taken = plan_step(slots, self.options.prefill_per_step)
                 started = time.monotonic() if timing is not None else 0.0
                 rc = ctx.decode_entries(entries)
                 if timing is not None:

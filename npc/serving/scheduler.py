@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npc.serving import sampler
-from npc.serving.engine import ROLES, Engine
+from npc.serving.engine import ROLES, Engine, plan_step
 from npc.serving.types import FINISH_LENGTH, FINISH_STOP, ServingError
 
 FINISH_CANCELLED = "cancelled"  # the client cancelled, or the scheduler closed
@@ -464,20 +464,7 @@ class Scheduler:
     def _step(self) -> None:
         """One decode: a token for every generating sequence, prompt chunks in what is left."""
         ctx, slots = self.engine.ctx, self._slots
-        order = sorted((s for s in range(len(slots)) if slots[s] is not None),
-                       key=lambda s: (len(slots[s].feed) > 1, s))
-        entries, taken = [], []
-        prefill_left = self.engine.options.prefill_per_step
-        for s in order:
-            a = slots[s]
-            take = 1 if len(a.feed) == 1 else min(len(a.feed), prefill_left)
-            if take <= 0:
-                break
-            if len(a.feed) > 1:
-                prefill_left -= take
-            last = take == len(a.feed)
-            entries += [(a.feed[j], s, a.pos + j, last and j == take - 1) for j in range(take)]
-            taken.append((s, take, len(entries) - 1 if last else -1))
+        entries, taken = plan_step(slots, self.engine.options.prefill_per_step)
         if ctx.decode_entries(entries) == 2:  # aborted by the gate: undo the step
             for s, _, _ in taken:
                 ctx.seq_rm(s, slots[s].pos, -1)
