@@ -96,13 +96,8 @@ def world():
 
 def world_totals(state):
     """(goods by item, gold) held by the player and every NPC together: the books rules keep."""
-    from collections import Counter
-    items = Counter(state.player.inventory)
-    gold = state.player.gold
-    for n in state.npcs:
-        items.update(n.inventory)
-        gold += n.gold
-    return items, gold
+    from engine.books import world_totals as totals
+    return totals(state)
 
 
 def place_player_near(state, npc_id):

@@ -19,36 +19,14 @@ import argparse
 import statistics
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from engine.commands import GoldMinted, ItemConsumed, ItemMinted  # noqa: E402
+from engine.books import explained, world_totals as books  # noqa: E402
 from engine.sim import step  # noqa: E402
 from engine.world import new_game  # noqa: E402
-
-
-def books(state) -> tuple[Counter, int]:
-    items = Counter(state.player.inventory)
-    gold = state.player.gold
-    for n in state.npcs:
-        items.update(n.inventory)
-        gold += n.gold
-    return items, gold
-
-
-def explained(before: tuple[Counter, int], after: tuple[Counter, int], events) -> bool:
-    items, gold = Counter(before[0]), before[1]
-    for e in events:
-        if isinstance(e, ItemMinted):
-            items[e.item] += e.qty
-        elif isinstance(e, ItemConsumed):
-            items[e.item] -= e.qty
-        elif isinstance(e, GoldMinted):
-            gold += e.amount
-    return +items == +after[0] and gold == after[1]
 
 
 def run(responder, seed: int, say, quest_id: str = "silent_bell",
