@@ -55,6 +55,9 @@ class DialogueRequest(Struct, frozen=True):
     fact: str = ""
     #: Every action this NPC could take for some request now (for the prompt's examples).
     possible_actions: list[NpcAction] = []
+    #: What the NPC knows of a later quest the player's words are about and that is not taken up
+    #: yet: told with the newest words, so the prompt's stable part (and its cache) stays as is.
+    topic: list[str] = []
 
     @property
     def legal_actions(self) -> list[NpcAction]:
@@ -67,20 +70,29 @@ class DialogueProposal(Struct, frozen=True):
     action: NpcAction | None = None
 
 
-def _quest_facts(state: WorldState, npc_id: str, about: str | None) -> list[str]:
-    """What this villager knows of the quests it has a part in. The village's first quest is
-    always on its giver's mind; a later quest not yet taken up comes up only when the player's
-    line is ``about`` it, so the prompt holds no more than the talk needs."""
+def _quest_facts(state: WorldState, npc_id: str) -> list[str]:
+    """What this villager knows of the quests it has a part in that are on its mind whatever the
+    player says: the village's first quest, and every quest taken up."""
     out: list[str] = []
     for q in state.all_quests:
-        if q.started or q is state.quest or q.id == about:
+        if q.started or q is state.quest:
             out += _one_quest_facts(state, q, npc_id)
     return out
 
 
-def _in_mind(state: WorldState, action: NpcAction, about: str | None) -> bool:
-    """Is this action one the prompt shows? Not the start of a later quest the talk is not about."""
-    return not isinstance(action, StartQuest) or action.quest in (state.quest.id, about)
+def _topic_facts(state: WorldState, npc_id: str, about: str | None) -> list[str]:
+    """A later quest not yet taken up comes up only when the player's line is ``about`` it, so the
+    prompt holds no more than the talk needs."""
+    q = state.quest_by_id(about) if about else None
+    if q is None or q.started or q is state.quest:
+        return []
+    return _one_quest_facts(state, q, npc_id)
+
+
+def _in_mind(state: WorldState, action: NpcAction) -> bool:
+    """Is this action one the prompt's stable part shows? Not the start of a later quest (the
+    engine decides and the reply carries it when the talk is about that quest)."""
+    return not isinstance(action, StartQuest) or action.quest == state.quest.id
 
 
 def _one_quest_facts(state: WorldState, q: Quest, npc_id: str) -> list[str]:
@@ -125,11 +137,12 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
     sells = [Offer(item=i, name=items[i].name, price=p, count=npc.inventory.get(i, 0))
              for i, p in sorted(npc.sells.items()) if npc.inventory.get(i, 0) > 0]
     buys = [Offer(item=i, name=items[i].name, price=p, count=0) for i, p in sorted(npc.buys.items())]
-    quest = _quest_facts(state, npc_id, intent.quest)
+    quest = _quest_facts(state, npc_id)
+    topic = _topic_facts(state, npc_id, intent.quest)
     names = {npc.name, state.player.name}
     if state.world_name:
         names.add(state.world_name)
-    text_blob = " ".join([npc.persona, *npc.facts, *quest, fact])
+    text_blob = " ".join([npc.persona, *npc.facts, *quest, *topic, fact])
     for other in state.npcs:
         if other.name in text_blob:
             names.add(other.name)
@@ -150,12 +163,12 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
     return DialogueRequest(
         npc_id=npc.id, npc_name=npc.name, role=npc.role, persona=npc.persona, skin=npc.skin,
         activity=npc.activity, facts=list(npc.facts), sells=sells, buys=buys,
-        inventory=dict(npc.inventory), gold=npc.gold, quest=quest,
+        inventory=dict(npc.inventory), gold=npc.gold, quest=quest, topic=topic,
         recent=list(npc.memory),
         player_words=words, player_gold=state.player.gold, known_names=sorted(names),
         intent=intent, wants=describe(state, intent), action=action, fact=fact,
         possible_actions=[a for a in rules.possible_npc_actions(state, npc)
-                          if _in_mind(state, a, intent.quest)],
+                          if _in_mind(state, a)],
     )
 
 

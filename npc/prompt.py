@@ -99,10 +99,12 @@ def turn_note(req: DialogueRequest) -> str:
 
 
 def newest_turn(req: DialogueRequest, feedback: str | None = None) -> str:
-    """The newest user message: the player's words, what the engine understood them to want, and
-    the reason a previous attempt was refused (if any)."""
+    """The newest user message: the player's words, what the villager knows of a later quest they
+    are about (``req.topic``), what the engine understood them to want, and the reason a previous
+    attempt was refused (if any)."""
     note = turn_note(req)
-    return (player_turn(req.player_words or "...") + (f"\n{note}" if note else "")
+    topic = "".join(f"\n({t})" for t in req.topic)
+    return (player_turn(req.player_words or "...") + topic + (f"\n{note}" if note else "")
             + (f"\n({feedback})" if feedback else ""))
 
 
