@@ -56,7 +56,8 @@ class DialogueRequest(Struct, frozen=True):
     #: Every action this NPC could take for some request now (for the prompt's examples).
     possible_actions: list[NpcAction] = []
     #: What the NPC knows of a later quest the player's words are about and that is not taken up
-    #: yet: told with the newest words, so the prompt's stable part (and its cache) stays as is.
+    #: yet, when no fact says it already: told with the newest words, so the prompt's stable part
+    #: (and its cache) stays as is.
     topic: list[str] = []
 
     @property
@@ -138,7 +139,8 @@ def build_request(state: WorldState, npc_id: str, words: str) -> DialogueRequest
              for i, p in sorted(npc.sells.items()) if npc.inventory.get(i, 0) > 0]
     buys = [Offer(item=i, name=items[i].name, price=p, count=0) for i, p in sorted(npc.buys.items())]
     quest = _quest_facts(state, npc_id)
-    topic = _topic_facts(state, npc_id, intent.quest)
+    # The fact, when there is one, already says what the reply needs of that quest.
+    topic = _topic_facts(state, npc_id, intent.quest) if not fact else []
     names = {npc.name, state.player.name}
     if state.world_name:
         names.add(state.world_name)
