@@ -119,13 +119,19 @@ def spoken_step_done(state: WorldState, npc: Npc) -> Quest | None:
     return state.quest_by_id(intent.quest)
 
 
-def quest_receiving(state: WorldState, npc_id: str, item: str) -> Quest | None:
-    """The first quest whose current step is this villager handing this item to the player."""
+def quest_at_step(state: WorldState, kind: str, npc_id: str, item: str) -> Quest | None:
+    """The first quest whose current step is of ``kind`` with this villager and this item:
+    "receive" (the villager hands it to the player) or "give" (the player brings it)."""
     for q in state.all_quests:
         s = q.current
-        if s is not None and s.kind == "receive" and s.npc == npc_id and s.item == item:
+        if s is not None and s.kind == kind and s.npc == npc_id and s.item == item:
             return q
     return None
+
+
+def quest_receiving(state: WorldState, npc_id: str, item: str) -> Quest | None:
+    """The first quest whose current step is this villager handing this item to the player."""
+    return quest_at_step(state, "receive", npc_id, item)
 
 
 def _action_allowed(state: WorldState, npc: Npc, action: NpcAction) -> Rejection | None:

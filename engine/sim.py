@@ -216,11 +216,7 @@ def _advance_quest(state: WorldState, q: Quest, events: list[Event]) -> None:
 
 def _quest_wanting(state: WorldState, npc_id: str, item: str) -> Quest | None:
     """The first quest whose current step is giving this item to this villager."""
-    for q in state.all_quests:
-        s = q.current
-        if s is not None and s.kind == "give" and s.npc == npc_id and s.item == item:
-            return q
-    return None
+    return rules.quest_at_step(state, "give", npc_id, item)
 
 
 def _quest_talk(state: WorldState, npc_id: str, events: list[Event]) -> None:
