@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.test_serving import close_engine
 from tests.test_serving import items as serving_items
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -105,10 +106,7 @@ def eng(model_file):
 
     e.skins = skin
     yield e
-    for sid, a in loaded.items():  # adapters go before the model they were loaded against
-        e.forget_adapter(sid)
-        a.close()
-    e.close()
+    close_engine(e, loaded)
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,13 @@ def wide(model_file):
     loaded = {}
     e.skins = lambda sid: loaded.setdefault(sid, Adapter(e.model, PIRATE, key=sid))
     yield e
-    for sid, a in loaded.items():  # adapters go before the model they were loaded against
+    close_engine(e, loaded)
+
+
+def close_engine(e, loaded: dict) -> None:
+    """Close an engine and the adapters it wore (adapters go before the model they were loaded
+    against)."""
+    for sid, a in loaded.items():
         e.forget_adapter(sid)
         a.close()
     e.close()
