@@ -139,6 +139,27 @@ def plan_step(slots: list, prefill_per_step: int) -> tuple[list, list]:
     return entries, taken
 
 
+def run_step(ctx: Context, slots: list, prefill_per_step: int,
+             timing=None) -> list | None:
+    """Plan one step (``plan_step``), decode it and move each decoded slot's ``feed`` and ``pos``
+    on; the step's (slot, taken, logits row) list, or None when the gate aborted the decode (the
+    step's KV entries are removed, so it is redone whole on resume). ``timing`` (a decode log)
+    records the call."""
+    entries, taken = plan_step(slots, prefill_per_step)
+    started = time.monotonic() if timing is not None else 0.0
+    rc = ctx.decode_entries(entries)
+    if timing is not None:
+        timing.decode(started, time.monotonic(), rc)
+    if rc == 2:
+        for s, _, _ in taken:
+            ctx.seq_rm(s, slots[s].pos, -1)
+        return None
+    for s, take, _ in taken:
+        slots[s].feed = slots[s].feed[take:]
+        slots[s].pos += take
+    return taken
+
+
 class Engine:
     """One model file, one batched context for generating, one single-sequence context for
     re-scoring. ``skins`` maps a skin id to an ``Adapter`` loaded against ``self.model`` (e.g.
@@ -258,19 +279,11 @@ class Engine:
                         i = pending.popleft()
                         ctx.seq_rm(s)
                         slots[s] = _Seq(i, items[i], len(prompts[i]), list(prompts[i]))
-                entries, taken = plan_step(slots, self.options.prefill_per_step)
-                started = time.monotonic() if timing is not None else 0.0
-                rc = ctx.decode_entries(entries)
-                if timing is not None:
-                    timing.decode(started, time.monotonic(), rc)
-                if rc == 2:  # aborted: undo the step, ask the gate again
-                    for s, _, _ in taken:
-                        ctx.seq_rm(s, slots[s].pos, -1)
+                taken = run_step(ctx, slots, self.options.prefill_per_step, timing)
+                if taken is None:  # aborted: ask the gate again
                     continue
-                for s, take, row in taken:
+                for s, _, row in taken:
                     q = slots[s]
-                    q.feed = q.feed[take:]
-                    q.pos += take
                     if row < 0:
                         continue
                     it = q.item

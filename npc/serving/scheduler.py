@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npc.serving import sampler
-from npc.serving.engine import ROLES, Engine, plan_step
+from npc.serving.engine import ROLES, Engine, run_step
 from npc.serving.types import FINISH_LENGTH, FINISH_STOP, ServingError
 
 FINISH_CANCELLED = "cancelled"  # the client cancelled, or the scheduler closed
@@ -464,15 +464,11 @@ class Scheduler:
     def _step(self) -> None:
         """One decode: a token for every generating sequence, prompt chunks in what is left."""
         ctx, slots = self.engine.ctx, self._slots
-        entries, taken = plan_step(slots, self.engine.options.prefill_per_step)
-        if ctx.decode_entries(entries) == 2:  # aborted by the gate: undo the step
-            for s, _, _ in taken:
-                ctx.seq_rm(s, slots[s].pos, -1)
+        taken = run_step(ctx, slots, self.engine.options.prefill_per_step)
+        if taken is None:  # aborted by the gate: redone whole on resume
             return
-        for s, take, row in taken:
+        for s, _, row in taken:
             a = slots[s]
-            a.feed = a.feed[take:]
-            a.pos += take
             if row >= 0 and self._next_token(a, ctx.logits(row)):
                 slots[s] = None
                 ctx.seq_rm(s)
