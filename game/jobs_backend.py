@@ -10,6 +10,7 @@ installed skins through an ``AdapterPool``, and converts npc's plain results (``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from swarm.jobs.backend import Completion, Gate, Released, Verdict, WorkItem
@@ -94,11 +95,15 @@ def skin_checks(store, base_model: str, base_gguf: Path | None = None):
 
 
 def load_backend(model: str = "default", *, width: int | None = None,
-                 self_check: bool = True) -> EngineBackend:
-    """The engine for ``model`` (a model id in the store, or ``default``), wearing installed
-    skins on request. With ``self_check`` the engine first generates a few items and re-scores
-    them: a configuration that would see its own genuine work rejected refuses to serve
-    (``npc.serving.ServingError``)."""
+                 self_check: bool = True, say: Callable[[str], None] = lambda s: None
+                 ) -> EngineBackend:
+    """The engine for ``model`` (a model id in the store, ``default``, or ``tuned``), wearing
+    installed skins on request. ``tuned`` runs the configuration the game measured fastest on
+    this machine (``npc.tuning.choose``: a requantization of the default model and llama.cpp's
+    extra buffer types when they win; measured on first use, ``say`` tells of it), on every core:
+    what ``hearth serve`` answers with, where nobody re-scores the work. With ``self_check`` the
+    engine first generates a few items and re-scores them: a configuration that would see its
+    own genuine work rejected refuses to serve (``npc.serving.ServingError``)."""
     from npc.adapters import AdapterPool
     from npc.serving import Engine, EngineOptions
     from npc.skins.store import SkinStore
@@ -106,8 +111,15 @@ def load_backend(model: str = "default", *, width: int | None = None,
 
     store = ModelStore()
     base = store.ensure_default()
-    record = base if model == "default" else store.get(model)
     options = EngineOptions() if width is None else EngineOptions(width=width)
+    if model == "tuned":
+        from npc.tuning import choose
+        choice = choose(store, base, say=say)
+        record = store.get(choice.model)
+        options = replace(options, use_extra_bufts=choice.use_extra_bufts,
+                          n_threads=max(choice.n_threads, choice.n_threads_batch))
+    else:
+        record = base if model == "default" else store.get(model)
     engine = Engine(store.path(record.blake3), options, model_id=record.blake3)
     pool = AdapterPool(engine, SkinStore(), base_model=base.blake3,
                        base_gguf=store.path(base.blake3))

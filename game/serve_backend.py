@@ -19,6 +19,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from swarm.router.errors import SERVER, ApiError, bad_request
 from swarm.router.local import ChatTurn, Done, GenerationRequest, Piece, ToolCall
@@ -182,12 +183,14 @@ def _arguments(call: ToolCall):
                           "messages.tool_calls") from None
 
 
-def load_local_model(gate=None, *, width: int | None = None):
-    """(the LocalModel, the engine backend it runs on, the scheduler) for the game's default
-    model wearing installed skins. The caller closes the scheduler, then the backend."""
+def load_local_model(gate=None, *, width: int | None = None,
+                     say: Callable[[str], None] = lambda s: None):
+    """(the LocalModel, the engine backend it runs on, the scheduler): the game's model in the
+    configuration measured fastest on this machine (``load_backend("tuned")``), wearing installed
+    skins. The caller closes the scheduler, then the backend."""
     from game.jobs_backend import load_backend
     from npc.serving.scheduler import Scheduler
 
-    backend = load_backend("default", width=width, self_check=False)
+    backend = load_backend("tuned", width=width, self_check=False, say=say)
     scheduler = Scheduler(backend.engine, gate=gate)
-    return SchedulerModel(scheduler, backend.pool.store, backend.model_id), backend, scheduler
+    return SchedulerModel(scheduler, backend.pool.store, backend.pool.base_model), backend, scheduler

@@ -153,7 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = bind(args.host, args.port)
     note("loading the model")
     try:
-        local, backend, scheduler = load_local_model(WindowPresenceGate(), width=args.width)
+        local, backend, scheduler = load_local_model(WindowPresenceGate(), width=args.width, say=note)
         swarm = make_swarm_target() if any(r.target == "swarm" for r in settings.routes) else None
     except (ServingError, StoreError) as e:
         sock.close()

@@ -257,11 +257,15 @@ def test_a_client_that_disconnects_cancels_its_generation(served):
     (gen,) = served.generations[before:]
     end = _finished(gen)
     assert end.finish_reason == "cancelled" and end.completion_tokens < 400
-    # Not streaming: the client gives up waiting.
+    # Not streaming: the client gives up waiting (a schema holds the model to a long answer, so
+    # it cannot finish first).
+    long = {"type": "json_schema", "json_schema": {"name": "story", "schema": {
+        "type": "object", "properties": {"story": {"type": "string", "minLength": 3000}},
+        "required": ["story"]}}}
     before = len(served.generations)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(served.server.url + "/chat/completions", timeout=1.0,
-                   json={**body, "stream": False, "max_tokens": 400})
+                   json={**body, "stream": False, "max_tokens": 400, "response_format": long})
     (gen,) = served.generations[before:]
     end = _finished(gen)
     assert end.finish_reason == "cancelled" and end.completion_tokens < 400
@@ -294,11 +298,12 @@ def test_the_game_window_keeps_priority(served):
     assert got and got[0].choices[0].message.content
 
 
-def test_hearth_serve_runs_until_interrupted(tmp_path):
+def test_hearth_serve_runs_until_interrupted(hearth_home):
     import signal
 
     from conftest import hearth_popen
-    proc = hearth_popen("serve", "--port", "0", home=tmp_path, env={"PYTHONUNBUFFERED": "1"})
+    # The session's data directory: the model and its tuning are already there.
+    proc = hearth_popen("serve", "--port", "0", home=hearth_home, env={"PYTHONUNBUFFERED": "1"})
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving: http://127.0.0.1:"), (line, proc.stderr.read())

@@ -19,9 +19,15 @@ Only the few tokens above a threshold are sorted when their mass already covers 
 common case), and tokens whose ``p`` is 0 (masked out) are never sorted; the result is the same as
 sorting all of them, because the running sums over a prefix of the order are the same numbers and
 a token adding 0 can be neither where the nucleus ends nor the token picked.
+
+The arithmetic runs in per-thread scratch arrays (the same operations in place, so the same
+numbers): a vocabulary-sized temporary is large enough that allocating a fresh one for every
+token costs as much as the arithmetic.
 """
 
 from __future__ import annotations
+
+import threading
 
 import blake3
 import numpy as np
@@ -47,16 +53,21 @@ def pick(logits: np.ndarray, temperature: float, top_p: float, seed: int, positi
     """The token the rule gives for the output token at ``position`` after these logits."""
     if temperature == 0.0:
         return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
+    z, p = _scratch(len(logits))
+    np.copyto(z, logits)  # logits.astype(np.float64)
+    z /= temperature
+    np.subtract(z, z.max(), out=p)
+    np.exp(p, out=p)
     total = float(np.sum(p))
     u = uniform(seed, position)
     if top_p >= 1.0:
-        c = np.cumsum(p)
+        c = np.cumsum(p, out=z)
         return int(min(np.searchsorted(c, u * total, side="right"), len(p) - 1))
     need = top_p * total
     k = min(NUCLEUS_FIRST, len(z))
-    cutoff = np.partition(z, len(z) - k)[len(z) - k]
+    cutoff = np.float64(np.partition(logits, len(z) - k)[len(z) - k]) / temperature
+    # The k-th largest z is the k-th largest logit over the temperature (dividing by a positive
+    # number keeps the order), so the partition runs on the smaller float32 logits.
     # Tokens whose p is 0 (masked out by a grammar: z = -inf) never move a running sum, so
     # neither the nucleus nor the pick can end on one: they are left out of the sort.
     live = p > 0
@@ -66,6 +77,17 @@ def pick(logits: np.ndarray, temperature: float, top_p: float, seed: int, positi
     n = min(int(np.searchsorted(c, need, side="left")) + 1, len(c))
     i = int(np.searchsorted(c[:n], u * c[n - 1], side="right"))
     return int(order[min(i, n - 1)])
+
+
+_local = threading.local()
+
+
+def _scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two float64 arrays of length ``n`` owned by the calling thread."""
+    b = getattr(_local, "buffers", None)
+    if b is None or len(b[0]) != n:
+        b = _local.buffers = (np.empty(n), np.empty(n))
+    return b
 
 
 def _ranked(z: np.ndarray, p: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

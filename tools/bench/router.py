@@ -1,10 +1,13 @@
-"""``hearth serve``'s overhead and concurrency, measured side by side in one run on the default
-model: the same sampled chat requests (same seeds, so the same tokens) generated directly
-through the in-process scheduler and through the endpoint with the official openai client
-streaming over HTTP on 127.0.0.1. Each round runs, back to back: one request direct and the
-same request served, then eight at once direct and the same eight served (odd rounds serve
-first); ratios are taken within a round and the median over ``--rounds`` rounds is reported (a
-loaded machine swings a lot between rounds).
+"""``hearth serve``'s overhead and concurrency, measured side by side in one run on the model
+``hearth serve`` runs: the same sampled chat requests (same seeds, so the same tokens) generated
+directly through a scheduler in this process and through a ``hearth serve`` process (started
+here, on 127.0.0.1, the same model and configuration) with the official openai client
+streaming over HTTP. Each side is idle while the other runs.
+
+A client sends ``--per-client`` requests one after another. Each round runs, back to back: one
+client direct and the same client served, then eight clients at once direct and the same eight
+served (odd rounds serve first); ratios are taken within a round and the median over
+``--rounds`` rounds is reported (a loaded machine swings a lot between rounds).
 
 * overhead_ratio: served tok/s over direct tok/s, one client at a time.
 * concurrency_ratio: aggregate served tok/s with 8 clients at once over 1 client.
@@ -20,8 +23,11 @@ Last line: ``overhead_ratio=<N> concurrency_ratio=<N> ttft_p50_ms=<N> ...``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,9 +38,6 @@ sys.path.insert(0, str(ROOT))
 import openai  # noqa: E402
 
 from game.serve_backend import load_local_model  # noqa: E402
-from game.serve_cli import BackgroundServer, bind  # noqa: E402
-from swarm.router.app import create_app  # noqa: E402
-from swarm.router.settings import RouterSettings  # noqa: E402
 
 TOPICS = ["a lighthouse keeper", "a lost key", "the first snow", "a market day", "a clockmaker",
           "a river crossing", "an old map", "a stubborn goat"]
@@ -69,25 +72,45 @@ def served(client, i: int, tokens: int) -> tuple[int, float]:
     return used, first if first is not None else float("nan")
 
 
-def rate(run, jobs: list[int]) -> float:
+def rate(run, clients: list[list[int]]) -> float:
+    """Aggregate tokens/s of ``clients`` (one thread each) sending their requests one after
+    another: ``run(i)`` sends request ``i`` and returns its completion tokens."""
+    def client(jobs: list[int]) -> int:
+        return sum(run(i) for i in jobs)
     start = time.perf_counter()
-    if len(jobs) == 1:
-        total = run(jobs[0])
+    if len(clients) == 1:
+        total = client(clients[0])
     else:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            total = sum(pool.map(run, jobs))
+        with ThreadPoolExecutor(len(clients)) as pool:
+            total = sum(pool.map(client, clients))
     return total / (time.perf_counter() - start)
+
+
+def start_server() -> tuple[subprocess.Popen, str]:
+    """``hearth serve --port 0`` in its own process (this environment: the same data directory
+    and model); (the process, its base URL) once it prints ``serving:``."""
+    proc = subprocess.Popen([sys.executable, "-m", "game.cli", "serve", "--port", "0"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("serving: "):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+            return proc, line.split()[1]
+    raise SystemExit(f"hearth serve exited ({proc.wait()}) before serving")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=24, help="max_tokens per request")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--per-client", type=int, default=3,
+                    help="requests each client sends, one after another (a client keeps its "
+                         "slot busy, so the batch is not measured draining)")
     args = ap.parse_args()
 
+    server, url = start_server()
     local, backend, scheduler = load_local_model()
-    server = BackgroundServer(create_app(local, RouterSettings()), bind("127.0.0.1", 0)).start()
-    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
     rows, ttfts = [], []
 
     def one_served(i):
@@ -97,10 +120,11 @@ def main() -> None:
     try:
         served(client, 0, 4)  # warm: the HTTP connection, the chat template
         for rnd in range(args.rounds):
-            i = 100 * rnd
-            eight = list(range(i, i + 8))
-            runs = {"d1": lambda: rate(lambda j: direct(scheduler, j, args.tokens), [i]),
-                    "s1": lambda: rate(one_served, [i]),
+            i, k = 1000 * rnd, args.per_client
+            one = [list(range(i, i + k))]
+            eight = [list(range(i + c * k, i + (c + 1) * k)) for c in range(8)]
+            runs = {"d1": lambda: rate(lambda j: direct(scheduler, j, args.tokens), one),
+                    "s1": lambda: rate(one_served, one),
                     "d8": lambda: rate(lambda j: direct(scheduler, j, args.tokens), eight),
                     "s8": lambda: rate(lambda j: served(client, j, args.tokens)[0], eight)}
             # Odd rounds serve first, so neither side always runs on a machine just disturbed.
@@ -111,7 +135,8 @@ def main() -> None:
             print(f"round {rnd}: direct 1 {d1:.1f} tok/s, served 1 {s1:.1f}, direct 8 {d8:.1f}, "
                   f"served 8 {s8:.1f}", flush=True)
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(30)
         scheduler.close()
         backend.close()
     med = statistics.median
