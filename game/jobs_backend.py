@@ -68,6 +68,21 @@ class EngineBackend:
         self.engine.close()
 
 
+def skin_fetcher(settings, backend, node: Callable):
+    """What fetches a skin a shard names and this machine lacks, as worker.toml says
+    (``fetch_skins``, ``max_skin_mb``): over the swarm node ``node()`` returns, checked by the
+    engine's skin checks (signature, hashes, skin id, base model) and installed in its skin
+    store; None when fetching is off or the engine wears no skins."""
+    checks = getattr(backend, "skin_checks", lambda: None)()
+    if not settings.fetch_skins or checks is None:
+        return None
+    from game.swarm_bridge import download_dir
+    from swarm.jobs.skin_fetch import SkinFetcher
+    verify, install = checks
+    return SkinFetcher(node, download_dir() / "worker-skins", verify, install,
+                       settings.max_skin_mb << 20)
+
+
 def skin_checks(store, base_model: str, base_gguf: Path | None = None):
     """(verify, install) for a worker fetching skins into ``store`` (a ``SkinStore``): a fetched
     bundle must verify completely (signature, every file's hash), be the skin its torrent names

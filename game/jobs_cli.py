@@ -415,24 +415,18 @@ def _tell_stats(s, said: dict) -> None:
 
 
 def _skin_fetcher(args: argparse.Namespace, settings, backend, nodes: list):
-    """What fetches a skin a shard names and this machine lacks (worker.toml's fetch_skins and
-    max_skin_mb): the swarm node in ``nodes`` (started on the first fetch if there is none), the
-    engine's skin checks (signature, hashes, skin id, base model) and its skin store."""
-    checks = getattr(backend, "skin_checks", lambda: None)()
-    if not settings.fetch_skins or checks is None:
-        return None
-    from game.swarm_bridge import download_dir, start_node
-    from swarm.jobs.skin_fetch import SkinFetcher
+    """``jobs_backend.skin_fetcher`` over the swarm node in ``nodes``, started on the first
+    fetch if there is none."""
+    from game.jobs_backend import skin_fetcher
     lock = threading.Lock()
 
     def node():
+        from game.swarm_bridge import start_node
         with lock:
             if not nodes:
                 nodes.append(start_node(_network_settings(args)))
             return nodes[0]
-    verify, install = checks
-    return SkinFetcher(node, download_dir() / "worker-skins", verify, install,
-                       settings.max_skin_mb << 20)
+    return skin_fetcher(settings, backend, node)
 
 
 def _worker_escrow(identity, store, required: bool):

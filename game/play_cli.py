@@ -259,7 +259,7 @@ def _window_worker(swarm: WindowSwarm):
         if node is not None:
             dht_announce(node, [model_id], port)
     try:
-        return WindowWorker(announce=announce)
+        return WindowWorker(announce=announce, node=swarm.node)
     except SettingsError as e:
         note(f"hearth: serving jobs is off: {e}")
         return None

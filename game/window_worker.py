@@ -57,9 +57,10 @@ def player_agreed(config=None) -> bool:
 
 class WindowWorker:
     def __init__(self, settings: WorkerSettings | None = None, agreed: bool | None = None,
-                 announce=None, clock=time.monotonic):
+                 announce=None, clock=time.monotonic, node=None):
         """``announce(model_id, port)`` publishes the offer socket in the DHT (the window's swarm
-        node), if there is one."""
+        node), if there is one; ``node()`` returns the window's running swarm node (or None),
+        over which a skin a shard names and this machine lacks is fetched."""
         self.settings = settings or load_worker_settings()
         self.agreed = player_agreed() if agreed is None else agreed
         self.policy = AwayPolicy(self.settings)
@@ -69,6 +70,7 @@ class WindowWorker:
         self.minimised = False
         self.state = OFF if not (self.agreed and self.settings.serve) else PLAYER_PRESENT
         self._announce = announce
+        self._node = node
         self._worker = None
         self._note: str | None = None
         self._loading = False
@@ -135,7 +137,7 @@ class WindowWorker:
 
     def _load(self) -> None:
         from common.identity import load_or_create_identity
-        from game.jobs_backend import load_backend
+        from game.jobs_backend import load_backend, skin_fetcher
         from game.jobs_cli import jobs_dir
         from swarm.jobs.worker import Worker
         from swarm.jobs.worker_store import WorkerStore
@@ -145,7 +147,9 @@ class WindowWorker:
                             WorkerStore(jobs_dir() / "worker.sqlite"), listen=WINDOW_LISTEN,
                             price_per_1k=self.settings.price_per_1k,
                             capacity=self.settings.capacity, gate=self.gate,
-                            skins=backend.skins()).start()
+                            skins=backend.skins(),
+                            skin_fetcher=skin_fetcher(self.settings, backend,
+                                                      self._swarm_node)).start()
         except Exception as e:  # the game goes on without serving; the panel says why
             self._note = str(e) or type(e).__name__
             self.state = FAILED
@@ -162,6 +166,15 @@ class WindowWorker:
             except Exception as e:  # reachable by --peer still; the panel says why not by DHT
                 self._note = f"not announced in the DHT: {e}"
         self._polled = float("-inf")  # decide again at once: the player may be back already
+
+    def _swarm_node(self):
+        """The window's swarm node for fetching a skin; ContentError when there is none."""
+        from swarm.content import ContentError
+        node = self._node() if self._node is not None else None
+        if node is None:
+            raise ContentError("the game is not connected to the swarm (seeding is off), so "
+                               "the skin cannot be fetched")
+        return node
 
     def status(self) -> JobsStatus:
         w = self._worker

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from game.hud import gold_text, jobs_lines, swarm_box_text
 from game.swarm_box import SwarmBox
 from game.window_worker import FAILED, JobsStatus, WindowWorker, player_agreed
@@ -85,3 +87,31 @@ def test_the_side_panel_words_serving():
                      "earned while away: 0.00046 gold"]
     text = swarm_box_text(SwarmBox(note="not seeding", jobs=JobsStatus("busy_cpu")))
     assert text.lines[-1] == "jobs: paused: the machine is busy"
+
+
+def test_the_window_worker_fetches_skins_over_the_games_swarm_node(tmp_path):
+    from types import SimpleNamespace
+
+    from game.jobs_backend import skin_checks, skin_fetcher
+    from npc.skins.store import SkinStore
+    from swarm.content import ContentError
+    from swarm.jobs.settings import WorkerSettings
+    from swarm.jobs.skin_fetch import SkinFetcher
+
+    node = object()  # what the window's swarm returns while it runs
+    running = {"node": node}
+    w = WindowWorker(WorkerSettings(serve=True), agreed=True, node=lambda: running["node"])
+    assert w._swarm_node() is node
+    running["node"] = None  # seeding turned off: a fetch fails, saying why
+    with pytest.raises(ContentError, match="seeding is off"):
+        w._swarm_node()
+    with pytest.raises(ContentError, match="not connected"):
+        WindowWorker(WorkerSettings(serve=True), agreed=True)._swarm_node()
+
+    backend = SimpleNamespace(skin_checks=lambda: skin_checks(SkinStore(tmp_path / "skins"),
+                                                              "ab" * 32))
+    fetcher = skin_fetcher(WorkerSettings(max_skin_mb=3), backend, w._swarm_node)
+    assert isinstance(fetcher, SkinFetcher) and fetcher.max_bytes == 3 << 20
+    assert fetcher.node == w._swarm_node
+    assert skin_fetcher(WorkerSettings(fetch_skins=False), backend, w._swarm_node) is None
+    assert skin_fetcher(WorkerSettings(), SimpleNamespace(), w._swarm_node) is None
