@@ -251,3 +251,41 @@ def test_the_window_marks_presence_while_the_player_is_at_it():
     assert presence_path().exists()
     w.close()
     assert not presence_path().exists()
+
+
+@pytest.mark.slow
+def test_the_swarm_route_finds_workers_in_the_dht_through_swarm_toml(tmp_path, monkeypatch):
+    """``hearth serve``'s swarm route with no peers listed: it joins the DHT through
+    swarm.toml's bootstrap nodes (all on 127.0.0.1 here) and finds the workers announced for the
+    model."""
+    from game.serve_cli import _dht_endpoints
+    from swarm.jobs.discovery import announce
+    from swarm.router.errors import RouteFailed
+    from swarm.settings import SwarmSettings, parse_endpoint
+    from swarm.torrent import SwarmNode
+
+    monkeypatch.setenv("HEARTH_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "home"))
+    model = "ab" * 32
+    with pytest.raises(RouteFailed, match="no DHT bootstrap"):
+        _dht_endpoints(model)
+    nodes = [SwarmNode(SwarmSettings(listen="127.0.0.1:0", loopback=True, seeding=False),
+                       tmp_path / f"n{i}").start() for i in range(3)]
+    try:
+        for a in nodes:
+            others = [parse_endpoint(b.endpoint) for b in nodes if b is not a]
+            a.session.call(lambda ses, others=others: [ses.add_dht_node(n) for n in others])
+        (tmp_path / "config").mkdir()
+        (tmp_path / "config" / "swarm.toml").write_text(
+            'listen = "127.0.0.1:0"\nloopback = true\nseeding = false\n'
+            f'bootstrap = ["{nodes[1].endpoint}"]\n')
+        found: list[str] = []
+        deadline = time.monotonic() + 60
+        while not found and time.monotonic() < deadline:
+            announce(nodes[0], [model], 45678)  # a worker's offer socket on port 45678
+            time.sleep(1)
+            found = _dht_endpoints(model)
+        assert found == ["127.0.0.1:45678"]
+    finally:
+        for n in nodes:
+            n.close()
