@@ -706,7 +706,7 @@ def test_skins_show_on_held_out_lines_through_the_game_voice(demo_voice):
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # two sets of requests, five voices each
+@pytest.mark.timeout(900)  # ten requests, five voices
 def test_skins_keep_the_villagers_actions(demo_voice):
     """A skin changes how a villager talks, not what it does: asked in words no skin was trained or
     tuned on, a skinned shopkeeper still sells what was asked for, Bram still hands over the
@@ -714,8 +714,8 @@ def test_skins_keep_the_villagers_actions(demo_voice):
     (the reply grammar offers the actions; which to take is the model's choice). A 135M model
     misses some: on the fresh requests each skin must take at least 3 of the 10, and the skins
     together at least half, and at least three quarters of the base voice's rate. Skins trained on
-    chit-chat alone took 0-1 of the 10 validation requests. The validation requests (which chose
-    Old Grump's training steps) are measured and printed too, not held to the bound."""
+    chit-chat alone took 0-1 of the 10 validation requests (which chose Old Grump's training
+    steps, so the skins are not held to them here)."""
     from engine.commands import Say
     from engine.dialogue import build_request
     from engine.sim import step
@@ -753,9 +753,8 @@ def test_skins_keep_the_villagers_actions(demo_voice):
         report.append(f"  skins together {mean:.2f}, base {base_rate:.2f}")
         return rate, mean, base_rate, report
 
-    *_, validation = rates(VALIDATION_ACTIONS, "validation requests (tuned on):")
     fresh, mean, base_rate, report = rates(FRESH_ACTIONS, "fresh held-out requests:")
-    print("\n" + "\n".join(validation + report))
+    print("\n" + "\n".join(report))
     assert voice.failed_skins == {}
     assert min(fresh.values()) >= 0.3 and mean >= 0.5 and mean >= 0.75 * base_rate, report
 
