@@ -12,6 +12,13 @@ of all shards. A worker caught cheating gets a signed fraud record, is refused f
 unchecked shards of the job are redone elsewhere, and it is paid nothing for the job: receipts are
 signed only when the job is complete, and never for a caught worker.
 
+A requester without the model has other workers (never the claimant) re-score claims. One
+checker's acceptance stands; one checker's rejection convicts nobody until a second, different
+checker rejects the claims too, and the fraud record then carries both verdicts. When the second
+checker accepts, the two disagree and one of them lies: nobody is convicted, the claims are set
+aside unpaid and the shard redone by another worker, and neither checker is asked to check again
+in the job. A rejection nobody is left to confirm is set aside the same way.
+
 Everything accepted is in the job store before it counts, so a killed requester that runs the job
 again buys only the shards it did not hold. Results from anyone but the shard's current worker,
 and any result for a shard already accepted, are ignored.
@@ -46,7 +53,7 @@ from swarm.credits.ledger import LedgerError
 from swarm.jobs import protocol as p
 from swarm.jobs import transport
 from swarm.jobs.backend import Completion, InferenceBackend, WorkItem
-from swarm.jobs.fraud import FraudRecord, sign_fraud
+from swarm.jobs.fraud import CheckerVerdict, FraudRecord, sign_fraud
 from swarm.jobs.job_escrow import (
     DEFAULT_BUDGET_FACTOR, EscrowFunds, JobEscrow, hex_address, max_cost,
 )
@@ -115,6 +122,7 @@ class JobOutcome:
     refunded: int = 0  # micro-gold returned from escrow in this run
     escrows_open: int = 0  # escrows still holding gold: their workers must co-sign later
     escrow_problems: list[str] = field(default_factory=list)
+    disputes: int = 0  # claims two checking workers disagreed on (set aside, shard redone)
 
 
 @dataclass
@@ -137,6 +145,11 @@ class _Slot:
     ids: frozenset[str] = field(default_factory=frozenset)
     checker: str | None = None  # the second worker re-scoring this shard's claims
     claims: list[Completion] = field(default_factory=list)
+    #: A checking worker's rejection of the claims, awaiting a second checker's confirmation:
+    #: (checker, item, claim, verdict).
+    rejection: tuple | None = None
+    #: Workers whose claims for this shard were set aside unresolved: not given it again.
+    set_aside: set[str] = field(default_factory=set)
 
 
 class Requester:
@@ -264,6 +277,8 @@ class _Run:
         self.verdicts: queue.Queue = queue.Queue()
         self.reassigned = self.ignored = self.verified_shards = 0
         self.caught: list[str] = []
+        self.disputed: set[str] = set()  # checkers that contradicted another: not asked again
+        self.disputes = 0
         self.tokens_out = 0
         self.pending: dict[str, ReceiptBody] = {}  # receipts sent for countersigning
         self.started = time.monotonic()
@@ -279,7 +294,7 @@ class _Run:
             receipts, paid = self._sign_receipts()
             outcome = JobOutcome(self.job, self.req.store.results(self.job), len(self.slots),
                                  self.verified_shards, self.reassigned, self.ignored,
-                                 self.caught, receipts, paid)
+                                 self.caught, receipts, paid, disputes=self.disputes)
             if self.escrow is not None:
                 self._settle_escrows(outcome)
             self.req.store.set_state(self.job, FINISHED)
@@ -352,17 +367,27 @@ class _Run:
 
     def _requeue(self, slot: _Slot) -> None:
         slot.status, slot.worker, slot.checker, slot.claims = PENDING, None, None, []
+        slot.rejection = None
         self.reassigned += 1
+
+    def _set_aside(self, slot: _Slot) -> None:
+        """Neither accept nor convict the slot's claims (checkers disagreed, or no second checker
+        could confirm a rejection): they are not paid, the shard goes to another worker, and
+        the claimant's next result is checked again."""
+        slot.set_aside.add(slot.worker)
+        self.links[slot.worker].verified = False
+        self._requeue(slot)
 
     def _assign(self, now: float) -> None:
         for slot in self.slots:
             if slot.status != PENDING:
                 continue
-            idle = [l for l in self.links.values() if l.usable and l.shard is None]
+            idle = [l for l in self.links.values() if l.usable and l.shard is None
+                    and l.offer.worker not in slot.set_aside]
             fresh = [l for l in idle if not l.had_shard]
             pick = (fresh or idle or [None])[0]
             if pick is None:
-                return
+                continue
             terms = self._lock_for(pick, slot) if self.escrow is not None else None
             msg = p.Assign(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
                            model=self.model, skin=self.skin, price_per_1k=pick.offer.price_per_1k,
@@ -463,10 +488,16 @@ class _Run:
             self._accept(slot, worker, completions, verified=False)
 
     def _ask_checker(self, slot: _Slot) -> None:
-        """Send the slot's claims to a second worker to re-score: an idle one if any, never the
-        claimant. With none left the job cannot be checked, so it stops (resumably)."""
+        """Send the slot's claims to another worker to re-score: an idle one if any, never the
+        claimant, never a checker caught contradicting another, and to confirm a rejection
+        never the worker that rejected. With none left to check the claims at all, the job
+        cannot be checked, so it stops (resumably); with none left to confirm a rejection, the
+        claims are set aside and the shard redone."""
         claimant = slot.worker
-        others = [l for l in self.links.values() if l.usable and l.offer.worker != claimant]
+        rejecter = slot.rejection[0] if slot.rejection is not None else None
+        others = [l for l in self.links.values() if l.usable
+                  and l.offer.worker not in (claimant, rejecter)
+                  and l.offer.worker not in self.disputed]
         others.sort(key=lambda l: l.shard is not None)
         by_id = {c.custom_id: c for c in slot.claims}
         for link in others:
@@ -478,6 +509,9 @@ class _Run:
                 slot.deadline = time.monotonic() + self.req.heartbeat_timeout
                 return
             self._drop(link.offer.worker)
+        if rejecter is not None:
+            self._set_aside(slot)
+            return
         raise JobError("no second worker is left to check results with, and this machine "
                        "has no copy of the model")
 
@@ -487,15 +521,28 @@ class _Run:
             self._ask_checker(slot)
             return
         by_id = {c.custom_id: c for c in slot.claims}
-        failure = None
-        for item, verdict in zip(slot.items, verdicts):
-            if not verdict.ok:
-                failure = (item, by_id[item.custom_id],
-                           msgspec.structs.replace(verdict, reason=f"re-scored by worker "
-                                                                   f"{checker}: {verdict.reason}"))
-                break
+        failure = next(((checker, item, by_id[item.custom_id], verdict)
+                        for item, verdict in zip(slot.items, verdicts) if not verdict.ok), None)
         slot.checker = None
-        self._on_verdict(slot.index, slot.worker, slot.claims, failure)
+        first, slot.rejection = slot.rejection, None
+        if first is None and failure is None:
+            self._on_verdict(slot.index, slot.worker, slot.claims, None)
+        elif first is None:  # one checker's word convicts nobody: ask another to confirm
+            slot.rejection = failure
+            self._ask_checker(slot)
+        elif failure is None:  # the checkers disagree, so one of them lies: trust neither
+            self.disputed |= {first[0], checker}
+            self.disputes += 1
+            self._set_aside(slot)
+            for other in self.slots:  # checks they are still running go to someone else
+                if other.status == VERIFYING and other.checker in self.disputed:
+                    self._ask_checker(other)
+        else:
+            _, item, claim, verdict = first
+            checks = [CheckerVerdict(w, it.custom_id, v) for w, it, _, v in (first, failure)]
+            self._convict(slot, slot.worker, item, claim, verdict.first_mismatch,
+                          f"re-scored by workers {first[0]} and {checker}: {verdict.reason}",
+                          checks)
 
     @staticmethod
     def _shape_problem(slot: _Slot, completions: list[Completion]) -> str | None:
@@ -550,11 +597,12 @@ class _Run:
         slot.status, slot.worker = ACCEPTED, worker
         self.tokens_out += sum(len(c.tokens) for c in completions)
 
-    def _convict(self, slot: _Slot, worker: str, item, claim, mismatch, reason: str) -> None:
+    def _convict(self, slot: _Slot, worker: str, item, claim, mismatch, reason: str,
+                 checks: list[CheckerVerdict] = ()) -> None:
         record = FraudRecord(requester=self.req.identity.public_hex, worker=worker, job=self.job,
                              shard=slot.index, model=self.model, skin=self.skin, item=item,
                              claim=claim, first_mismatch=mismatch, reason=reason,
-                             created=int(time.time()))
+                             created=int(time.time()), checks=list(checks))
         signed = sign_fraud(record, self.req.identity)
         self.req.store.add_fraud(worker, self.job, slot.index, msgspec.json.encode(signed))
         self.caught.append(worker)
@@ -565,6 +613,8 @@ class _Run:
             if other.status == ACCEPTED:
                 self._requeue(other)
         for other in self.slots:  # whatever else they are doing or did for this job is void
+            if other.rejection is not None and other.rejection[0] == worker:
+                other.rejection = None  # a cheat's rejection needs no confirming: it is void
             if other.status in (ASSIGNED, VERIFYING) and other.worker == worker:
                 transport.send(self.links[worker].sock, p.Cancel(job=self.job, shard=other.index))
                 self._requeue(other)

@@ -1,0 +1,91 @@
+"""A requester without the model has other workers check claims: a rejection convicts only when a
+second checker confirms it, checkers that disagree are both set aside, and a checker is paid for
+its checks with a receipt. Real ZeroMQ CURVE sockets on 127.0.0.1; the deterministic test backend
+(tests/jobs_backend.py) stands in for the model engine, except in the test marked ``model``."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from common.identity import load_or_create_identity
+from jobs_backend import HashBackend
+from swarm.jobs.backend import Verdict
+from swarm.jobs.fraud import SignedFraud, verify_fraud
+from swarm.jobs.job_store import JobStore
+from swarm.jobs.requester import Requester, job_id
+from test_jobs_network import MODEL, check_all, items_of, workers  # noqa: F401 (fixture)
+
+
+class LyingChecker(HashBackend):
+    """Serves honestly but says every claim it is asked to check is wrong: the lie itself."""
+
+    def rescore(self, item, claim, skin=None):
+        super().rescore(item, claim, skin)
+        return Verdict(False, 0, 0, "token 0: claimed something else")
+
+
+def no_model_requester(tmp_path, **kw) -> Requester:
+    kw.setdefault("heartbeat_timeout", 1.5)
+    return Requester(load_or_create_identity(tmp_path / "requester"),
+                     JobStore(tmp_path / "requester.sqlite"), None, **kw)
+
+
+def frauds(req: Requester) -> list[SignedFraud]:
+    return [msgspec.json.decode(blob, type=SignedFraud) for *_, blob in req.store.frauds()]
+
+
+def test_a_cheat_is_convicted_only_when_a_second_checker_confirms(workers, tmp_path):
+    # The cheat is the cheapest, so it is given a shard first; the two honest workers check it.
+    cheater = workers("cheater", HashBackend(cheat="one_token"), price_per_1k=50)
+    honest = [workers(f"h{i}", price_per_1k=60 + i) for i in range(2)]
+    items = items_of(9)
+    req = no_model_requester(tmp_path, shard_items=3, verify_fraction=0.0)
+    outcome = req.run(job_id(b"confirmed", MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in [cheater, *honest]])
+    check_all(items, outcome)
+    assert outcome.caught == [cheater.identity.public_hex] and outcome.disputes == 0
+    (signed,) = frauds(req)
+    assert verify_fraud(signed)
+    record = signed.record
+    checkers = {w.identity.public_hex for w in honest}
+    assert len(record.checks) == 2 and {c.checker for c in record.checks} == checkers
+    assert all(not c.verdict.ok for c in record.checks)
+    assert record.claim is not None and record.first_mismatch is not None
+    assert cheater.store.receipts() == []
+
+
+def test_a_lying_checker_frames_nobody_and_the_shard_is_redone(workers, tmp_path):
+    # The liar takes shard 0 and is idle (first in line to check) when the slow honest worker's
+    # claims for shard 1 come in; a third worker's acceptance contradicts the liar's rejection.
+    liar = workers("liar", LyingChecker(), price_per_1k=50)
+    slow = workers("slow", HashBackend(step_seconds=0.3), price_per_1k=60)
+    third = workers("third", price_per_1k=70)
+    items = items_of(6)
+    req = no_model_requester(tmp_path, shard_items=3, verify_fraction=0.0)
+    outcome = req.run(job_id(b"framed", MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in [liar, slow, third]])
+    check_all(items, outcome)
+    assert outcome.caught == [] and req.store.frauds() == []
+    assert outcome.disputes == 1 and outcome.reassigned >= 1
+    assert liar.backend.rescored_items > 0
+    # The disputed claims were not paid: the shard was accepted from someone else.
+    accepted = req.store.accepted(outcome.job)
+    assert {s.worker for s in accepted.values()} == {liar.identity.public_hex,
+                                                     third.identity.public_hex}
+
+
+def test_a_rejection_nobody_can_confirm_convicts_nobody(workers, tmp_path):
+    claimant = workers("claimant", price_per_1k=50)
+    liar = workers("liar", LyingChecker(), price_per_1k=60)
+    items = items_of(3)
+    req = no_model_requester(tmp_path, shard_items=3, verify_fraction=0.0)
+    outcome = req.run(job_id(b"unconfirmed", MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in [claimant, liar]], timeout=60)
+    check_all(items, outcome)
+    assert outcome.caught == [] and req.store.frauds() == [] and outcome.disputes == 0
+    # The claimant's set-aside claims went unpaid; the liar redid the shard and the claimant
+    # checked it.
+    (shard,) = req.store.accepted(outcome.job).values()
+    assert shard.worker == liar.identity.public_hex
+    assert claimant.backend.rescored_items == len(items)
