@@ -13,6 +13,7 @@ from jobs_backend import HashBackend
 from swarm.jobs.backend import Verdict
 from swarm.jobs.fraud import SignedFraud, verify_fraud
 from swarm.jobs.job_store import JobStore
+from swarm.jobs.receipt import amount_for, verify_receipt
 from swarm.jobs.requester import Requester, job_id
 from test_jobs_network import MODEL, check_all, items_of, workers  # noqa: F401 (fixture)
 
@@ -31,8 +32,46 @@ def no_model_requester(tmp_path, **kw) -> Requester:
                      JobStore(tmp_path / "requester.sqlite"), None, **kw)
 
 
+def check_receipts(worker) -> list:
+    """The receipts ``worker`` holds for checks (no generated tokens), each verified."""
+    held = worker.store.receipts()
+    for r in held:
+        verify_receipt(r)
+    return [r for r in held if r.body.tokens_out == 0]
+
+
+def claimed_tokens(outcome, items) -> int:
+    """What re-scoring ``items``' accepted claims takes: their prompts and claimed tokens."""
+    return sum(outcome.completions[it.custom_id].prompt_tokens
+               + len(outcome.completions[it.custom_id].tokens) for it in items)
+
+
 def frauds(req: Requester) -> list[SignedFraud]:
     return [msgspec.json.decode(blob, type=SignedFraud) for *_, blob in req.store.frauds()]
+
+
+def test_honest_checks_are_paid_with_receipts_both_sides_sign(workers, tmp_path):
+    claimant = workers("claimant", price_per_1k=50)
+    checkers = [workers(f"c{i}", price_per_1k=70 + i) for i in range(2)]
+    items = items_of(4)
+    req = no_model_requester(tmp_path, shard_items=4, verify_fraction=1.0)
+    outcome = req.run(job_id(b"paid checks", MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in [claimant, *checkers]])
+    check_all(items, outcome)
+    assert outcome.caught == [] and outcome.verified_shards == 1 and outcome.receipts == 2
+    (served,) = claimant.store.receipts()
+    assert verify_receipt(served) and served.body.tokens_out > 0 and served.body.shard == 0
+    # One checker's acceptance stands: exactly one checked, and holds a receipt for the check.
+    (checker,) = [w for w in checkers if w.stats.shards_checked]
+    (receipt,) = check_receipts(checker)
+    body = receipt.body
+    assert (body.shard, body.worker, body.tokens_out) == (0, checker.identity.public_hex, 0)
+    assert body.tokens_in == claimed_tokens(outcome, items) > served.body.tokens_in
+    assert body.price_per_1k == checker.price_per_1k
+    assert body.amount == amount_for(body.tokens_in, 0, checker.price_per_1k) > 0
+    assert {r.body for r in req.store.receipts(outcome.job)} == {served.body, body}
+    assert outcome.paid == served.body.amount + body.amount
+    assert claimant.store.totals() == (1, served.body.amount)
 
 
 def test_a_cheat_is_convicted_only_when_a_second_checker_confirms(workers, tmp_path):
@@ -53,6 +92,9 @@ def test_a_cheat_is_convicted_only_when_a_second_checker_confirms(workers, tmp_p
     assert all(not c.verdict.ok for c in record.checks)
     assert record.claim is not None and record.first_mismatch is not None
     assert cheater.store.receipts() == []
+    # Both checkers are paid for checking the cheat's shard.
+    for w in honest:
+        assert record.shard in {r.body.shard for r in check_receipts(w)}
 
 
 def test_a_lying_checker_frames_nobody_and_the_shard_is_redone(workers, tmp_path):
@@ -73,6 +115,17 @@ def test_a_lying_checker_frames_nobody_and_the_shard_is_redone(workers, tmp_path
     accepted = req.store.accepted(outcome.job)
     assert {s.worker for s in accepted.values()} == {liar.identity.public_hex,
                                                      third.identity.public_hex}
+    assert accepted[1].worker == third.identity.public_hex
+    # The slow worker's disputed claims earned nothing; it then checked the redone shard.
+    assert [r.body.shard for r in slow.store.receipts()] == [1]
+    assert [r.body.shard for r in check_receipts(slow)] == [1]
+    # The third worker checked the disputed shard 1 and then served it: it holds a receipt for
+    # each, the check's apart from the shard's. Both checks in the dispute are paid (the
+    # requester cannot tell which checker lied).
+    served = [r for r in third.store.receipts() if r.body.tokens_out > 0]
+    assert [r.body.shard for r in served] == [1]
+    assert 1 in {r.body.shard for r in check_receipts(third)}
+    assert 1 in {r.body.shard for r in check_receipts(liar)}
 
 
 def test_a_rejection_nobody_can_confirm_convicts_nobody(workers, tmp_path):

@@ -60,7 +60,7 @@ from swarm.jobs.job_escrow import (
 from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.offers import Offer, OfferError, SignedOffer, verify_offer
 from swarm.jobs.receipt import (
-    Receipt, ReceiptBody, ReceiptError, amount_for, sign_body, verify_receipt,
+    Receipt, ReceiptBody, ReceiptError, amount_for, receipt_id, sign_body, verify_receipt,
 )
 
 POLL_MS = 20
@@ -280,7 +280,7 @@ class _Run:
         self.disputed: set[str] = set()  # checkers that contradicted another: not asked again
         self.disputes = 0
         self.tokens_out = 0
-        self.pending: dict[str, ReceiptBody] = {}  # receipts sent for countersigning
+        self.pending: dict[str, ReceiptBody] = {}  # receipt id -> body sent for countersigning
         self.started = time.monotonic()
 
     def go(self) -> JobOutcome:
@@ -520,6 +520,10 @@ class _Run:
             self._drop(checker)
             self._ask_checker(slot)
             return
+        # whatever its verdict, the check is work done: the checker is owed a receipt for it
+        self.req.store.add_check(self.job, slot.index, checker,
+                                 sum(c.prompt_tokens + len(c.tokens) for c in slot.claims),
+                                 self.links[checker].offer.price_per_1k)
         by_id = {c.custom_id: c for c in slot.claims}
         failure = next(((checker, item, by_id[item.custom_id], verdict)
                         for item, verdict in zip(slot.items, verdicts) if not verdict.ok), None)
@@ -623,27 +627,38 @@ class _Run:
 
     # ---- receipts -----------------------------------------------------------------------------
 
-    def _sign_receipts(self) -> tuple[int, int]:
-        """Co-sign a receipt for every accepted shard not yet receipted, unless its worker was
-        caught in this job; wait (bounded) for the workers to countersign."""
+    def _owed(self) -> list[ReceiptBody]:
+        """The receipt bodies this job owes: one per accepted shard, unless its worker was
+        caught cheating (in this job or before), and one per check another worker ran, unless
+        that checker was caught. A check's receipt counts the prompts and claimed tokens it
+        re-scored as tokens in and nothing out, at the checker's price, so it never has the
+        id of the checker's own receipt for the same shard."""
         store = self.req.store
-        done = store.receipted_shards(self.job)
         caught = store.caught()
-        for index, shard in store.accepted(self.job).items():
-            if index in done or shard.forfeit or shard.worker in caught:
-                continue
-            link = self.links.get(shard.worker)
-            if link is None:
-                continue  # that worker is not reachable in this run; a later run signs it
-            body = ReceiptBody(job=self.job, shard=index, requester=self.req.identity.public_hex,
-                               worker=shard.worker, model=self.model, skin=self.skin,
-                               tokens_in=shard.tokens_in, tokens_out=shard.tokens_out,
-                               price_per_1k=shard.price_per_1k,
-                               amount=amount_for(shard.tokens_in, shard.tokens_out,
-                                                 shard.price_per_1k))
+        rows = [(index, s.worker, s.tokens_in, s.tokens_out, s.price_per_1k)
+                for index, s in store.accepted(self.job).items()
+                if not s.forfeit and s.worker not in caught]
+        rows += [(c.shard, c.checker, c.tokens_in, 0, c.price_per_1k)
+                 for c in store.checks(self.job) if c.checker not in caught]
+        return [ReceiptBody(job=self.job, shard=index, requester=self.req.identity.public_hex,
+                            worker=worker, model=self.model, skin=self.skin, tokens_in=t_in,
+                            tokens_out=t_out, price_per_1k=price,
+                            amount=amount_for(t_in, t_out, price))
+                for index, worker, t_in, t_out, price in rows]
+
+    def _sign_receipts(self) -> tuple[int, int]:
+        """Co-sign every receipt the job owes (``_owed``) and does not hold yet; wait (bounded)
+        for the workers to countersign."""
+        store = self.req.store
+        done = {receipt_id(r.body) for r in store.receipts(self.job)}
+        for body in self._owed():
+            rid = receipt_id(body)
+            link = self.links.get(body.worker)
+            if rid in done or link is None:
+                continue  # held already, or that worker is not reachable: a later run signs it
             msg = p.SignReceipt(body=body, requester_sig=sign_body(body, self.req.identity))
             if transport.send(link.sock, msg):
-                self.pending[f"{shard.worker}:{index}"] = body
+                self.pending[rid] = body
         deadline = time.monotonic() + self.req.receipt_timeout
         while self.pending and time.monotonic() < deadline:
             for sock, _ in self.poller.poll(POLL_MS):
@@ -660,19 +675,18 @@ class _Run:
 
     def _settle_escrows(self, outcome: JobOutcome) -> None:
         """Pay each worker's receipts out of its escrow and return the rest. An escrow is left
-        open (for a later run) when its worker is not reachable or has accepted shards without
-        a receipt yet; a refusal or chain failure is reported, never half-done."""
+        open (for a later run) when its worker is not reachable or is owed a receipt (for a
+        shard or a check) not held yet; a refusal or chain failure is reported, never
+        half-done."""
         store = self.req.store
         outcome.budget = self.escrow.budget
-        accepted, receipts, caught = store.accepted(self.job), store.receipts(self.job), \
-            store.caught()
+        receipts, owed = store.receipts(self.job), self._owed()
         for row in self.escrow.rows():
             worker = row["worker"]
             mine = [r for r in receipts if r.body.worker == worker]
-            to_pay = {i for i, s in accepted.items() if s.worker == worker and not s.forfeit
-                      and worker not in caught}
+            to_pay = {receipt_id(b) for b in owed if b.worker == worker}
             link = self.links.get(worker)
-            if link is None or to_pay - {r.body.shard for r in mine}:
+            if link is None or to_pay - {receipt_id(r.body) for r in mine}:
                 outcome.escrows_open += 1
                 continue
             try:
@@ -716,9 +730,9 @@ class _Run:
                           f"{self.req.receipt_timeout:.0f} s")
 
     def _on_countersigned(self, worker: str, receipt: Receipt) -> None:
-        key = f"{worker}:{receipt.body.shard}"
+        key = receipt_id(receipt.body)
         body = self.pending.get(key)
-        if body is None or receipt.body != body:
+        if body is None or receipt.body != body or body.worker != worker:
             return
         try:
             verify_receipt(receipt)

@@ -68,6 +68,7 @@ class WorkerStats:
     shards_served: int = 0
     tokens_generated: int = 0
     shards_released: int = 0
+    shards_checked: int = 0  # other workers' claims re-scored for a requester
     receipts_held: int = 0
     receipts_amount: int = 0  # micro-gold
     frames_refused: int = 0
@@ -295,7 +296,8 @@ class Worker:
     def _countersign(self, msg: p.SignReceipt) -> p.Msg:
         body = msg.body
         where = {"job": body.job, "shard": body.shard}
-        if body.worker != self.identity.public_hex or not self.store.served_matches(body):
+        if body.worker != self.identity.public_hex or not (self.store.served_matches(body)
+                                                           or self.store.checked_matches(body)):
             return p.Error(code=p.BAD_RECEIPT, message="the receipt is not for work done here",
                            **where)
         receipt = Receipt(body=body, requester_sig=msg.requester_sig,
@@ -409,6 +411,11 @@ class Worker:
         except Exception as e:
             return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
                            job=a.job, shard=a.shard)
+        # the check is work too: recorded so the requester's receipt for it can be countersigned
+        tokens_in = sum(c.prompt_tokens + len(c.tokens) for c in a.claims)
+        self.store.record_checked(a.job, a.shard, a.requester, a.model, a.skin, tokens_in,
+                                  self.price_per_1k)
+        self.stats.shards_checked += 1
         return p.Rescored(job=a.job, shard=a.shard, verdicts=verdicts)
 
 
