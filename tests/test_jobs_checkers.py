@@ -15,6 +15,7 @@ from swarm.jobs.fraud import SignedFraud, verify_fraud
 from swarm.jobs.job_store import JobStore
 from swarm.jobs.receipt import amount_for, verify_receipt
 from swarm.jobs.requester import Requester, job_id
+from test_jobs_escrow import market  # noqa: F401 (fixture)
 from test_jobs_network import MODEL, check_all, items_of, workers  # noqa: F401 (fixture)
 
 
@@ -142,3 +143,20 @@ def test_a_rejection_nobody_can_confirm_convicts_nobody(workers, tmp_path):
     (shard,) = req.store.accepted(outcome.job).values()
     assert shard.worker == liar.identity.public_hex
     assert claimant.backend.rescored_items == len(items)
+
+
+def test_with_escrow_a_checker_is_paid_for_its_checks_out_of_its_escrow(market):
+    from test_jobs_escrow import check_books
+    m = market
+    ws = [m.worker("w0"), m.worker("w1")]
+    req = m.requester(shard_items=2, verify_fraction=1.0)
+    req.verifier = None  # no copy of the model here: the two workers check each other
+    items = items_of(4)
+    outcome = req.run(job_id(b"escrowed checks", MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in ws])
+    check_all(items, outcome)
+    assert outcome.escrows_open == 0 and outcome.escrow_problems == []
+    receipts = req.store.receipts(outcome.job)
+    assert len(receipts) == 4 and sum(r.body.tokens_out == 0 for r in receipts) == 2
+    assert outcome.released == sum(r.body.amount for r in receipts)
+    check_books(m, ws, receipts)
