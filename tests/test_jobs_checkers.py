@@ -160,3 +160,23 @@ def test_with_escrow_a_checker_is_paid_for_its_checks_out_of_its_escrow(market):
     assert len(receipts) == 4 and sum(r.body.tokens_out == 0 for r in receipts) == 2
     assert outcome.released == sum(r.body.amount for r in receipts)
     check_books(m, ws, receipts)
+
+
+def test_with_escrow_gold_is_locked_for_a_checker_before_it_checks(market):
+    from test_jobs_escrow import check_books
+    m = market
+    claimant, checker = m.worker("claimant", price_per_1k=50), m.worker("checker",
+                                                                        price_per_1k=80)
+    steps: list = []
+    req = m.requester(steps, shard_items=4, verify_fraction=1.0)
+    req.verifier = None
+    items = items_of(4)
+    outcome = req.run(job_id(b"escrowed checker", MODEL, None), MODEL, None, items,
+                      [w.signed_offer() for w in [claimant, checker]])
+    check_all(items, outcome)
+    assert outcome.escrows_open == 0 and outcome.escrow_problems == []
+    locked = [info["worker"] for name, info in steps if name == "locked"]
+    assert locked == [claimant.identity.public_hex, checker.identity.public_hex]
+    (receipt,) = checker.store.receipts()
+    assert receipt.body.tokens_out == 0 and receipt.body.price_per_1k == 80
+    check_books(m, [claimant, checker], req.store.receipts(outcome.job))

@@ -17,17 +17,20 @@ checker's acceptance stands; one checker's rejection convicts nobody until a sec
 checker rejects the claims too, and the fraud record then carries both verdicts. When the second
 checker accepts, the two disagree and one of them lies: nobody is convicted, the claims are set
 aside unpaid and the shard redone by another worker, and neither checker is asked to check again
-in the job. A rejection nobody is left to confirm is set aside the same way.
+in the job. A rejection nobody is left to confirm is set aside the same way. A check is work,
+and paid: when the job completes the checker gets a receipt for each check it answered (the
+claims' prompt and claimed tokens as tokens in, none out, at its offer price), co-signed like a
+shard's, unless it was caught cheating.
 
 Everything accepted is in the job store before it counts, so a killed requester that runs the job
 again buys only the shards it did not hold. Results from anyone but the shard's current worker,
 and any result for a shard already accepted, are ignored.
 
-With ``escrow`` funds (``swarm/jobs/job_escrow.py``) a shard is sent only once gold covering
-it is locked for its worker, the assignment names that escrow so the worker can check it on
-chain, and when the job completes each worker's receipts are paid out of its escrow (the worker
-co-signs) and the rest is returned. A requester that cannot lock the budget is refused before
-anything is sent.
+With ``escrow`` funds (``swarm/jobs/job_escrow.py``) a shard (or claims to check) is sent only
+once gold covering it is locked for its worker, the assignment names that escrow so the worker
+can check it on chain, and when the job completes each worker's receipts, for shards and checks,
+are paid out of its escrow (the worker co-signs) and the rest is returned. A requester that
+cannot lock the budget is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -80,6 +83,12 @@ def job_id(data: bytes, model: str, skin: str | None) -> str:
     """A job is its input file, model and skin: the same three resume the same job."""
     return blake3.blake3(b"hearth-job-v1\x00" + model.encode() + b"\x00"
                          + (skin or "").encode() + b"\x00" + data).hexdigest()
+
+
+def check_cost(claims: list[Completion], price_per_1k: int) -> int:
+    """What re-scoring ``claims`` earns a checker: their prompts and claimed tokens, as tokens
+    in."""
+    return amount_for(sum(c.prompt_tokens + len(c.tokens) for c in claims), 0, price_per_1k)
 
 
 def plan_shards(items: list[WorkItem], count: int) -> list[list[WorkItem]]:
@@ -400,21 +409,35 @@ class _Run:
             slot.status, slot.worker = ASSIGNED, pick.offer.worker
             slot.deadline = now + self.req.heartbeat_timeout
 
-    def _lock_for(self, link: _Link, slot: _Slot) -> p.EscrowTerms | None:
-        """Lock what ``link``'s worker can earn in this job with ``slot`` added: its accepted
-        shards at their cost, the shards it holds and ``slot`` at their most."""
+    def _lock_for(self, link: _Link, slot: _Slot | None = None, *,
+                  check: list[Completion] = ()) -> p.EscrowTerms | None:
+        """Lock what ``link``'s worker can earn in this job with ``slot`` (or the check of
+        ``check``, claims to re-score) added: its accepted shards and finished checks at their
+        cost, the shards it holds and ``slot`` at their most, the checks it runs at their
+        cost."""
         worker, price = link.offer.worker, link.offer.price_per_1k
+        store = self.req.store
         needed = sum(amount_for(s.tokens_in, s.tokens_out, s.price_per_1k)
-                     for s in self.req.store.accepted(self.job).values()
+                     for s in store.accepted(self.job).values()
                      if s.worker == worker and not s.forfeit)
+        needed += sum(amount_for(c.tokens_in, 0, c.price_per_1k)
+                      for c in store.checks(self.job) if c.checker == worker)
         needed += sum(max_cost(s.items, price) for s in self.slots
                       if s.status in (ASSIGNED, VERIFYING) and s.worker == worker)
+        needed += sum(check_cost(s.claims, price) for s in self.slots
+                      if s.status == VERIFYING and s.checker == worker)
+        if slot is None:
+            needed += check_cost(check, price)
+            return self._terms(worker, needed, needed)
         needed += max_cost(slot.items, price)
         # its even share of the shards still waiting, locked now if the budget allows
         waiting = [s for s in self.slots if s.status == PENDING and s is not slot]
         usable = sum(l.usable for l in self.links.values())
         share = math.ceil(len(waiting) / max(1, usable))
-        wanted = needed + sum(max_cost(s.items, price) for s in waiting[:share])
+        return self._terms(worker, needed,
+                           needed + sum(max_cost(s.items, price) for s in waiting[:share]))
+
+    def _terms(self, worker: str, needed: int, wanted: int) -> p.EscrowTerms | None:
         try:
             return self.escrow.terms_for(worker, needed, wanted)
         except (EscrowError, ChainError, LedgerError) as e:
@@ -500,10 +523,12 @@ class _Run:
                   and l.offer.worker not in self.disputed]
         others.sort(key=lambda l: l.shard is not None)
         by_id = {c.custom_id: c for c in slot.claims}
+        claims = [by_id[it.custom_id] for it in slot.items]
         for link in others:
+            terms = (self._lock_for(link, check=claims) if self.escrow is not None else None)
             msg = p.Rescore(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
-                            model=self.model, skin=self.skin, items=slot.items,
-                            claims=[by_id[it.custom_id] for it in slot.items])
+                            model=self.model, skin=self.skin, items=slot.items, claims=claims,
+                            escrow=terms)
             if transport.send(link.sock, msg):
                 slot.checker = link.offer.worker
                 slot.deadline = time.monotonic() + self.req.heartbeat_timeout

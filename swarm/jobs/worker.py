@@ -8,11 +8,17 @@ running, the loop sends its requester a heartbeat every ``heartbeat_interval`` s
 that hears none for its timeout gives the shard to someone else. A frame that is not a message gets
 an error reply (or, when even that cannot be delivered, nothing) and the loop goes on.
 
-Escrow (``swarm/jobs/worker_escrow.py``): an assignment that names an escrow is checked on chain
-before it is accepted, and refused (``escrow``) when the escrow is not what it claims; with
-``require_escrow`` an assignment that names none is refused (``unescrowed``). Without a chain
+Escrow (``swarm/jobs/worker_escrow.py``): an assignment (or a check) that names an escrow is
+checked on chain before it is accepted, and refused (``escrow``) when the escrow is not what it
+claims; with ``require_escrow`` one that names none is refused (``unescrowed``). Without a chain
 client the worker cannot check escrows nor co-sign their transactions, so it refuses escrowed
-assignments and serves unescrowed ones.
+assignments and checks and serves unescrowed ones.
+
+Checks: a requester without the model sends another worker's claims to re-score (``Rescore``).
+The worker answers one verdict per claim and records the check in its store (the claims' prompt
+and claimed tokens, its own price) like a served shard, so the receipt the requester signs for
+the check when the job completes (those tokens in, none out) is countersigned and kept like any
+other.
 
 Skins (``swarm/jobs/skin_fetch.py``): with a ``skin_fetcher`` the worker takes a shard whose skin
 it lacks when the assignment names the skin's magnet link. A third thread fetches, verifies and
@@ -282,15 +288,14 @@ class Worker:
             return p.UNSERVED, f"the price is {self.price_per_1k} per 1k tokens"
         if msg.requester == self.identity.public_hex:
             return p.UNSERVED, "a worker does not serve its own jobs"
-        if isinstance(msg, p.Assign):
-            if msg.escrow is None and self.require_escrow:
-                return p.UNESCROWED, "this worker works only for gold locked in escrow"
-            if msg.escrow is not None:
-                if self.escrow is None:  # working unchecked, it could never co-sign its pay
-                    return p.ESCROW, "this worker has no chain to check the escrow on"
-                problem = self.escrow.check_assign(msg)
-                if problem is not None:
-                    return p.ESCROW, problem
+        if msg.escrow is None and self.require_escrow:
+            return p.UNESCROWED, "this worker works only for gold locked in escrow"
+        if msg.escrow is not None:
+            if self.escrow is None:  # working unchecked, it could never co-sign its pay
+                return p.ESCROW, "this worker has no chain to check the escrow on"
+            problem = self.escrow.check_assign(msg, self.price_per_1k)
+            if problem is not None:
+                return p.ESCROW, problem
         return None
 
     def _countersign(self, msg: p.SignReceipt) -> p.Msg:
@@ -412,7 +417,7 @@ class Worker:
             return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
                            job=a.job, shard=a.shard)
         # the check is work too: recorded so the requester's receipt for it can be countersigned
-        tokens_in = sum(c.prompt_tokens + len(c.tokens) for c in a.claims)
+        tokens_in = sum(max(c.prompt_tokens, 0) + len(c.tokens) for c in a.claims)
         self.store.record_checked(a.job, a.shard, a.requester, a.model, a.skin, tokens_in,
                                   self.price_per_1k)
         self.stats.shards_checked += 1

@@ -159,3 +159,10 @@ class WorkerStore(SqliteStore):
             rows = self._db.execute("SELECT tokens_in, tokens_out, price_per_1k FROM served "
                                     "WHERE job=? AND requester=?", (job, requester)).fetchall()
         return sum(amount_for(*row) for row in rows)
+
+    def checked_amount(self, job: str, requester: str) -> int:
+        """Micro-gold the checks run for ``job`` are worth at the prices asked."""
+        with self._lock:
+            rows = self._db.execute("SELECT tokens_in, price_per_1k FROM checked "
+                                    "WHERE job=? AND requester=?", (job, requester)).fetchall()
+        return sum(amount_for(max(t_in, 0), 0, price) for t_in, price in rows)
