@@ -19,16 +19,49 @@ from test_jobs_escrow import market  # noqa: F401 (fixture)
 from test_jobs_network import MODEL, check_all, items_of, workers  # noqa: F401 (fixture)
 
 
-class LyingChecker(HashBackend):
-    """Serves honestly but says every claim it is asked to check is wrong: the lie itself."""
+class Lying:
+    """A backend that serves honestly and checks honestly, then says every claim it checked is
+    wrong: a stand-in only for the lie itself."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    def generate(self, items, skin=None, **kw):
+        return self.inner.generate(items, skin, **kw)
 
     def rescore(self, item, claim, skin=None):
-        super().rescore(item, claim, skin)
+        self.inner.rescore(item, claim, skin)
         return Verdict(False, 0, 0, "token 0: claimed something else")
 
 
+class OneTokenChanged(Lying):
+    """A backend that generates honestly, then claims one token it did not generate."""
+
+    def generate(self, items, skin=None, **kw):
+        out = []
+        for c in self.inner.generate(items, skin, **kw):
+            if c.tokens:
+                i = len(c.tokens) // 2
+                t = c.tokens[i]
+                c = msgspec.structs.replace(c, tokens=[*c.tokens[:i], t - 1 if t else 1,
+                                                       *c.tokens[i + 1:]])
+            out.append(c)
+        return out
+
+    def rescore(self, item, claim, skin=None):
+        return self.inner.rescore(item, claim, skin)
+
+
 def no_model_requester(tmp_path, **kw) -> Requester:
-    kw.setdefault("heartbeat_timeout", 1.5)
+    # generous: on a loaded machine a worker dropped for silence would change who checks what
+    kw.setdefault("heartbeat_timeout", 5.0)
     return Requester(load_or_create_identity(tmp_path / "requester"),
                      JobStore(tmp_path / "requester.sqlite"), None, **kw)
 
@@ -101,7 +134,7 @@ def test_a_cheat_is_convicted_only_when_a_second_checker_confirms(workers, tmp_p
 def test_a_lying_checker_frames_nobody_and_the_shard_is_redone(workers, tmp_path):
     # The liar takes shard 0 and is idle (first in line to check) when the slow honest worker's
     # claims for shard 1 come in; a third worker's acceptance contradicts the liar's rejection.
-    liar = workers("liar", LyingChecker(), price_per_1k=50)
+    liar = workers("liar", Lying(HashBackend()), price_per_1k=50)
     slow = workers("slow", HashBackend(step_seconds=0.3), price_per_1k=60)
     third = workers("third", price_per_1k=70)
     items = items_of(6)
@@ -131,7 +164,7 @@ def test_a_lying_checker_frames_nobody_and_the_shard_is_redone(workers, tmp_path
 
 def test_a_rejection_nobody_can_confirm_convicts_nobody(workers, tmp_path):
     claimant = workers("claimant", price_per_1k=50)
-    liar = workers("liar", LyingChecker(), price_per_1k=60)
+    liar = workers("liar", Lying(HashBackend()), price_per_1k=60)
     items = items_of(3)
     req = no_model_requester(tmp_path, shard_items=3, verify_fraction=0.0)
     outcome = req.run(job_id(b"unconfirmed", MODEL, None), MODEL, None, items,
