@@ -10,7 +10,7 @@ import pytest
 
 from common.identity import load_or_create_identity
 from jobs_backend import HashBackend
-from swarm.jobs.backend import Verdict
+from swarm.jobs.backend import ChatMessage, Verdict, WorkItem
 from swarm.jobs.fraud import SignedFraud, verify_fraud
 from swarm.jobs.job_store import JobStore
 from swarm.jobs.receipt import amount_for, verify_receipt
@@ -213,3 +213,84 @@ def test_with_escrow_gold_is_locked_for_a_checker_before_it_checks(market):
     (receipt,) = checker.store.receipts()
     assert receipt.body.tokens_out == 0 and receipt.body.price_per_1k == 80
     check_books(m, [claimant, checker], req.store.receipts(outcome.job))
+
+
+# ---- the real default model ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engines():
+    """Three engines over the real default model, one per worker (an engine serves one thread)."""
+    from game.jobs_backend import load_backend
+    loaded = [load_backend("default", width=2, self_check=False) for _ in range(3)]
+    yield loaded
+    for e in loaded:
+        e.close()
+
+
+def model_items() -> list[WorkItem]:
+    return [WorkItem(f"req-{i}", [ChatMessage("user", f"Say one thing about {topic}.")],
+                     max_tokens=4, **sampled)
+            for i, (topic, sampled) in enumerate([("bread", {}), ("the inn", {
+                "temperature": 0.8, "top_p": 0.9, "seed": 7})])]
+
+
+def run_model_job(tmp_path, name: bytes, ws) -> tuple[Requester, object]:
+    """One shard of ``model_items`` on the cheapest of ``ws``, checked by the others."""
+    items = model_items()
+    model = ws[0].backend.model_id
+    req = no_model_requester(tmp_path, shard_items=len(items), verify_fraction=1.0,
+                             heartbeat_timeout=60)
+    outcome = req.run(job_id(name, model, None), model, None, items,
+                      [w.signed_offer() for w in ws], timeout=300)
+    assert set(outcome.completions) == {it.custom_id for it in items}
+    return req, outcome
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_real_model_honest_claims_checked_and_every_check_paid(engines, workers, tmp_path):
+    claimant = workers("claimant", engines[0], price_per_1k=50)
+    checkers = [workers(f"c{i}", engines[1 + i], price_per_1k=70 + i) for i in range(2)]
+    req, outcome = run_model_job(tmp_path, b"real: honest", [claimant, *checkers])
+    assert outcome.caught == [] and outcome.disputes == 0 and outcome.verified_shards == 1
+    (served,) = claimant.store.receipts()
+    assert verify_receipt(served) and served.body.tokens_out > 0
+    (checker,) = [w for w in checkers if w.stats.shards_checked]  # the first checker accepted
+    (receipt,) = check_receipts(checker)
+    assert receipt.body.tokens_in == claimed_tokens(outcome, model_items())
+    assert {r.body for r in req.store.receipts(outcome.job)} == {served.body, receipt.body}
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_real_model_a_lying_checker_convicts_nobody(engines, workers, tmp_path):
+    # The claimant is the cheapest, so it gets the shard; the liar is next, so it checks first.
+    claimant = workers("claimant", engines[0], price_per_1k=50)
+    liar = workers("liar", Lying(engines[1]), price_per_1k=60)
+    honest = workers("honest", engines[2], price_per_1k=70)
+    req, outcome = run_model_job(tmp_path, b"real: lie", [claimant, liar, honest])
+    assert outcome.caught == [] and req.store.frauds() == [] and outcome.disputes == 1
+    # Set aside unpaid, the shard was redone by the liar (it serves honestly) and checked by
+    # the claimant, the only checker left that nobody contradicted.
+    (shard,) = req.store.accepted(outcome.job).values()
+    assert shard.worker == liar.identity.public_hex and shard.verified
+    assert [r.body.tokens_out == 0 for r in claimant.store.receipts()] == [True]
+    for item in model_items():  # the results are the model's own: the claimant's re-score
+        assert engines[0].rescore(item, outcome.completions[item.custom_id]).ok
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_real_model_a_cheat_is_convicted_on_two_checkers_verdicts(engines, workers, tmp_path):
+    cheater = workers("cheater", OneTokenChanged(engines[0]), price_per_1k=50)
+    honest = [workers(f"h{i}", engines[1 + i], price_per_1k=60 + i) for i in range(2)]
+    req, outcome = run_model_job(tmp_path, b"real: cheat", [cheater, *honest])
+    assert outcome.caught == [cheater.identity.public_hex] and outcome.disputes == 0
+    (signed,) = frauds(req)
+    assert verify_fraud(signed)
+    checks = signed.record.checks
+    assert {c.checker for c in checks} == {w.identity.public_hex for w in honest}
+    assert all(not c.verdict.ok and c.verdict.reason for c in checks), checks
+    assert cheater.store.receipts() == []
+    for w in honest:
+        assert [r.body.shard for r in check_receipts(w)] == [0]
