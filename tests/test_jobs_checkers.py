@@ -292,5 +292,29 @@ def test_real_model_a_cheat_is_convicted_on_two_checkers_verdicts(engines, worke
     assert {c.checker for c in checks} == {w.identity.public_hex for w in honest}
     assert all(not c.verdict.ok and c.verdict.reason for c in checks), checks
     assert cheater.store.receipts() == []
+    # Both checked the cheat's claims; one of them then checked the redone shard too: its two
+    # checks of shard 0 add up to one receipt (the claims are as long either way).
+    assert sorted(w.stats.shards_checked for w in honest) == [1, 2]
     for w in honest:
-        assert [r.body.shard for r in check_receipts(w)] == [0]
+        (receipt,) = check_receipts(w)
+        assert receipt.body.shard == 0
+        assert receipt.body.tokens_in == (w.stats.shards_checked
+                                          * claimed_tokens(outcome, model_items()))
+
+
+# ---- what older peers and older records still read ------------------------------------------------
+
+def test_a_check_without_escrow_and_a_record_without_checks_encode_as_before(tmp_path):
+    from swarm.jobs import protocol as p
+    from swarm.jobs.fraud import FraudRecord, sign_fraud
+    ident = load_or_create_identity(tmp_path / "requester")
+    h = "ab" * 32
+    item, claim = items_of(1)[0], HashBackend().generate(items_of(1))[0]
+    check = p.Rescore(job=h, shard=0, requester=h, model=h, skin=None, items=[item],
+                      claims=[claim])
+    assert b"escrow" not in p.encode(check) and p.decode_to_worker(p.encode(check)) == check
+    record = FraudRecord(requester=ident.public_hex, worker=h, job=h, shard=0, model=h,
+                         skin=None, item=item, claim=claim, first_mismatch=1, reason="token 1",
+                         created=1)
+    assert b"checks" not in msgspec.msgpack.encode(record)
+    assert verify_fraud(sign_fraud(record, ident))

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS frauds (
 CREATE TABLE IF NOT EXISTS checks (
     job TEXT NOT NULL, shard INTEGER NOT NULL, checker TEXT NOT NULL,
     tokens_in INTEGER NOT NULL, price_per_1k INTEGER NOT NULL,
-    PRIMARY KEY (job, shard, checker, tokens_in));
+    PRIMARY KEY (job, shard, checker, price_per_1k));
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY, job TEXT NOT NULL, shard INTEGER NOT NULL, worker TEXT NOT NULL,
     amount INTEGER NOT NULL, receipt BLOB NOT NULL);
@@ -172,8 +172,11 @@ class JobStore(SqliteStore):
     def add_check(self, job: str, shard: int, checker: str, tokens_in: int,
                   price_per_1k: int) -> None:
         """``checker`` re-scored claims for ``shard`` (``tokens_in`` tokens: the prompts and the
-        claimed tokens); it is owed a receipt. The same check twice is one check."""
-        self._tx([("INSERT OR IGNORE INTO checks VALUES (?,?,?,?,?)",
+        claimed tokens); it is owed a receipt. Checks of one shard by one checker add up to one
+        receipt (all of a job's receipts are signed once it is complete, after every check)."""
+        self._tx([("INSERT INTO checks VALUES (?,?,?,?,?) "
+                   "ON CONFLICT (job, shard, checker, price_per_1k) "
+                   "DO UPDATE SET tokens_in = tokens_in + excluded.tokens_in",
                    (job, shard, checker, tokens_in, price_per_1k))])
 
     def checks(self, job: str) -> list[CheckRow]:

@@ -85,10 +85,15 @@ def job_id(data: bytes, model: str, skin: str | None) -> str:
                          + (skin or "").encode() + b"\x00" + data).hexdigest()
 
 
+def check_tokens(claims: list[Completion]) -> int:
+    """What re-scoring ``claims`` takes a checker, counted as tokens in: their prompts and
+    claimed tokens."""
+    return sum(c.prompt_tokens + len(c.tokens) for c in claims)
+
+
 def check_cost(claims: list[Completion], price_per_1k: int) -> int:
-    """What re-scoring ``claims`` earns a checker: their prompts and claimed tokens, as tokens
-    in."""
-    return amount_for(sum(c.prompt_tokens + len(c.tokens) for c in claims), 0, price_per_1k)
+    """What re-scoring ``claims`` earns a checker."""
+    return amount_for(check_tokens(claims), 0, price_per_1k)
 
 
 def plan_shards(items: list[WorkItem], count: int) -> list[list[WorkItem]]:
@@ -546,8 +551,7 @@ class _Run:
             self._ask_checker(slot)
             return
         # whatever its verdict, the check is work done: the checker is owed a receipt for it
-        self.req.store.add_check(self.job, slot.index, checker,
-                                 sum(c.prompt_tokens + len(c.tokens) for c in slot.claims),
+        self.req.store.add_check(self.job, slot.index, checker, check_tokens(slot.claims),
                                  self.links[checker].offer.price_per_1k)
         by_id = {c.custom_id: c for c in slot.claims}
         failure = next(((checker, item, by_id[item.custom_id], verdict)
@@ -654,10 +658,11 @@ class _Run:
 
     def _owed(self) -> list[ReceiptBody]:
         """The receipt bodies this job owes: one per accepted shard, unless its worker was
-        caught cheating (in this job or before), and one per check another worker ran, unless
-        that checker was caught. A check's receipt counts the prompts and claimed tokens it
-        re-scored as tokens in and nothing out, at the checker's price, so it never has the
-        id of the checker's own receipt for the same shard."""
+        caught cheating (in this job or before), and one per shard another worker checked
+        (however often), unless that checker was caught. A check's receipt counts the prompts
+        and claimed tokens re-scored as tokens in and nothing out, at the checker's price; a
+        receipt's id is its body's hash, so it is told apart from the checker's receipt for
+        serving the same shard by what that shard generated."""
         store = self.req.store
         caught = store.caught()
         rows = [(index, s.worker, s.tokens_in, s.tokens_out, s.price_per_1k)

@@ -48,7 +48,7 @@ CREATE TABLE IF NOT EXISTS served (
 CREATE TABLE IF NOT EXISTS checked (
     job TEXT NOT NULL, shard INTEGER NOT NULL, requester TEXT NOT NULL, model TEXT NOT NULL,
     skin TEXT, tokens_in INTEGER NOT NULL, price_per_1k INTEGER NOT NULL,
-    PRIMARY KEY (job, shard, requester, tokens_in));
+    PRIMARY KEY (job, shard, requester, price_per_1k));
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY, job TEXT NOT NULL, shard INTEGER NOT NULL, amount INTEGER NOT NULL,
     receipt BLOB NOT NULL);
@@ -83,19 +83,25 @@ class WorkerStore(SqliteStore):
 
     def record_checked(self, job: str, shard: int, requester: str, model: str,
                        skin: str | None, tokens_in: int, price_per_1k: int) -> None:
-        """Claims for ``shard`` were re-scored here (``tokens_in``: prompts plus claimed tokens)."""
+        """Claims for ``shard`` were re-scored here (``tokens_in``: prompts plus claimed tokens).
+        Checks of one shard for one requester add up, as the requester's receipt for them does."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO checked VALUES (?,?,?,?,?,?,?)",
+            self._db.execute("INSERT INTO checked VALUES (?,?,?,?,?,?,?) "
+                             "ON CONFLICT (job, shard, requester, price_per_1k) "
+                             "DO UPDATE SET tokens_in = tokens_in + excluded.tokens_in",
                              (job, shard, requester, model, skin, tokens_in, price_per_1k))
 
     def checked_matches(self, body: ReceiptBody) -> bool:
-        """Whether ``body`` describes a check this worker ran, exactly as run."""
+        """Whether ``body`` describes checks this worker ran for that shard: same model, skin
+        and price, nothing generated, and no more tokens than it re-scored (a requester that
+        never got one of the answers counts fewer)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT model, skin, price_per_1k FROM checked "
-                "WHERE job=? AND shard=? AND requester=? AND tokens_in=?",
-                (body.job, body.shard, body.requester, body.tokens_in)).fetchone()
-        return body.tokens_out == 0 and row == (body.model, body.skin, body.price_per_1k)
+                "SELECT model, skin, tokens_in FROM checked "
+                "WHERE job=? AND shard=? AND requester=? AND price_per_1k=?",
+                (body.job, body.shard, body.requester, body.price_per_1k)).fetchone()
+        return (body.tokens_out == 0 and row is not None and row[:2] == (body.model, body.skin)
+                and 0 < body.tokens_in <= row[2])
 
     def add_receipt(self, receipt: Receipt) -> str:
         rid = receipt_id(receipt.body)
