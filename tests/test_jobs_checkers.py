@@ -5,13 +5,18 @@ its checks with a receipt. Real ZeroMQ CURVE sockets on 127.0.0.1; the determini
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
+import zmq
 
 from common.identity import load_or_create_identity
 from jobs_backend import HashBackend
+from swarm.jobs import protocol as p
+from swarm.jobs import transport
 from swarm.jobs.backend import ChatMessage, Verdict, WorkItem
-from swarm.jobs.fraud import SignedFraud, verify_fraud
+from swarm.jobs.fraud import FraudRecord, SignedFraud, sign_fraud, verify_fraud
 from swarm.jobs.job_store import JobStore
 from swarm.jobs.receipt import amount_for, verify_receipt
 from swarm.jobs.requester import Requester, job_id
@@ -302,11 +307,9 @@ def test_real_model_a_cheat_is_convicted_on_two_checkers_verdicts(engines, worke
                                           * claimed_tokens(outcome, model_items()))
 
 
-# ---- what older peers and older records still read ------------------------------------------------
+# ---- what older peers and older records still read --------------------------------------------
 
 def test_a_check_without_escrow_and_a_record_without_checks_encode_as_before(tmp_path):
-    from swarm.jobs import protocol as p
-    from swarm.jobs.fraud import FraudRecord, sign_fraud
     ident = load_or_create_identity(tmp_path / "requester")
     h = "ab" * 32
     item, claim = items_of(1)[0], HashBackend().generate(items_of(1))[0]
@@ -318,3 +321,31 @@ def test_a_check_without_escrow_and_a_record_without_checks_encode_as_before(tmp
                          created=1)
     assert b"checks" not in msgspec.msgpack.encode(record)
     assert verify_fraud(sign_fraud(record, ident))
+
+
+def test_a_worker_checking_a_shard_also_serves_it_when_asked_to_redo_it(workers, tmp_path):
+    # A claimant caught meanwhile: its shard comes back to the worker still checking its claims.
+    w = workers("both", HashBackend(step_seconds=0.2))
+    ident = load_or_create_identity(tmp_path / "requester")
+    items = items_of(2)
+    job = job_id(b"check and redo", MODEL, None)
+    claims = HashBackend(cheat="one_token").generate(items)
+    ctx = zmq.Context()
+    try:
+        sock = transport.jobs_client(ctx, ident, w.curve_key, w.jobs_endpoint)
+        transport.send(sock, p.Rescore(job=job, shard=0, requester=ident.public_hex, model=MODEL,
+                                       skin=None, items=items, claims=claims))
+        transport.send(sock, p.Assign(job=job, shard=0, requester=ident.public_hex, model=MODEL,
+                                      skin=None, price_per_1k=w.price_per_1k, items=items))
+        got = {}
+        deadline = time.monotonic() + 20
+        while len(got) < 2 and time.monotonic() < deadline:
+            if sock.poll(200):
+                msg = p.decode_to_requester(sock.recv())
+                if isinstance(msg, (p.Rescored, p.Result)):
+                    got[type(msg)] = msg
+    finally:
+        ctx.destroy(0)
+    assert not all(v.ok for v in got[p.Rescored].verdicts)
+    assert [c.tokens for c in got[p.Result].completions] == [c.tokens for c in
+                                                             HashBackend().generate(items)]

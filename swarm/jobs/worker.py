@@ -118,7 +118,9 @@ class Worker:
         self._work: queue.Queue[_Shard | None] = queue.Queue()
         self._fetches: queue.Queue[_Shard | None] = queue.Queue()
         self._outbox: queue.Queue[tuple[_Shard, p.Msg]] = queue.Queue()
-        self._shards: dict[tuple[str, int, bytes], _Shard] = {}
+        #: (job, shard, requester's peer id, is a check) -> the work queued or running: a check
+        #: of a shard's claims and the shard itself, redone here, are two pieces of work.
+        self._shards: dict[tuple[str, int, bytes, bool], _Shard] = {}
         self._stop = threading.Event()
         self._closing = threading.Lock()
         self._closed = False
@@ -251,7 +253,7 @@ class Worker:
             transport.reply(self._jobs, peer, answer)
 
     def _on_assign(self, peer: bytes, msg: p.Assign | p.Rescore) -> None:
-        key = (msg.job, msg.shard, peer)
+        key = (msg.job, msg.shard, peer, isinstance(msg, p.Rescore))
         refuse = self._refusal(msg)
         if refuse is not None:
             transport.reply(self._jobs, peer, p.Error(code=refuse[0], message=refuse[1],
@@ -322,7 +324,7 @@ class Worker:
             except queue.Empty:
                 return
             a = shard.assign
-            self._shards.pop((a.job, a.shard, shard.peer), None)
+            self._shards.pop((a.job, a.shard, shard.peer, isinstance(a, p.Rescore)), None)
             if not shard.cancelled:
                 transport.reply(self._jobs, shard.peer, msg)
 
