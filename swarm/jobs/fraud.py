@@ -3,6 +3,11 @@
 The record carries the evidence (the request, the claimed completion, where and why re-scoring
 disagreed), so anyone holding the same model can re-check it; it is signed by the requester so it
 cannot be forged in someone else's name. The requester keeps it and refuses the worker from then on.
+
+When the requester has no copy of the model, other workers re-score the claim, and one worker's
+rejection convicts nobody: a second checker must reject the claim too. The record then carries
+both checkers' verdicts (``checks``). ``checks`` is left out of the encoding when empty, so a
+record signed before it existed still verifies.
 """
 
 from __future__ import annotations
@@ -10,12 +15,19 @@ from __future__ import annotations
 import msgspec
 
 from common.identity import Identity, verify_signature
-from swarm.jobs.backend import Completion, WorkItem
+from swarm.jobs.backend import Completion, Verdict, WorkItem
 
 DOMAIN = b"hearth-fraud-v1\x00"
 
 
-class FraudRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class CheckerVerdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One checking worker's verdict on the claim: the first request it found wrong."""
+    checker: str  # the checking worker's ed25519 public key, hex
+    custom_id: str
+    verdict: Verdict
+
+
+class FraudRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     requester: str
     worker: str
     job: str
@@ -27,6 +39,9 @@ class FraudRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     first_mismatch: int | None
     reason: str
     created: int
+    #: The checkers' verdicts when workers re-scored the claim (the first rejection and the
+    #: second checker's confirmation); empty when the requester re-scored it itself.
+    checks: list[CheckerVerdict] = []
 
 
 class SignedFraud(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

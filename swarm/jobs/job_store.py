@@ -1,5 +1,5 @@
-"""The requester's crash-safe record of its jobs: shards accepted (with their results), receipts,
-and fraud records against workers caught cheating.
+"""The requester's crash-safe record of its jobs: shards accepted (with their results), checks
+other workers ran for it, receipts, and fraud records against workers caught cheating.
 
 SQLite in WAL mode with ``synchronous=FULL``. A shard's results and its acceptance are written in
 one transaction, so a requester killed at any point resumes knowing exactly which shards it holds
@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS frauds (
     worker TEXT NOT NULL, job TEXT NOT NULL, shard INTEGER NOT NULL, record BLOB NOT NULL,
     created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS checks (
+    job TEXT NOT NULL, shard INTEGER NOT NULL, checker TEXT NOT NULL,
+    tokens_in INTEGER NOT NULL, price_per_1k INTEGER NOT NULL,
+    PRIMARY KEY (job, shard, checker, price_per_1k));
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY, job TEXT NOT NULL, shard INTEGER NOT NULL, worker TEXT NOT NULL,
     amount INTEGER NOT NULL, receipt BLOB NOT NULL);
@@ -67,6 +71,14 @@ class AcceptedShard:
     forfeit: bool
     tokens_in: int
     tokens_out: int
+    price_per_1k: int
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    shard: int
+    checker: str
+    tokens_in: int
     price_per_1k: int
 
 
@@ -155,6 +167,23 @@ class JobStore(SqliteStore):
             out[c.custom_id] = c
         return out
 
+    # ---- checks run by other workers ----------------------------------------------------------
+
+    def add_check(self, job: str, shard: int, checker: str, tokens_in: int,
+                  price_per_1k: int) -> None:
+        """``checker`` re-scored claims for ``shard`` (``tokens_in`` tokens: the prompts and the
+        claimed tokens); it is owed a receipt. Checks of one shard by one checker add up to one
+        receipt (all of a job's receipts are signed once it is complete, after every check)."""
+        self._tx([("INSERT INTO checks VALUES (?,?,?,?,?) "
+                   "ON CONFLICT (job, shard, checker, price_per_1k) "
+                   "DO UPDATE SET tokens_in = tokens_in + excluded.tokens_in",
+                   (job, shard, checker, tokens_in, price_per_1k))])
+
+    def checks(self, job: str) -> list[CheckRow]:
+        return [CheckRow(*r) for r in self._all(
+            "SELECT shard, checker, tokens_in, price_per_1k FROM checks WHERE job=? "
+            "ORDER BY rowid", (job,))]
+
     # ---- frauds and receipts ------------------------------------------------------------------
 
     def add_fraud(self, worker: str, job: str, shard: int, record: bytes) -> None:
@@ -173,9 +202,6 @@ class JobStore(SqliteStore):
                    (rid, receipt.body.job, receipt.body.shard, receipt.body.worker,
                     receipt.body.amount, msgspec.json.encode(receipt)))])
         return rid
-
-    def receipted_shards(self, job: str) -> set[int]:
-        return {r[0] for r in self._all("SELECT shard FROM receipts WHERE job=?", (job,))}
 
     def receipts(self, job: str | None = None) -> list[Receipt]:
         sql, args = "SELECT receipt FROM receipts", ()

@@ -4,8 +4,8 @@
 ``Assign``, ``Rescore``, ``Cancel``, ``SignReceipt``, ``CosignRelease``, ``CosignRefund``);
 ``ToRequester`` is what a worker answers. Messages only ever gain fields at their end, with
 defaults; ``Assign`` leaves its ``escrow`` (and its skin's magnet link and peers) out of the
-encoding when there is none, so a worker that predates escrow still reads an unescrowed
-assignment. Every frame is
+encoding when there is none, and so does ``Rescore``, so a worker that predates escrow still
+reads an unescrowed assignment or check. Every frame is
 size-checked before it is decoded, and decoding checks types, lengths and ranges, so a hostile frame
 costs one ``ProtocolError`` and nothing else.
 """
@@ -75,8 +75,10 @@ class Assign(Msg, tag="assign", omit_defaults=True):
     skin_peers: Annotated[list[PeerEndpoint], msgspec.Meta(max_length=MAX_SKIN_PEERS)] = []
 
 
-class Rescore(Msg, tag="rescore"):
-    """Check another worker's claims for a shard (for a requester without the model)."""
+class Rescore(Msg, tag="rescore", omit_defaults=True):
+    """Check another worker's claims for a shard (for a requester without the model). The check
+    is paid like a shard; ``escrow`` (left out of the encoding when there is none) names where
+    the requester locked gold for this worker."""
     job: Hex64
     shard: Shard
     requester: Hex64
@@ -84,6 +86,7 @@ class Rescore(Msg, tag="rescore"):
     skin: Hex64 | None
     items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
     claims: Annotated[list[Completion], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
+    escrow: EscrowTerms | None = None
 
 
 class Cancel(Msg, tag="cancel"):

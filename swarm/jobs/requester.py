@@ -12,15 +12,25 @@ of all shards. A worker caught cheating gets a signed fraud record, is refused f
 unchecked shards of the job are redone elsewhere, and it is paid nothing for the job: receipts are
 signed only when the job is complete, and never for a caught worker.
 
+A requester without the model has other workers (never the claimant) re-score claims. One
+checker's acceptance stands; one checker's rejection convicts nobody until a second, different
+checker rejects the claims too, and the fraud record then carries both verdicts. When the second
+checker accepts, the two disagree and one of them lies: nobody is convicted, the claims are set
+aside unpaid and the shard redone by another worker, and neither checker is asked to check again
+in the job. A rejection nobody is left to confirm is set aside the same way. A check is work,
+and paid: when the job completes the checker gets a receipt for each check it answered (the
+claims' prompt and claimed tokens as tokens in, none out, at its offer price), co-signed like a
+shard's, unless it was caught cheating.
+
 Everything accepted is in the job store before it counts, so a killed requester that runs the job
 again buys only the shards it did not hold. Results from anyone but the shard's current worker,
 and any result for a shard already accepted, are ignored.
 
-With ``escrow`` funds (``swarm/jobs/job_escrow.py``) a shard is sent only once gold covering
-it is locked for its worker, the assignment names that escrow so the worker can check it on
-chain, and when the job completes each worker's receipts are paid out of its escrow (the worker
-co-signs) and the rest is returned. A requester that cannot lock the budget is refused before
-anything is sent.
+With ``escrow`` funds (``swarm/jobs/job_escrow.py``) a shard (or claims to check) is sent only
+once gold covering it is locked for its worker, the assignment names that escrow so the worker
+can check it on chain, and when the job completes each worker's receipts, for shards and checks,
+are paid out of its escrow (the worker co-signs) and the rest is returned. A requester that
+cannot lock the budget is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -46,14 +56,14 @@ from swarm.credits.ledger import LedgerError
 from swarm.jobs import protocol as p
 from swarm.jobs import transport
 from swarm.jobs.backend import Completion, InferenceBackend, WorkItem
-from swarm.jobs.fraud import FraudRecord, sign_fraud
+from swarm.jobs.fraud import CheckerVerdict, FraudRecord, sign_fraud
 from swarm.jobs.job_escrow import (
     DEFAULT_BUDGET_FACTOR, EscrowFunds, JobEscrow, hex_address, max_cost,
 )
 from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.offers import Offer, OfferError, SignedOffer, verify_offer
 from swarm.jobs.receipt import (
-    Receipt, ReceiptBody, ReceiptError, amount_for, sign_body, verify_receipt,
+    Receipt, ReceiptBody, ReceiptError, amount_for, receipt_id, sign_body, verify_receipt,
 )
 
 POLL_MS = 20
@@ -73,6 +83,17 @@ def job_id(data: bytes, model: str, skin: str | None) -> str:
     """A job is its input file, model and skin: the same three resume the same job."""
     return blake3.blake3(b"hearth-job-v1\x00" + model.encode() + b"\x00"
                          + (skin or "").encode() + b"\x00" + data).hexdigest()
+
+
+def check_tokens(claims: list[Completion]) -> int:
+    """What re-scoring ``claims`` takes a checker, counted as tokens in: their prompts and
+    claimed tokens."""
+    return sum(c.prompt_tokens + len(c.tokens) for c in claims)
+
+
+def check_cost(claims: list[Completion], price_per_1k: int) -> int:
+    """What re-scoring ``claims`` earns a checker."""
+    return amount_for(check_tokens(claims), 0, price_per_1k)
 
 
 def plan_shards(items: list[WorkItem], count: int) -> list[list[WorkItem]]:
@@ -115,6 +136,7 @@ class JobOutcome:
     refunded: int = 0  # micro-gold returned from escrow in this run
     escrows_open: int = 0  # escrows still holding gold: their workers must co-sign later
     escrow_problems: list[str] = field(default_factory=list)
+    disputes: int = 0  # claims two checking workers disagreed on (set aside, shard redone)
 
 
 @dataclass
@@ -137,6 +159,11 @@ class _Slot:
     ids: frozenset[str] = field(default_factory=frozenset)
     checker: str | None = None  # the second worker re-scoring this shard's claims
     claims: list[Completion] = field(default_factory=list)
+    #: A checking worker's rejection of the claims, awaiting a second checker's confirmation:
+    #: (checker, item, claim, verdict).
+    rejection: tuple | None = None
+    #: Workers whose claims for this shard were set aside unresolved: not given it again.
+    set_aside: set[str] = field(default_factory=set)
 
 
 class Requester:
@@ -264,8 +291,10 @@ class _Run:
         self.verdicts: queue.Queue = queue.Queue()
         self.reassigned = self.ignored = self.verified_shards = 0
         self.caught: list[str] = []
+        self.disputed: set[str] = set()  # checkers that contradicted another: not asked again
+        self.disputes = 0
         self.tokens_out = 0
-        self.pending: dict[str, ReceiptBody] = {}  # receipts sent for countersigning
+        self.pending: dict[str, ReceiptBody] = {}  # receipt id -> body sent for countersigning
         self.started = time.monotonic()
 
     def go(self) -> JobOutcome:
@@ -279,7 +308,7 @@ class _Run:
             receipts, paid = self._sign_receipts()
             outcome = JobOutcome(self.job, self.req.store.results(self.job), len(self.slots),
                                  self.verified_shards, self.reassigned, self.ignored,
-                                 self.caught, receipts, paid)
+                                 self.caught, receipts, paid, disputes=self.disputes)
             if self.escrow is not None:
                 self._settle_escrows(outcome)
             self.req.store.set_state(self.job, FINISHED)
@@ -352,17 +381,27 @@ class _Run:
 
     def _requeue(self, slot: _Slot) -> None:
         slot.status, slot.worker, slot.checker, slot.claims = PENDING, None, None, []
+        slot.rejection = None
         self.reassigned += 1
+
+    def _set_aside(self, slot: _Slot) -> None:
+        """Neither accept nor convict the slot's claims (checkers disagreed, or no second checker
+        could confirm a rejection): they are not paid, the shard goes to another worker, and
+        the claimant's next result is checked again."""
+        slot.set_aside.add(slot.worker)
+        self.links[slot.worker].verified = False
+        self._requeue(slot)
 
     def _assign(self, now: float) -> None:
         for slot in self.slots:
             if slot.status != PENDING:
                 continue
-            idle = [l for l in self.links.values() if l.usable and l.shard is None]
+            idle = [l for l in self.links.values() if l.usable and l.shard is None
+                    and l.offer.worker not in slot.set_aside]
             fresh = [l for l in idle if not l.had_shard]
             pick = (fresh or idle or [None])[0]
             if pick is None:
-                return
+                continue
             terms = self._lock_for(pick, slot) if self.escrow is not None else None
             msg = p.Assign(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
                            model=self.model, skin=self.skin, price_per_1k=pick.offer.price_per_1k,
@@ -375,21 +414,35 @@ class _Run:
             slot.status, slot.worker = ASSIGNED, pick.offer.worker
             slot.deadline = now + self.req.heartbeat_timeout
 
-    def _lock_for(self, link: _Link, slot: _Slot) -> p.EscrowTerms | None:
-        """Lock what ``link``'s worker can earn in this job with ``slot`` added: its accepted
-        shards at their cost, the shards it holds and ``slot`` at their most."""
+    def _lock_for(self, link: _Link, slot: _Slot | None = None, *,
+                  check: list[Completion] = ()) -> p.EscrowTerms | None:
+        """Lock what ``link``'s worker can earn in this job with ``slot`` (or the check of
+        ``check``, claims to re-score) added: its accepted shards and finished checks at their
+        cost, the shards it holds and ``slot`` at their most, the checks it runs at their
+        cost."""
         worker, price = link.offer.worker, link.offer.price_per_1k
+        store = self.req.store
         needed = sum(amount_for(s.tokens_in, s.tokens_out, s.price_per_1k)
-                     for s in self.req.store.accepted(self.job).values()
+                     for s in store.accepted(self.job).values()
                      if s.worker == worker and not s.forfeit)
+        needed += sum(amount_for(c.tokens_in, 0, c.price_per_1k)
+                      for c in store.checks(self.job) if c.checker == worker)
         needed += sum(max_cost(s.items, price) for s in self.slots
                       if s.status in (ASSIGNED, VERIFYING) and s.worker == worker)
+        needed += sum(check_cost(s.claims, price) for s in self.slots
+                      if s.status == VERIFYING and s.checker == worker)
+        if slot is None:
+            needed += check_cost(check, price)
+            return self._terms(worker, needed, needed)
         needed += max_cost(slot.items, price)
         # its even share of the shards still waiting, locked now if the budget allows
         waiting = [s for s in self.slots if s.status == PENDING and s is not slot]
         usable = sum(l.usable for l in self.links.values())
         share = math.ceil(len(waiting) / max(1, usable))
-        wanted = needed + sum(max_cost(s.items, price) for s in waiting[:share])
+        return self._terms(worker, needed,
+                           needed + sum(max_cost(s.items, price) for s in waiting[:share]))
+
+    def _terms(self, worker: str, needed: int, wanted: int) -> p.EscrowTerms | None:
         try:
             return self.escrow.terms_for(worker, needed, wanted)
         except (EscrowError, ChainError, LedgerError) as e:
@@ -463,21 +516,32 @@ class _Run:
             self._accept(slot, worker, completions, verified=False)
 
     def _ask_checker(self, slot: _Slot) -> None:
-        """Send the slot's claims to a second worker to re-score: an idle one if any, never the
-        claimant. With none left the job cannot be checked, so it stops (resumably)."""
+        """Send the slot's claims to another worker to re-score: an idle one if any, never the
+        claimant, never a checker caught contradicting another, and to confirm a rejection
+        never the worker that rejected. With none left to check the claims at all, the job
+        cannot be checked, so it stops (resumably); with none left to confirm a rejection, the
+        claims are set aside and the shard redone."""
         claimant = slot.worker
-        others = [l for l in self.links.values() if l.usable and l.offer.worker != claimant]
+        rejecter = slot.rejection[0] if slot.rejection is not None else None
+        others = [l for l in self.links.values() if l.usable
+                  and l.offer.worker not in (claimant, rejecter)
+                  and l.offer.worker not in self.disputed]
         others.sort(key=lambda l: l.shard is not None)
         by_id = {c.custom_id: c for c in slot.claims}
+        claims = [by_id[it.custom_id] for it in slot.items]
         for link in others:
+            terms = (self._lock_for(link, check=claims) if self.escrow is not None else None)
             msg = p.Rescore(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
-                            model=self.model, skin=self.skin, items=slot.items,
-                            claims=[by_id[it.custom_id] for it in slot.items])
+                            model=self.model, skin=self.skin, items=slot.items, claims=claims,
+                            escrow=terms)
             if transport.send(link.sock, msg):
                 slot.checker = link.offer.worker
                 slot.deadline = time.monotonic() + self.req.heartbeat_timeout
                 return
             self._drop(link.offer.worker)
+        if rejecter is not None:
+            self._set_aside(slot)
+            return
         raise JobError("no second worker is left to check results with, and this machine "
                        "has no copy of the model")
 
@@ -486,16 +550,32 @@ class _Run:
             self._drop(checker)
             self._ask_checker(slot)
             return
+        # whatever its verdict, the check is work done: the checker is owed a receipt for it
+        self.req.store.add_check(self.job, slot.index, checker, check_tokens(slot.claims),
+                                 self.links[checker].offer.price_per_1k)
         by_id = {c.custom_id: c for c in slot.claims}
-        failure = None
-        for item, verdict in zip(slot.items, verdicts):
-            if not verdict.ok:
-                failure = (item, by_id[item.custom_id],
-                           msgspec.structs.replace(verdict, reason=f"re-scored by worker "
-                                                                   f"{checker}: {verdict.reason}"))
-                break
+        failure = next(((checker, item, by_id[item.custom_id], verdict)
+                        for item, verdict in zip(slot.items, verdicts) if not verdict.ok), None)
         slot.checker = None
-        self._on_verdict(slot.index, slot.worker, slot.claims, failure)
+        first, slot.rejection = slot.rejection, None
+        if first is None and failure is None:
+            self._on_verdict(slot.index, slot.worker, slot.claims, None)
+        elif first is None:  # one checker's word convicts nobody: ask another to confirm
+            slot.rejection = failure
+            self._ask_checker(slot)
+        elif failure is None:  # the checkers disagree, so one of them lies: trust neither
+            self.disputed |= {first[0], checker}
+            self.disputes += 1
+            self._set_aside(slot)
+            for other in self.slots:  # checks they are still running go to someone else
+                if other.status == VERIFYING and other.checker in self.disputed:
+                    self._ask_checker(other)
+        else:
+            _, item, claim, verdict = first
+            checks = [CheckerVerdict(w, it.custom_id, v) for w, it, _, v in (first, failure)]
+            self._convict(slot, slot.worker, item, claim, verdict.first_mismatch,
+                          f"re-scored by workers {first[0]} and {checker}: {verdict.reason}",
+                          checks)
 
     @staticmethod
     def _shape_problem(slot: _Slot, completions: list[Completion]) -> str | None:
@@ -550,11 +630,12 @@ class _Run:
         slot.status, slot.worker = ACCEPTED, worker
         self.tokens_out += sum(len(c.tokens) for c in completions)
 
-    def _convict(self, slot: _Slot, worker: str, item, claim, mismatch, reason: str) -> None:
+    def _convict(self, slot: _Slot, worker: str, item, claim, mismatch, reason: str,
+                 checks: list[CheckerVerdict] = ()) -> None:
         record = FraudRecord(requester=self.req.identity.public_hex, worker=worker, job=self.job,
                              shard=slot.index, model=self.model, skin=self.skin, item=item,
                              claim=claim, first_mismatch=mismatch, reason=reason,
-                             created=int(time.time()))
+                             created=int(time.time()), checks=list(checks))
         signed = sign_fraud(record, self.req.identity)
         self.req.store.add_fraud(worker, self.job, slot.index, msgspec.json.encode(signed))
         self.caught.append(worker)
@@ -565,6 +646,8 @@ class _Run:
             if other.status == ACCEPTED:
                 self._requeue(other)
         for other in self.slots:  # whatever else they are doing or did for this job is void
+            if other.rejection is not None and other.rejection[0] == worker:
+                other.rejection = None  # a cheat's rejection needs no confirming: it is void
             if other.status in (ASSIGNED, VERIFYING) and other.worker == worker:
                 transport.send(self.links[worker].sock, p.Cancel(job=self.job, shard=other.index))
                 self._requeue(other)
@@ -573,27 +656,39 @@ class _Run:
 
     # ---- receipts -----------------------------------------------------------------------------
 
-    def _sign_receipts(self) -> tuple[int, int]:
-        """Co-sign a receipt for every accepted shard not yet receipted, unless its worker was
-        caught in this job; wait (bounded) for the workers to countersign."""
+    def _owed(self) -> list[ReceiptBody]:
+        """The receipt bodies this job owes: one per accepted shard, unless its worker was
+        caught cheating (in this job or before), and one per shard another worker checked
+        (however often), unless that checker was caught. A check's receipt counts the prompts
+        and claimed tokens re-scored as tokens in and nothing out, at the checker's price; a
+        receipt's id is its body's hash, so it is told apart from the checker's receipt for
+        serving the same shard by what that shard generated."""
         store = self.req.store
-        done = store.receipted_shards(self.job)
         caught = store.caught()
-        for index, shard in store.accepted(self.job).items():
-            if index in done or shard.forfeit or shard.worker in caught:
-                continue
-            link = self.links.get(shard.worker)
-            if link is None:
-                continue  # that worker is not reachable in this run; a later run signs it
-            body = ReceiptBody(job=self.job, shard=index, requester=self.req.identity.public_hex,
-                               worker=shard.worker, model=self.model, skin=self.skin,
-                               tokens_in=shard.tokens_in, tokens_out=shard.tokens_out,
-                               price_per_1k=shard.price_per_1k,
-                               amount=amount_for(shard.tokens_in, shard.tokens_out,
-                                                 shard.price_per_1k))
+        rows = [(index, s.worker, s.tokens_in, s.tokens_out, s.price_per_1k)
+                for index, s in store.accepted(self.job).items()
+                if not s.forfeit and s.worker not in caught]
+        rows += [(c.shard, c.checker, c.tokens_in, 0, c.price_per_1k)
+                 for c in store.checks(self.job) if c.checker not in caught]
+        return [ReceiptBody(job=self.job, shard=index, requester=self.req.identity.public_hex,
+                            worker=worker, model=self.model, skin=self.skin, tokens_in=t_in,
+                            tokens_out=t_out, price_per_1k=price,
+                            amount=amount_for(t_in, t_out, price))
+                for index, worker, t_in, t_out, price in rows]
+
+    def _sign_receipts(self) -> tuple[int, int]:
+        """Co-sign every receipt the job owes (``_owed``) and does not hold yet; wait (bounded)
+        for the workers to countersign."""
+        store = self.req.store
+        done = {receipt_id(r.body) for r in store.receipts(self.job)}
+        for body in self._owed():
+            rid = receipt_id(body)
+            link = self.links.get(body.worker)
+            if rid in done or link is None:
+                continue  # held already, or that worker is not reachable: a later run signs it
             msg = p.SignReceipt(body=body, requester_sig=sign_body(body, self.req.identity))
             if transport.send(link.sock, msg):
-                self.pending[f"{shard.worker}:{index}"] = body
+                self.pending[rid] = body
         deadline = time.monotonic() + self.req.receipt_timeout
         while self.pending and time.monotonic() < deadline:
             for sock, _ in self.poller.poll(POLL_MS):
@@ -610,19 +705,18 @@ class _Run:
 
     def _settle_escrows(self, outcome: JobOutcome) -> None:
         """Pay each worker's receipts out of its escrow and return the rest. An escrow is left
-        open (for a later run) when its worker is not reachable or has accepted shards without
-        a receipt yet; a refusal or chain failure is reported, never half-done."""
+        open (for a later run) when its worker is not reachable or is owed a receipt (for a
+        shard or a check) not held yet; a refusal or chain failure is reported, never
+        half-done."""
         store = self.req.store
         outcome.budget = self.escrow.budget
-        accepted, receipts, caught = store.accepted(self.job), store.receipts(self.job), \
-            store.caught()
+        receipts, owed = store.receipts(self.job), self._owed()
         for row in self.escrow.rows():
             worker = row["worker"]
             mine = [r for r in receipts if r.body.worker == worker]
-            to_pay = {i for i, s in accepted.items() if s.worker == worker and not s.forfeit
-                      and worker not in caught}
+            to_pay = {receipt_id(b) for b in owed if b.worker == worker}
             link = self.links.get(worker)
-            if link is None or to_pay - {r.body.shard for r in mine}:
+            if link is None or to_pay - {receipt_id(r.body) for r in mine}:
                 outcome.escrows_open += 1
                 continue
             try:
@@ -666,9 +760,9 @@ class _Run:
                           f"{self.req.receipt_timeout:.0f} s")
 
     def _on_countersigned(self, worker: str, receipt: Receipt) -> None:
-        key = f"{worker}:{receipt.body.shard}"
+        key = receipt_id(receipt.body)
         body = self.pending.get(key)
-        if body is None or receipt.body != body:
+        if body is None or receipt.body != body or body.worker != worker:
             return
         try:
             verify_receipt(receipt)

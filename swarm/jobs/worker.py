@@ -8,11 +8,17 @@ running, the loop sends its requester a heartbeat every ``heartbeat_interval`` s
 that hears none for its timeout gives the shard to someone else. A frame that is not a message gets
 an error reply (or, when even that cannot be delivered, nothing) and the loop goes on.
 
-Escrow (``swarm/jobs/worker_escrow.py``): an assignment that names an escrow is checked on chain
-before it is accepted, and refused (``escrow``) when the escrow is not what it claims; with
-``require_escrow`` an assignment that names none is refused (``unescrowed``). Without a chain
+Escrow (``swarm/jobs/worker_escrow.py``): an assignment (or a check) that names an escrow is
+checked on chain before it is accepted, and refused (``escrow``) when the escrow is not what it
+claims; with ``require_escrow`` one that names none is refused (``unescrowed``). Without a chain
 client the worker cannot check escrows nor co-sign their transactions, so it refuses escrowed
-assignments and serves unescrowed ones.
+assignments and checks and serves unescrowed ones.
+
+Checks: a requester without the model sends another worker's claims to re-score (``Rescore``).
+The worker answers one verdict per claim and records the check in its store (the claims' prompt
+and claimed tokens, its own price) like a served shard, so the receipt the requester signs for
+the check when the job completes (those tokens in, none out) is countersigned and kept like any
+other.
 
 Skins (``swarm/jobs/skin_fetch.py``): with a ``skin_fetcher`` the worker takes a shard whose skin
 it lacks when the assignment names the skin's magnet link. A third thread fetches, verifies and
@@ -68,6 +74,7 @@ class WorkerStats:
     shards_served: int = 0
     tokens_generated: int = 0
     shards_released: int = 0
+    shards_checked: int = 0  # other workers' claims re-scored for a requester
     receipts_held: int = 0
     receipts_amount: int = 0  # micro-gold
     frames_refused: int = 0
@@ -111,7 +118,9 @@ class Worker:
         self._work: queue.Queue[_Shard | None] = queue.Queue()
         self._fetches: queue.Queue[_Shard | None] = queue.Queue()
         self._outbox: queue.Queue[tuple[_Shard, p.Msg]] = queue.Queue()
-        self._shards: dict[tuple[str, int, bytes], _Shard] = {}
+        #: (job, shard, requester's peer id, is a check) -> the work queued or running: a check
+        #: of a shard's claims and the shard itself, redone here, are two pieces of work.
+        self._shards: dict[tuple[str, int, bytes, bool], _Shard] = {}
         self._stop = threading.Event()
         self._closing = threading.Lock()
         self._closed = False
@@ -244,7 +253,7 @@ class Worker:
             transport.reply(self._jobs, peer, answer)
 
     def _on_assign(self, peer: bytes, msg: p.Assign | p.Rescore) -> None:
-        key = (msg.job, msg.shard, peer)
+        key = (msg.job, msg.shard, peer, isinstance(msg, p.Rescore))
         refuse = self._refusal(msg)
         if refuse is not None:
             transport.reply(self._jobs, peer, p.Error(code=refuse[0], message=refuse[1],
@@ -281,21 +290,21 @@ class Worker:
             return p.UNSERVED, f"the price is {self.price_per_1k} per 1k tokens"
         if msg.requester == self.identity.public_hex:
             return p.UNSERVED, "a worker does not serve its own jobs"
-        if isinstance(msg, p.Assign):
-            if msg.escrow is None and self.require_escrow:
-                return p.UNESCROWED, "this worker works only for gold locked in escrow"
-            if msg.escrow is not None:
-                if self.escrow is None:  # working unchecked, it could never co-sign its pay
-                    return p.ESCROW, "this worker has no chain to check the escrow on"
-                problem = self.escrow.check_assign(msg)
-                if problem is not None:
-                    return p.ESCROW, problem
+        if msg.escrow is None and self.require_escrow:
+            return p.UNESCROWED, "this worker works only for gold locked in escrow"
+        if msg.escrow is not None:
+            if self.escrow is None:  # working unchecked, it could never co-sign its pay
+                return p.ESCROW, "this worker has no chain to check the escrow on"
+            problem = self.escrow.check_assign(msg, self.price_per_1k)
+            if problem is not None:
+                return p.ESCROW, problem
         return None
 
     def _countersign(self, msg: p.SignReceipt) -> p.Msg:
         body = msg.body
         where = {"job": body.job, "shard": body.shard}
-        if body.worker != self.identity.public_hex or not self.store.served_matches(body):
+        if body.worker != self.identity.public_hex or not (self.store.served_matches(body)
+                                                           or self.store.checked_matches(body)):
             return p.Error(code=p.BAD_RECEIPT, message="the receipt is not for work done here",
                            **where)
         receipt = Receipt(body=body, requester_sig=msg.requester_sig,
@@ -315,7 +324,7 @@ class Worker:
             except queue.Empty:
                 return
             a = shard.assign
-            self._shards.pop((a.job, a.shard, shard.peer), None)
+            self._shards.pop((a.job, a.shard, shard.peer, isinstance(a, p.Rescore)), None)
             if not shard.cancelled:
                 transport.reply(self._jobs, shard.peer, msg)
 
@@ -409,6 +418,11 @@ class Worker:
         except Exception as e:
             return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
                            job=a.job, shard=a.shard)
+        # the check is work too: recorded so the requester's receipt for it can be countersigned
+        tokens_in = sum(max(c.prompt_tokens, 0) + len(c.tokens) for c in a.claims)
+        self.store.record_checked(a.job, a.shard, a.requester, a.model, a.skin, tokens_in,
+                                  self.price_per_1k)
+        self.stats.shards_checked += 1
         return p.Rescored(job=a.job, shard=a.shard, verdicts=verdicts)
 
 

@@ -1,11 +1,13 @@
 """The worker's side of escrow: it checks on chain the escrow a requester names before working,
 and co-signs only transactions that move that escrow's gold the way the receipts it holds say.
 
-- **Before a shard** (``check_assign``): the named account is a gold token account owned by a
-  2-of-2 multisig of exactly this requester and this worker (``escrow.verify_escrow``), it holds
-  at least the amount the requester says it locked, and enough for what this worker already
-  served in the job plus the most this shard can earn for its generated tokens alone
-  (``max_tokens`` at the agreed price: the prompt's size in tokens is the worker's to count).
+- **Before a shard or a check** (``check_assign``): the named account is a gold token account
+  owned by a 2-of-2 multisig of exactly this requester and this worker
+  (``escrow.verify_escrow``), it holds at least the amount the requester says it locked, and
+  enough for what this worker already served and checked in the job plus the most this shard
+  can earn for its generated tokens alone (``max_tokens`` at the agreed price: the prompt's size
+  in tokens is the worker's to count), or what this check earns (the claims' prompt and claimed
+  tokens at the worker's price).
 - **A release** (``cosign_release``): it pays receipts this worker holds for that job and
   requester, none of them paid by an earlier release that landed, and is exactly what they are
   worth (``escrow.check_release``). The whole signed transaction is stored before the signature
@@ -49,8 +51,9 @@ class WorkerEscrow:
         return Escrow(pubkey_of(requester), self.keypair.pubkey(), pubkey_of(multisig),
                       pubkey_of(account))
 
-    def check_assign(self, msg: p.Assign) -> str | None:
-        """Why the escrow an assignment names is not good enough to work for; None if it is."""
+    def check_assign(self, msg: p.Assign | p.Rescore, price_per_1k: int = 0) -> str | None:
+        """Why the escrow an assignment (or a check, at ``price_per_1k``) names is not good
+        enough to work for; None if it is."""
         terms = msg.escrow
         known = self.store.escrow(terms.account)
         if known is not None and (known.job, known.requester) != (msg.job, msg.requester):
@@ -60,8 +63,13 @@ class WorkerEscrow:
                                                            terms.account))
         except (EscrowError, ChainError) as e:
             return str(e)
+        if isinstance(msg, p.Rescore):
+            this = amount_for(sum(max(c.prompt_tokens, 0) + len(c.tokens) for c in msg.claims),
+                              0, price_per_1k)
+        else:
+            this = amount_for(0, sum(it.max_tokens for it in msg.items), msg.price_per_1k)
         needed = (self.store.served_amount(msg.job, msg.requester)
-                  + amount_for(0, sum(it.max_tokens for it in msg.items), msg.price_per_1k))
+                  + self.store.checked_amount(msg.job, msg.requester) + this)
         if held < max(terms.amount, needed):
             return (f"the escrow holds {held} micro-gold, less than "
                     f"{'it is said to' if held < terms.amount else 'this work can earn'} "

@@ -1,9 +1,11 @@
-"""The worker's crash-safe record: shards it served and the receipts both sides signed for them.
+"""The worker's crash-safe record: shards it served, other workers' claims it checked, and the
+receipts both sides signed for them.
 
 SQLite in WAL mode with ``synchronous=FULL``: a receipt is on disk before the worker answers that
 it countersigned, and a crash leaves every committed row intact. A served shard is recorded when
 its result is sent, so a receipt offered later (even after a restart) is checked against what was
-actually done: same requester, model, skin, token counts and the price the worker asked.
+actually done: same requester, model, skin, token counts and the price the worker asked. A check
+is recorded the same way when its verdicts are sent; its receipt has no generated tokens.
 
 Escrows the worker checked on chain are kept with their job, and every release it co-signed is
 kept whole (the transaction, its signature and the receipts it pays) before the signature is
@@ -43,6 +45,10 @@ CREATE TABLE IF NOT EXISTS served (
     job TEXT NOT NULL, shard INTEGER NOT NULL, requester TEXT NOT NULL, model TEXT NOT NULL,
     skin TEXT, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
     price_per_1k INTEGER NOT NULL, PRIMARY KEY (job, shard, requester));
+CREATE TABLE IF NOT EXISTS checked (
+    job TEXT NOT NULL, shard INTEGER NOT NULL, requester TEXT NOT NULL, model TEXT NOT NULL,
+    skin TEXT, tokens_in INTEGER NOT NULL, price_per_1k INTEGER NOT NULL,
+    PRIMARY KEY (job, shard, requester, price_per_1k));
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY, job TEXT NOT NULL, shard INTEGER NOT NULL, amount INTEGER NOT NULL,
     receipt BLOB NOT NULL);
@@ -74,6 +80,28 @@ class WorkerStore(SqliteStore):
                 "WHERE job=? AND shard=? AND requester=?",
                 (body.job, body.shard, body.requester)).fetchone()
         return row == (body.model, body.skin, body.tokens_in, body.tokens_out, body.price_per_1k)
+
+    def record_checked(self, job: str, shard: int, requester: str, model: str,
+                       skin: str | None, tokens_in: int, price_per_1k: int) -> None:
+        """Claims for ``shard`` were re-scored here (``tokens_in``: prompts plus claimed tokens).
+        Checks of one shard for one requester add up, as the requester's receipt for them does."""
+        with self._lock:
+            self._db.execute("INSERT INTO checked VALUES (?,?,?,?,?,?,?) "
+                             "ON CONFLICT (job, shard, requester, price_per_1k) "
+                             "DO UPDATE SET tokens_in = tokens_in + excluded.tokens_in",
+                             (job, shard, requester, model, skin, tokens_in, price_per_1k))
+
+    def checked_matches(self, body: ReceiptBody) -> bool:
+        """Whether ``body`` describes checks this worker ran for that shard: same model, skin
+        and price, nothing generated, and no more tokens than it re-scored (a requester that
+        never got one of the answers counts fewer)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT model, skin, tokens_in FROM checked "
+                "WHERE job=? AND shard=? AND requester=? AND price_per_1k=?",
+                (body.job, body.shard, body.requester, body.price_per_1k)).fetchone()
+        return (body.tokens_out == 0 and row is not None and row[:2] == (body.model, body.skin)
+                and 0 < body.tokens_in <= row[2])
 
     def add_receipt(self, receipt: Receipt) -> str:
         rid = receipt_id(receipt.body)
@@ -137,3 +165,10 @@ class WorkerStore(SqliteStore):
             rows = self._db.execute("SELECT tokens_in, tokens_out, price_per_1k FROM served "
                                     "WHERE job=? AND requester=?", (job, requester)).fetchall()
         return sum(amount_for(*row) for row in rows)
+
+    def checked_amount(self, job: str, requester: str) -> int:
+        """Micro-gold the checks run for ``job`` are worth at the prices asked."""
+        with self._lock:
+            rows = self._db.execute("SELECT tokens_in, price_per_1k FROM checked "
+                                    "WHERE job=? AND requester=?", (job, requester)).fetchall()
+        return sum(amount_for(max(t_in, 0), 0, price) for t_in, price in rows)
