@@ -763,7 +763,9 @@ def test_skins_keep_the_villagers_actions(demo_voice):
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_cli_train_makes_a_bundle_that_verifies(base, hearth_home, tmp_path):
+def test_cli_train_makes_a_bundle_that_verifies(base, hf, hearth_home, tmp_path, capsys):
+    from game.cli import main
+
     data = write_jsonl(tmp_path / "tiny.jsonl", [chat("Hello!", "Arr, ahoy, matey!"),
                                                  chat("Bye.", "Arr, fair winds, matey!")])
     out = tmp_path / "bundle"
@@ -777,20 +779,29 @@ def test_cli_train_makes_a_bundle_that_verifies(base, hearth_home, tmp_path):
     assert v.returncode == 0 and v.stdout == skin_id + "\n", v.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["steps"] == 2 and manifest["training"]["examples"] == 2
+
+    # One training process shows the command standalone; the remix and the refusals run the same
+    # command line in this process (the same data and config directories, sealed_dirs), where
+    # torch is imported and the base model already loaded.
+    def cli(*args) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    capsys.readouterr()
+    assert cli("skin", "install", out)[0] == 0
     # A remix of an installed skin starts from its weights and names it as parent.
-    assert hearth("skin", "install", str(out), home=hearth_home).returncode == 0
     remix = tmp_path / "remix"
-    r = hearth("skin", "train", "--data", str(data), "--name", "Tiny Remix", "--out", str(remix),
-               "--steps", "1", "--parent", skin_id[:12], "--royalty", "0.25", home=hearth_home)
-    assert r.returncode == 0, r.stderr
-    assert "starting from Tiny Pirate's weights" in r.stderr
+    code, _, err = cli("skin", "train", "--data", data, "--name", "Tiny Remix", "--out", remix,
+                       "--steps", "1", "--parent", skin_id[:12], "--royalty", "0.25")
+    assert code == 0, err
+    assert "starting from Tiny Pirate's weights" in err
     manifest = json.loads((remix / "manifest.json").read_text())
     assert manifest["parent"] == skin_id and manifest["royalty"] == 0.25
     assert manifest["training"]["rank"] == 2
-    r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "z"),
-               "--parent", skin_id, "--rank", "3", home=hearth_home)
-    assert r.returncode == 2 and "keeps its rank (2)" in r.stderr, r.stderr
+    code, _, err = cli("skin", "train", "--data", data, "--name", "x", "--out", tmp_path / "z",
+                       "--parent", skin_id, "--rank", "3")
+    assert code == 2 and "keeps its rank (2)" in err, err
     bad = write_jsonl(tmp_path / "bad.jsonl", [chat("Hi", "Arr."), "not json"])
-    r = hearth("skin", "train", "--data", str(bad), "--name", "x", "--out", str(tmp_path / "o"),
-               home=hearth_home)
-    assert r.returncode == 2 and "line 2: bad JSON" in r.stderr and "Traceback" not in r.stderr
+    code, _, err = cli("skin", "train", "--data", bad, "--name", "x", "--out", tmp_path / "o")
+    assert code == 2 and "line 2: bad JSON" in err and "Traceback" not in err
