@@ -63,6 +63,19 @@ def hearth_popen(*args, home: Path, config: Path | None = None,
                             stderr=subprocess.PIPE, text=True)
 
 
+def hearth_here(capsys, *args) -> subprocess.CompletedProcess:
+    """Run ``hearth ARGS`` in the test process (``game.cli.main``) with its output captured by
+    ``capsys``, as ``hearth`` would return it. The process's data and config directories are the
+    session's (``sealed_dirs``), so this is the same command on the same ``hearth_home``: for the
+    further steps of a test whose first step runs ``hearth`` as its own process, where another
+    interpreter start (and, for training, another torch import and model load) shows nothing new."""
+    from game.cli import main
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+
 def command_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
     """(command path, its parser) for a parser and every subcommand under it, depth first."""
     yield path, parser

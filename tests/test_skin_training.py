@@ -34,7 +34,7 @@ from npc.skins.manifest import SkinError  # noqa: E402
 from npc.skins.train import (  # noqa: E402
     DEFAULT_RANK, TrainingDataError, encode_example, load_base, load_examples, train_lora,
 )
-from tests.conftest import hearth  # noqa: E402
+from tests.conftest import hearth, hearth_here  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SKINS = ROOT / "assets" / "skins"
@@ -763,7 +763,7 @@ def test_skins_keep_the_villagers_actions(demo_voice):
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_cli_train_makes_a_bundle_that_verifies(base, hearth_home, tmp_path):
+def test_cli_train_makes_a_bundle_that_verifies(base, hf, hearth_home, tmp_path, capsys):
     data = write_jsonl(tmp_path / "tiny.jsonl", [chat("Hello!", "Arr, ahoy, matey!"),
                                                  chat("Bye.", "Arr, fair winds, matey!")])
     out = tmp_path / "bundle"
@@ -777,20 +777,22 @@ def test_cli_train_makes_a_bundle_that_verifies(base, hearth_home, tmp_path):
     assert v.returncode == 0 and v.stdout == skin_id + "\n", v.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["training"]["steps"] == 2 and manifest["training"]["examples"] == 2
+
+    # One training process shows the command standalone; the remix and the refusals run the same
+    # command line in this process (hearth_here), where torch and the base model are loaded.
+    assert hearth_here(capsys, "skin", "install", out).returncode == 0
     # A remix of an installed skin starts from its weights and names it as parent.
-    assert hearth("skin", "install", str(out), home=hearth_home).returncode == 0
     remix = tmp_path / "remix"
-    r = hearth("skin", "train", "--data", str(data), "--name", "Tiny Remix", "--out", str(remix),
-               "--steps", "1", "--parent", skin_id[:12], "--royalty", "0.25", home=hearth_home)
+    r = hearth_here(capsys, "skin", "train", "--data", data, "--name", "Tiny Remix", "--out", remix,
+                    "--steps", "1", "--parent", skin_id[:12], "--royalty", "0.25")
     assert r.returncode == 0, r.stderr
     assert "starting from Tiny Pirate's weights" in r.stderr
     manifest = json.loads((remix / "manifest.json").read_text())
     assert manifest["parent"] == skin_id and manifest["royalty"] == 0.25
     assert manifest["training"]["rank"] == 2
-    r = hearth("skin", "train", "--data", str(data), "--name", "x", "--out", str(tmp_path / "z"),
-               "--parent", skin_id, "--rank", "3", home=hearth_home)
+    r = hearth_here(capsys, "skin", "train", "--data", data, "--name", "x", "--out", tmp_path / "z",
+                    "--parent", skin_id, "--rank", "3")
     assert r.returncode == 2 and "keeps its rank (2)" in r.stderr, r.stderr
     bad = write_jsonl(tmp_path / "bad.jsonl", [chat("Hi", "Arr."), "not json"])
-    r = hearth("skin", "train", "--data", str(bad), "--name", "x", "--out", str(tmp_path / "o"),
-               home=hearth_home)
+    r = hearth_here(capsys, "skin", "train", "--data", bad, "--name", "x", "--out", tmp_path / "o")
     assert r.returncode == 2 and "line 2: bad JSON" in r.stderr and "Traceback" not in r.stderr

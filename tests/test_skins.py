@@ -23,7 +23,7 @@ from npc.skins.bundle import (
 from common.identity import IdentityError, curve_public_from_ed25519, load_or_create_identity, verify_signature
 from npc.skins.manifest import SkinError, TrainingSummary, canonical_bytes, decode_manifest
 from npc.skins.store import SkinStore
-from tests.conftest import hearth
+from tests.conftest import hearth, hearth_here
 
 gguf = pytest.importorskip("gguf")
 
@@ -663,42 +663,45 @@ def test_cli_id(tmp_path):
     assert json.loads(r2.stdout)["public_key"] == key
 
 
-@pytest.mark.slow
-def test_cli_install_list_wear_lineage(chain, hearth_home, tmp_path):
+def test_cli_install_list_wear_lineage(chain, hearth_home, tmp_path, capsys):
     links, creators = chain
     (a, a_id), (b, b_id), (c, c_id) = links
-    for path, sid in links:
-        r = hearth("skin", "install", str(path), home=hearth_home)
-        assert r.returncode == 0 and sid in r.stdout, r.stderr
+    # The first install runs as its own process; the further commands run the same command lines
+    # on the same home in this process (hearth_here).
     r = hearth("skin", "install", str(a), home=hearth_home)
+    assert r.returncode == 0 and a_id in r.stdout, r.stderr
+    for path, sid in links[1:]:
+        r = hearth_here(capsys, "skin", "install", path)
+        assert r.returncode == 0 and sid in r.stdout, r.stderr
+    r = hearth_here(capsys, "skin", "install", a)
     assert r.returncode == 0 and "already installed" in r.stdout
-    r = hearth("skin", "list", "--json", home=hearth_home)
+    r = hearth_here(capsys, "skin", "list", "--json")
     listed = {s["id"]: s for s in json.loads(r.stdout)}
     assert {a_id, b_id, c_id} <= set(listed) and listed[b_id]["parent"] == a_id
-    r = hearth("skin", "list", home=hearth_home)
+    r = hearth_here(capsys, "skin", "list")
     assert "Sly Sad Smith" in r.stdout and c_id[:16] in r.stdout
-    r = hearth("skin", "verify", c_id[:10], home=hearth_home)
+    r = hearth_here(capsys, "skin", "verify", c_id[:10])
     assert r.returncode == 0 and r.stdout == c_id + "\n", r.stderr
 
     save = tmp_path / "g.save"
-    r = hearth("skin", "wear", "bram", c_id[:12], "--save", str(save), home=hearth_home)
+    r = hearth_here(capsys, "skin", "wear", "bram", c_id[:12], "--save", save)
     assert r.returncode == 0 and "Sly Sad Smith" in r.stdout, r.stderr
-    doc = json.loads(hearth("state", "--save", str(save), "--json", home=hearth_home).stdout)
+    doc = json.loads(hearth_here(capsys, "state", "--save", save, "--json").stdout)
     assert {n["id"]: n["skin"] for n in doc["npcs"]}["bram"] == c_id
-    r = hearth("skin", "wear", "bram", "none", "--save", str(save), home=hearth_home)
+    r = hearth_here(capsys, "skin", "wear", "bram", "none", "--save", save)
     assert r.returncode == 0, r.stderr
-    doc = json.loads(hearth("state", "--save", str(save), "--json", home=hearth_home).stdout)
+    doc = json.loads(hearth_here(capsys, "state", "--save", save, "--json").stdout)
     assert {n["id"]: n["skin"] for n in doc["npcs"]}["bram"] is None
     for bad, why in [(["ghost", c_id], "unknown npc"), (["bram", "ab" * 32], "no installed skin")]:
-        r = hearth("skin", "wear", *bad, "--save", str(save), home=hearth_home)
+        r = hearth_here(capsys, "skin", "wear", *bad, "--save", save)
         assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr
 
-    r = hearth("skin", "lineage", c_id, "--json", home=hearth_home)
+    r = hearth_here(capsys, "skin", "lineage", c_id, "--json")
     doc = json.loads(r.stdout)
     assert [x["id"] for x in doc["chain"]] == [c_id, b_id, a_id]
     assert [Fraction(x["fraction"]) for x in doc["split"]] == [Fraction(3, 4), Fraction(7, 40),
                                                               Fraction(3, 40)]
-    r = hearth("skin", "lineage", c_id[:8], home=hearth_home)
+    r = hearth_here(capsys, "skin", "lineage", c_id[:8])
     assert r.returncode == 0, r.stderr
     assert "75.00%" in r.stdout and "17.50%" in r.stdout and "7.50%" in r.stdout
     assert creators[0].public_hex[:16] in r.stdout
