@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -106,6 +107,36 @@ def test_stream_with_usage_matches_the_whole_answer(served):
         whole.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == \
         whole.choices[0].finish_reason
+
+
+def test_a_fast_stream_sends_its_text_in_fewer_chunks_with_every_token_accounted(served):
+    """router.toml's stream_interval_ms: the first text at once, then what came in between at
+    most that often (logprobs travel with their tokens); 0 sends each token in its own chunk."""
+    def stream(interval_ms):
+        server = BackgroundServer(create_app(served.local,
+                                             RouterSettings(stream_interval_ms=interval_ms)),
+                                  bind("127.0.0.1", 0)).start()
+        try:
+            client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+            start = time.monotonic()
+            chunks = [c for c in client.chat.completions.create(
+                model="hearth", messages=ASK, max_tokens=24, temperature=0, logprobs=True,
+                stream=True, stream_options={"include_usage": True})]
+            return chunks, time.monotonic() - start
+        finally:
+            server.stop()
+    whole = greedy(served, max_tokens=24)
+    for interval_ms in (0, 1000):
+        chunks, seconds = stream(interval_ms)
+        texts = [c for c in chunks if c.choices and c.choices[0].logprobs is not None]
+        assert "".join(c.choices[0].delta.content for c in texts) == \
+            whole.choices[0].message.content
+        tokens = [t for c in texts for t in c.choices[0].logprobs.content]
+        assert len(tokens) == chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+        if interval_ms == 0:
+            assert len(texts) == len(tokens)  # one chunk per token
+        else:
+            assert len(texts) <= 2 + seconds * 1000 / interval_ms < len(tokens)
 
 
 def test_n_choices_sample_with_consecutive_seeds(served):

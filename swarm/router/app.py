@@ -262,7 +262,8 @@ class Router:
         tasks = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
         dones: list[Done | None] = [None] * len(gens)
         try:
-            async for item in self._events(parsed, gens, chunks, queue, dones):
+            async for item in self._events(parsed, gens, chunks, queue, dones,
+                                           self.settings.stream_interval_ms / 1000):
                 yield item
         except ApiError as e:  # after the headers: OpenAI's in-stream error event
             yield _json(e.body())
@@ -274,9 +275,23 @@ class Router:
 
     @staticmethod
     async def _events(parsed: ParsedRequest, gens: list, chunks: r.ChunkMaker,
-                      queue: asyncio.Queue, dones: list):
-        """The stream's SSE data: each choice's chunks as its events arrive, then usage."""
+                      queue: asyncio.Queue, dones: list, interval: float):
+        """The stream's SSE data: each choice's chunks as its events arrive, then usage. A
+        choice's text goes out at once the first time, then at most every ``interval`` seconds
+        (what came in between in one chunk) and whatever is left before its finish."""
         offsets = [0] * len(gens)
+        waiting: list[list[Piece]] = [[] for _ in gens]
+        sent_at = [float("-inf")] * len(gens)
+        clock = asyncio.get_running_loop().time
+
+        def flush(i: int) -> str:
+            pieces, waiting[i] = waiting[i], []
+            text = "".join(p.text for p in pieces)
+            chunk = chunks.text(i, text, pieces if parsed.choices[i].logprobs is not None
+                                else None, offsets[i])
+            offsets[i] += len(text)
+            return _json(chunk)
+
         for i in range(len(gens)):
             first = chunks.start(i)
             if first is not None:
@@ -290,15 +305,19 @@ class Router:
             held = bool(g.tools) and g.tool_choice != "none"
             if isinstance(ev, Done):
                 dones[i] = ev
+                if waiting[i]:
+                    yield flush(i)
                 if ev.tool_calls:
                     yield _json(chunks.tool_calls(i, ev))
                 elif held and ev.text:
                     yield _json(chunks.text(i, ev.text, None))
                 yield _json(chunks.finish(i, ev))
             elif not held and (ev.text or g.logprobs is not None):
-                pieces = [ev] if g.logprobs is not None else None
-                yield _json(chunks.text(i, ev.text, pieces, offsets[i]))
-                offsets[i] += len(ev.text)
+                waiting[i].append(ev)
+                now = clock()
+                if now - sent_at[i] >= interval:
+                    sent_at[i] = now
+                    yield flush(i)
         if parsed.include_usage:
             yield _json(chunks.usage(dones, parsed.n))
         yield "[DONE]"

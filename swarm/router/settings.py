@@ -4,6 +4,7 @@
 private = false                  # true: no request ever leaves this machine
 private_models = ["hearth*"]     # requests for these models never leave this machine
 max_body_bytes = 1048576         # larger request bodies are refused (413)
+stream_interval_ms = 20          # a stream's text is sent at most this often (0: every token)
 
 [[routes]]                       # tried top to bottom: the first whose models match is taken
 name = "openai"
@@ -91,6 +92,10 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     private: bool = False
     private_models: list[str] = []
     max_body_bytes: int = 1 << 20
+    #: A stream sends a choice's first text at once, then whatever text has come at most this
+    #: often (a chunk may carry several tokens), which spares the client and the server a parse
+    #: and an encode per token when one stream runs fast; 0 sends every token in its own chunk.
+    stream_interval_ms: int = 20
     routes: list[Route] = []
 
     def __post_init__(self) -> None:
@@ -109,6 +114,8 @@ class RouterSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError("the route named 'local' must have target local")
         if self.max_body_bytes < 1024:
             raise SettingsError("max_body_bytes must be at least 1024")
+        if not 0 <= self.stream_interval_ms <= 1000:
+            raise SettingsError("stream_interval_ms must be from 0 to 1000")
 
     def route(self, name: str) -> Route:
         """The route called ``name`` (``local`` exists even when not declared)."""
