@@ -51,6 +51,13 @@ def amount_for(tokens_in: int, tokens_out: int, price_per_1k: int) -> int:
     return -(-(tokens_in + tokens_out) * price_per_1k // 1000)
 
 
+def check_tokens(claims) -> int:
+    """What re-scoring ``claims`` (``Completion``s) takes a checker, counted as tokens in: their
+    prompts (as claimed, never below 0) and claimed tokens. The requester, the checker and the
+    checker's escrow check all count a check this way."""
+    return sum(max(c.prompt_tokens, 0) + len(c.tokens) for c in claims)
+
+
 def body_bytes(body: ReceiptBody) -> bytes:
     return msgspec.json.encode(body)
 

@@ -63,7 +63,8 @@ from swarm.jobs.job_escrow import (
 from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.offers import Offer, OfferError, SignedOffer, verify_offer
 from swarm.jobs.receipt import (
-    Receipt, ReceiptBody, ReceiptError, amount_for, receipt_id, sign_body, verify_receipt,
+    Receipt, ReceiptBody, ReceiptError, amount_for, check_tokens, receipt_id, sign_body,
+    verify_receipt,
 )
 
 POLL_MS = 20
@@ -83,12 +84,6 @@ def job_id(data: bytes, model: str, skin: str | None) -> str:
     """A job is its input file, model and skin: the same three resume the same job."""
     return blake3.blake3(b"hearth-job-v1\x00" + model.encode() + b"\x00"
                          + (skin or "").encode() + b"\x00" + data).hexdigest()
-
-
-def check_tokens(claims: list[Completion]) -> int:
-    """What re-scoring ``claims`` takes a checker, counted as tokens in: their prompts and
-    claimed tokens."""
-    return sum(c.prompt_tokens + len(c.tokens) for c in claims)
 
 
 def check_cost(claims: list[Completion], price_per_1k: int) -> int:

@@ -46,7 +46,7 @@ from swarm.jobs import transport
 from swarm.jobs.away import AlwaysOpen
 from swarm.jobs.backend import Completion, Gate, InferenceBackend, Released
 from swarm.jobs.offers import Offer, SignedOffer, sign_offer
-from swarm.jobs.receipt import Receipt, ReceiptError, sign_body, verify_receipt
+from swarm.jobs.receipt import Receipt, ReceiptError, check_tokens, sign_body, verify_receipt
 from swarm.jobs.worker_escrow import WorkerEscrow
 from swarm.jobs.worker_store import WorkerStore
 
@@ -419,9 +419,8 @@ class Worker:
             return p.Error(code=p.FAILED, message=f"{type(e).__name__}: {e}"[:p.MAX_TEXT],
                            job=a.job, shard=a.shard)
         # the check is work too: recorded so the requester's receipt for it can be countersigned
-        tokens_in = sum(max(c.prompt_tokens, 0) + len(c.tokens) for c in a.claims)
-        self.store.record_checked(a.job, a.shard, a.requester, a.model, a.skin, tokens_in,
-                                  self.price_per_1k)
+        self.store.record_checked(a.job, a.shard, a.requester, a.model, a.skin,
+                                  check_tokens(a.claims), self.price_per_1k)
         self.stats.shards_checked += 1
         return p.Rescored(job=a.job, shard=a.shard, verdicts=verdicts)
 

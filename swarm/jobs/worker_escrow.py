@@ -34,7 +34,7 @@ from swarm.credits.escrow import (
 from swarm.credits.ledger import Ledger
 from swarm.credits.notice import NoticeError, SettlementNotice, apply_notice
 from swarm.jobs import protocol as p
-from swarm.jobs.receipt import amount_for, receipt_id
+from swarm.jobs.receipt import amount_for, check_tokens, receipt_id
 from swarm.jobs.worker_store import EscrowRow, Release, WorkerStore
 
 
@@ -64,8 +64,7 @@ class WorkerEscrow:
         except (EscrowError, ChainError) as e:
             return str(e)
         if isinstance(msg, p.Rescore):
-            this = amount_for(sum(max(c.prompt_tokens, 0) + len(c.tokens) for c in msg.claims),
-                              0, price_per_1k)
+            this = amount_for(check_tokens(msg.claims), 0, price_per_1k)
         else:
             this = amount_for(0, sum(it.max_tokens for it in msg.items), msg.price_per_1k)
         needed = (self.store.served_amount(msg.job, msg.requester)
