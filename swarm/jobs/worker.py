@@ -84,6 +84,12 @@ class WorkerStats:
     running: list[str] = field(default_factory=list)  # "job:shard" being worked on or queued
 
 
+def _work_key(msg: p.Assign | p.Rescore, peer: bytes) -> tuple[str, int, bytes, bool]:
+    """Which piece of work ``msg`` is: a check of a shard's claims and the shard itself,
+    redone here, are two."""
+    return msg.job, msg.shard, peer, isinstance(msg, p.Rescore)
+
+
 class Worker:
     """Serves shards of ``backend.model_id``. ``listen`` is the offer socket's HOST:PORT (what the
     DHT announces and ``--peer`` names); the CURVE jobs socket binds ``jobs_listen`` (default: the
@@ -253,7 +259,7 @@ class Worker:
             transport.reply(self._jobs, peer, answer)
 
     def _on_assign(self, peer: bytes, msg: p.Assign | p.Rescore) -> None:
-        key = (msg.job, msg.shard, peer, isinstance(msg, p.Rescore))
+        key = _work_key(msg, peer)
         refuse = self._refusal(msg)
         if refuse is not None:
             transport.reply(self._jobs, peer, p.Error(code=refuse[0], message=refuse[1],
@@ -324,7 +330,7 @@ class Worker:
             except queue.Empty:
                 return
             a = shard.assign
-            self._shards.pop((a.job, a.shard, shard.peer, isinstance(a, p.Rescore)), None)
+            self._shards.pop(_work_key(a, shard.peer), None)
             if not shard.cancelled:
                 transport.reply(self._jobs, shard.peer, msg)
 
