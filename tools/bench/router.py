@@ -5,9 +5,10 @@ here, on 127.0.0.1, the same model and configuration) with the official openai c
 streaming over HTTP. Each side is idle while the other runs.
 
 A client sends ``--per-client`` requests one after another. Each round runs, back to back: one
-client direct and the same client served, then eight clients at once direct and the same eight
-served (odd rounds serve first); ratios are taken within a round and the median over
-``--rounds`` rounds is reported (a loaded machine swings a lot between rounds).
+client sending its requests alternately direct and served (request by request, so both sides see
+the same seconds of a machine whose speed swings), then eight clients at once direct and the same
+eight served (odd rounds serve first); ratios are taken within a round and the median over
+``--rounds`` rounds is reported.
 
 * overhead_ratio: served tok/s over direct tok/s, one client at a time.
 * concurrency_ratio: aggregate served tok/s with 8 clients at once over 1 client.
@@ -86,6 +87,19 @@ def rate(run, clients: list[list[int]]) -> float:
     return total / (time.perf_counter() - start)
 
 
+def paired(direct_one, served_one, jobs: list[int]) -> tuple[float, float]:
+    """One client's requests sent alternately direct and served (each request both ways, the
+    first side alternating): (direct tok/s, served tok/s), each over its own wall time."""
+    sides = {"d": [0, 0.0], "s": [0, 0.0]}
+    run = {"d": direct_one, "s": served_one}
+    for n, i in enumerate(jobs):
+        for side in ("ds" if n % 2 == 0 else "sd"):
+            start = time.perf_counter()
+            sides[side][0] += run[side](i)
+            sides[side][1] += time.perf_counter() - start
+    return sides["d"][0] / sides["d"][1], sides["s"][0] / sides["s"][1]
+
+
 def start_server() -> tuple[subprocess.Popen, str]:
     """``hearth serve --port 0`` in its own process (this environment: the same data directory
     and model); (the process, its base URL) once it prints ``serving:``."""
@@ -123,14 +137,13 @@ def main() -> None:
             i, k = 1000 * rnd, args.per_client
             one = [list(range(i, i + k))]
             eight = [list(range(i + c * k, i + (c + 1) * k)) for c in range(8)]
-            runs = {"d1": lambda: rate(lambda j: direct(scheduler, j, args.tokens), one),
-                    "s1": lambda: rate(one_served, one),
-                    "d8": lambda: rate(lambda j: direct(scheduler, j, args.tokens), eight),
+            d1, s1 = paired(lambda j: direct(scheduler, j, args.tokens), one_served, one[0])
+            runs = {"d8": lambda: rate(lambda j: direct(scheduler, j, args.tokens), eight),
                     "s8": lambda: rate(lambda j: served(client, j, args.tokens)[0], eight)}
             # Odd rounds serve first, so neither side always runs on a machine just disturbed.
-            order = ["d1", "s1", "d8", "s8"] if rnd % 2 == 0 else ["s1", "d1", "s8", "d8"]
+            order = ["d8", "s8"] if rnd % 2 == 0 else ["s8", "d8"]
             got = {k: runs[k]() for k in order}
-            d1, s1, d8, s8 = got["d1"], got["s1"], got["d8"], got["s8"]
+            d8, s8 = got["d8"], got["s8"]
             rows.append((d1, s1, d8, s8))
             print(f"round {rnd}: direct 1 {d1:.1f} tok/s, served 1 {s1:.1f}, direct 8 {d8:.1f}, "
                   f"served 8 {s8:.1f}", flush=True)
