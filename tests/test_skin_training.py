@@ -647,11 +647,14 @@ def test_every_shipped_adapter_matches_pytorch(hf, base, bundle, tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_voice(base, tmp_path_factory):
-    """The game's voice (ModelVoice + AdapterPool + Runtime) with every demo skin and the village
-    voice installed: (voice, {skin dir: skin id})."""
+    """The game's voice (ModelVoice + AdapterPool + Runtime, in the configuration the game runs:
+    ``game.voices.load_model_voice``) with every demo skin and the village voice installed:
+    (voice, {skin dir: skin id})."""
     from npc.adapters import AdapterPool
     from npc.runtime import Runtime
     from npc.skins.store import SkinStore
+    from npc.store import ModelStore
+    from npc.tuning import choose
     from npc.voice import ModelVoice
 
     store = SkinStore(tmp_path_factory.mktemp("skin-home"))
@@ -659,8 +662,11 @@ def demo_voice(base, tmp_path_factory):
                                    base_gguf=base[1]) for s in DEMO}
     from game.voices import VILLAGE_UNDER_SKINS
     village = store.install(VILLAGE_BUNDLE, base_model=base[0].blake3, base_gguf=base[1])
-    runtime = Runtime(base[1], n_ctx=4096, n_slots=4, n_threads=2)
-    pool = AdapterPool(runtime, store, base_model=base[0].blake3)
+    models = ModelStore()
+    choice = choose(models, base[0])
+    runtime = Runtime(models.path(choice.model), use_extra_bufts=choice.use_extra_bufts,
+                      n_threads=choice.n_threads, n_threads_batch=choice.n_threads_batch)
+    pool = AdapterPool(runtime, store, base_model=base[0].blake3, base_gguf=base[1])
     # As the game speaks: the village voice for villagers without a skin, and under every skin.
     voice = ModelVoice(runtime, pool=pool, base_model=base[0].blake3, village=village,
                        village_under_skins=VILLAGE_UNDER_SKINS)
