@@ -103,8 +103,59 @@ def base(hearth_home):
 
 @pytest.fixture(scope="module")
 def hf(base):
-    """The base model and tokenizer loaded by transformers from the GGUF (once per module)."""
+    """The base model and tokenizer loaded by transformers from the GGUF (once per module):
+    converted from the GGUF itself, which leaves the converted copy in the data directory."""
+    import shutil
+
+    from npc.skins import train
+    shutil.rmtree(train.converted_root(), ignore_errors=True)
+    train._BASE_CACHE.clear()
     return load_base(base[1])
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_the_kept_conversion_is_the_ggufs_bit_for_bit(hf, base):
+    """The converted copy a later training run loads instead of the GGUF: the same weights
+    (bit for bit, the output layer still tied to the embeddings), the same tokens, template and
+    logits; a damaged copy or one made by another transformers is not used."""
+    import torch
+
+    from npc.skins.train import _source_id, converted_root, read_converted
+
+    model, tok = hf
+    source = _source_id(base[1])
+    kept = read_converted(source)
+    assert kept is not None
+    model2, tok2 = kept
+    sd, sd2 = model.state_dict(), model2.state_dict()
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
+    assert model2.lm_head.weight.data_ptr() == model2.model.embed_tokens.weight.data_ptr()
+    assert getattr(model2.config, "quantization_config", None) is None
+    texts = ["<|im_start|>system\nYou are Tobin.<|im_end|>\n<|im_start|>user\nHéllo — "
+             "\"iron\" for 12 ☃?<|im_end|>\n<|im_start|>assistant\n", *HELD_OUT]
+    assert [tok(t)["input_ids"] for t in texts] == [tok2(t)["input_ids"] for t in texts]
+    assert tok.chat_template == tok2.chat_template and len(tok) == len(tok2)
+    assert tok.special_tokens_map == tok2.special_tokens_map
+    ids = torch.tensor([tok(texts[0])["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model2(ids).logits)
+
+    assert read_converted({**source, "transformers": "0.0"}) is None
+    weights = converted_root() / source["gguf_blake3"] / "model.safetensors"
+
+    def flip_a_bit():
+        with open(weights, "r+b") as f:
+            f.seek(weights.stat().st_size // 2)
+            byte = f.read(1)[0]
+            f.seek(-1, 1)
+            f.write(bytes([byte ^ 1]))
+    flip_a_bit()
+    try:
+        assert read_converted(source) is None
+    finally:
+        flip_a_bit()
+    assert read_converted(source) is not None
 
 
 # ---- training data ----------------------------------------------------------------------------
