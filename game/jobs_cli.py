@@ -20,6 +20,7 @@ from swarm.jobs.backend import InferenceBackend
 from swarm.jobs.batchfile import (
     BatchFileError, error_line, parse_batch, render_lines, result_line,
 )
+from swarm.jobs.discovery import OFFER_TIMEOUT
 from swarm.jobs.job_store import FINISHED, JobStore
 from swarm.jobs.receipt import UNITS_PER_GOLD
 from swarm.jobs.requester import (
@@ -179,7 +180,10 @@ def _find_offers(args: argparse.Namespace, requester: str, model: str):
             endpoints = find_endpoints(node, model, DHT_LOOKUP_SECONDS)
         finally:
             node.close()
-    offers = fetch_offers(endpoints, requester, model)
+    if not args.offer_timeout > 0:
+        raise CliError(f"--offer-timeout must be a positive number of seconds, "
+                       f"not {args.offer_timeout:g}")
+    offers = fetch_offers(endpoints, requester, model, timeout=args.offer_timeout)
     if not offers:
         where = "at " + ", ".join(args.peer) if args.peer else "in the DHT"
         raise CliError(f"no worker serving model {model[:16]} answered {where}")
@@ -523,6 +527,9 @@ def add_commands(sub) -> None:
     q.add_argument("--verify-fraction", type=_fraction, default=DEFAULT_VERIFY_FRACTION,
                    metavar="F", help="share of shards re-scored besides each worker's first "
                                      f"(default {DEFAULT_VERIFY_FRACTION})")
+    q.add_argument("--offer-timeout", type=float, default=OFFER_TIMEOUT, metavar="SECONDS",
+                   help="how long each worker has to answer with its offer; one that answers "
+                        f"later is left out of the job (default {OFFER_TIMEOUT:g})")
     q.add_argument("--heartbeat-timeout", type=float, default=DEFAULT_HEARTBEAT_TIMEOUT,
                    metavar="SECONDS", help="reassign a shard whose worker is silent this long")
     q.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

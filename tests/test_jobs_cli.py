@@ -110,7 +110,9 @@ def test_submit_with_a_killed_and_a_stalled_worker_completes(procs, tmp_path):
     submit = subprocess.Popen(
         [sys.executable, RUNNER, "honest", "jobs", "submit", "--no-escrow",
          requests, "--model", "default",
-         "--out", out, "--heartbeat-timeout", "2", *peers], cwd=ROOT,
+         "--out", out, "--heartbeat-timeout", "2", *peers,
+         # all four must be in the job: a loaded machine can take more than the default 3 s
+         "--offer-timeout", "30"], cwd=ROOT,
         env=sealed_env(tmp_path / "req"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     time.sleep(1.5)  # both slow workers are a few requests into their shards
@@ -163,6 +165,13 @@ def test_bad_files_and_unhonourable_lines(procs, tmp_path):
             "--peer", "127.0.0.1:9", home=tmp_path / "req")
     assert r.returncode == 2 and "line 2: not JSON" in r.stderr and not (tmp_path / "o").exists()
     w = procs("honest", tmp_path / "w0")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(batch_bytes(2))
+    r = run("honest", "jobs", "submit", "--no-escrow", good, "--model", "default",
+            "--out", tmp_path / "o", "--peer", w.endpoint, "--offer-timeout", "0",
+            home=tmp_path / "req")
+    assert r.returncode == 2 and "--offer-timeout must be a positive number" in r.stderr
+    assert not (tmp_path / "o").exists()
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_bytes(batch_bytes(3) + b"\n" + json.dumps(
         {"custom_id": "tools", "method": "POST", "url": "/v1/chat/completions",

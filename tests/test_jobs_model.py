@@ -52,7 +52,7 @@ def test_three_real_workers_complete_a_200_request_job(tmp_path):
         peers = [serving_endpoint(w) for w in workers]
         # Escrow is tested with the hash backend (tests/test_jobs_escrow.py); here the model's work.
         args = ["jobs", "submit", requests, "--model", "default", "--out", out, "--loopback",
-                "--no-escrow"]
+                "--no-escrow", "--offer-timeout", "30"]  # every worker, even on a loaded machine
         for p in peers:
             args += ["--peer", p]
         r = hearth(*args, home=tmp_path / "requester", timeout=1200)
