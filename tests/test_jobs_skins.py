@@ -117,6 +117,31 @@ def test_a_worker_without_the_skin_fetches_it_from_the_requester_and_serves(net,
     assert not list((tmp_path / "w-downloads").iterdir())  # nothing left behind
 
 
+def test_a_checker_without_the_skin_fetches_it_to_check(net, tmp_path, bundle):
+    """A requester without the model has another worker re-score a skinned shard: a checker
+    that lacks the skin fetches it from the magnet the check names, as a shard's worker does,
+    re-scores wearing it, and is paid for the check."""
+    path, sid, base_model = bundle
+    seeder = net.node("requester")
+    magnet = seed(seeder, path, sid)
+    has = net.worker("has", base_model, skins=(sid,))
+    lacks = net.worker("lacks", base_model)
+    req = Requester(load_or_create_identity(tmp_path / "requester"),
+                    JobStore(tmp_path / "requester.sqlite"), None, heartbeat_timeout=5.0)
+    offers = [has.signed_offer(), lacks.signed_offer()]
+    items = items_of(1)  # one shard: the worker with the skin serves it, the other checks it
+    job = job_id(b"checked", MODEL, sid)
+    outcome = req.run(job, MODEL, sid, items, offers, skin_magnet=magnet,
+                      skin_peers=[seeder.endpoint], timeout=60)
+    assert HashBackend().rescore(items[0], outcome.completions[items[0].custom_id], sid).ok
+    assert outcome.disputes == 0 and not req.store.caught()
+    assert [c.checker for c in req.store.checks(job)] == [lacks.identity.public_hex]
+    assert lacks.stats.skins_fetched == 1 and has.stats.skins_fetched == 0
+    assert sid in lacks.signed_offer().offer.skins
+    (check,) = lacks.store.receipts()  # the check's receipt, countersigned
+    assert check.body.job == job and check.body.tokens_out == 0
+
+
 def _tampered(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     sig = dst / "manifest.sig"
@@ -300,18 +325,22 @@ def test_the_new_fields_stay_off_the_wire_unless_used_and_are_checked():
     import msgspec
 
     from swarm.jobs.offers import Offer, offer_bytes
+    from swarm.jobs.backend import Completion
     a = p.Assign(job="a" * 64, shard=0, requester="b" * 64, model=MODEL, skin="d" * 64,
                  price_per_1k=1, items=items_of(1))
-    raw = msgspec.msgpack.decode(p.encode(a))
-    assert "skin_magnet" not in raw and "skin_peers" not in raw  # an older worker reads it
-    named = msgspec.structs.replace(a, skin_magnet="magnet:?xt=urn:btih:" + "0" * 40,
-                                    skin_peers=["127.0.0.1:6881"])
-    assert p.decode_to_worker(p.encode(named)) == named
-    for field, bad in (("skin_magnet", "http://example.org/skin"),
-                       ("skin_peers", ["127.0.0.1:1"] * (p.MAX_SKIN_PEERS + 1))):
-        frame = dict(msgspec.msgpack.decode(p.encode(named)), **{field: bad})
-        with pytest.raises(p.ProtocolError, match=field):
-            p.decode_to_worker(msgspec.msgpack.encode(frame))
+    r = p.Rescore(job="a" * 64, shard=0, requester="b" * 64, model=MODEL, skin="d" * 64,
+                  items=items_of(1), claims=[Completion("r0", [1, 2], "ab", 3, "stop")])
+    for msg in (a, r):
+        raw = msgspec.msgpack.decode(p.encode(msg))
+        assert "skin_magnet" not in raw and "skin_peers" not in raw  # an older worker reads it
+        named = msgspec.structs.replace(msg, skin_magnet="magnet:?xt=urn:btih:" + "0" * 40,
+                                        skin_peers=["127.0.0.1:6881"])
+        assert p.decode_to_worker(p.encode(named)) == named
+        for field, bad in (("skin_magnet", "http://example.org/skin"),
+                           ("skin_peers", ["127.0.0.1:1"] * (p.MAX_SKIN_PEERS + 1))):
+            frame = dict(msgspec.msgpack.decode(p.encode(named)), **{field: bad})
+            with pytest.raises(p.ProtocolError, match=field):
+                p.decode_to_worker(msgspec.msgpack.encode(frame))
     offer = Offer(worker="e" * 64, models=[MODEL], skins=[], price_per_1k=1, capacity=1,
                   endpoint="127.0.0.1:1", curve_key="f" * 64, issued=1)
     # An offer that does not fetch skins signs the very bytes it did before the field existed.

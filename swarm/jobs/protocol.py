@@ -78,7 +78,8 @@ class Assign(Msg, tag="assign", omit_defaults=True):
 class Rescore(Msg, tag="rescore", omit_defaults=True):
     """Check another worker's claims for a shard (for a requester without the model). The check
     is paid like a shard; ``escrow`` (left out of the encoding when there is none) names where
-    the requester locked gold for this worker."""
+    the requester locked gold for this worker; a checker without ``skin`` fetches it from
+    ``skin_magnet`` as a shard's worker does (both left out when there is none)."""
     job: Hex64
     shard: Shard
     requester: Hex64
@@ -87,6 +88,8 @@ class Rescore(Msg, tag="rescore", omit_defaults=True):
     items: Annotated[list[WorkItem], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
     claims: Annotated[list[Completion], msgspec.Meta(min_length=1, max_length=MAX_SHARD_ITEMS)]
     escrow: EscrowTerms | None = None
+    skin_magnet: MagnetLink | None = None
+    skin_peers: Annotated[list[PeerEndpoint], msgspec.Meta(max_length=MAX_SKIN_PEERS)] = []
 
 
 class Cancel(Msg, tag="cancel"):

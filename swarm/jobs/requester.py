@@ -528,7 +528,8 @@ class _Run:
             terms = (self._lock_for(link, check=claims) if self.escrow is not None else None)
             msg = p.Rescore(job=self.job, shard=slot.index, requester=self.req.identity.public_hex,
                             model=self.model, skin=self.skin, items=slot.items, claims=claims,
-                            escrow=terms)
+                            escrow=terms, skin_magnet=self.skin_magnet,
+                            skin_peers=self.skin_peers)
             if transport.send(link.sock, msg):
                 slot.checker = link.offer.worker
                 slot.deadline = time.monotonic() + self.req.heartbeat_timeout

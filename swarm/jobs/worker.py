@@ -284,7 +284,7 @@ class Worker:
         if msg.model != self._model:
             return p.UNSERVED, f"model {msg.model[:12]} is not served here"
         if msg.skin is not None and msg.skin not in self.skins:
-            if not isinstance(msg, p.Assign) or msg.skin_magnet is None:
+            if msg.skin_magnet is None:
                 return p.UNSERVED, f"skin {msg.skin[:12]} is not served here"
             if self.skin_fetcher is None:
                 return p.SKIN, (f"skin {msg.skin[:12]} is not installed here and this worker "
