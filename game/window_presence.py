@@ -45,6 +45,9 @@ class WindowPresenceGate:
     """A ``swarm.jobs.backend.Gate``: paused while the window's presence mark is fresh. Paused
     work is never released (an interactive client may cancel it instead)."""
 
+    #: The engine's abort flag asks this often: the file is read every CHECK_EVERY anyway.
+    poll_s = 0.02
+
     def __init__(self, root: Path | None = None, clock=time.time):
         self.path = presence_path(root)
         self.clock = clock

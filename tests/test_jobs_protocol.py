@@ -217,3 +217,18 @@ def test_switch_gate_releases_after_the_pause_limit():
     assert time.monotonic() - t0 < 1.0
     gate.set_serving(True)
     assert gate.wait_resumed(5.0) and not gate.paused()
+
+
+def test_switch_gate_tells_its_followers_of_each_change_until_they_leave():
+    gate = SwitchGate(release_after=30.0, open_=False)
+    heard: list[bool] = []
+    leave = gate.on_change(heard.append)
+    assert heard == [True]  # its state at once
+    gate.set_serving(True)
+    gate.set_serving(True)  # no change, nothing told
+    gate.set_serving(False)
+    assert heard == [True, False, True]
+    leave()
+    gate.set_serving(True)
+    assert heard == [True, False, True] and not gate.paused()
+

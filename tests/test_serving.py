@@ -327,3 +327,53 @@ def test_items_that_cannot_be_served_are_refused_by_name(wide):
                 Item("no-tokens", [Msg("user", "x")], 0)):
         with pytest.raises(ServingError, match=bad.custom_id):
             wide.generate([items(1)[0], bad])
+
+
+def test_the_abort_flag_follows_a_gate_with_or_without_on_change():
+    """``follow_gate`` keeps llama.cpp's abort flag (the real ctypes flag) equal to the gate:
+    a SwitchGate sets it from the thread that closes the gate, with no watcher thread; a gate
+    with only ``paused()`` is polled by one; either way the flag is clear afterwards."""
+    from npc.llama import AbortFlag
+    from npc.serving.engine import follow_gate
+    from swarm.jobs.away import SwitchGate
+
+    class Polled:
+        def __init__(self):
+            self.closed = False
+
+        def paused(self) -> bool:
+            return self.closed
+
+        def wait_resumed(self, timeout: float) -> bool:
+            return not self.closed
+
+    def wait_for(cond) -> bool:
+        deadline = time.monotonic() + 5
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return cond()
+
+    flag = AbortFlag()
+    gate = SwitchGate(release_after=30.0)
+    before = threading.active_count()
+    with follow_gate(gate, flag, None, poll_s=0.001):
+        assert threading.active_count() == before  # nothing polls
+        assert not flag.is_set()
+        gate.set_serving(False)
+        assert flag.is_set()  # at once, from this thread
+        gate.set_serving(True)
+        assert not flag.is_set()
+        gate.set_serving(False)
+    assert not flag.is_set()
+    gate.set_serving(True)
+    assert not flag.is_set()  # unsubscribed: a later change no longer reaches the flag
+    polled = Polled()
+    with follow_gate(polled, flag, None, poll_s=0.001):
+        assert threading.active_count() == before + 1
+        polled.closed = True
+        assert wait_for(flag.is_set)
+        polled.closed = False
+        assert wait_for(lambda: not flag.is_set())
+        polled.closed = True
+        assert wait_for(flag.is_set)
+    assert not flag.is_set() and threading.active_count() == before

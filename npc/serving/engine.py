@@ -7,15 +7,17 @@ rendered with the model's own chat template (llama.cpp's built-in template engin
 under the rule in ``sampler`` (greedy, or seeded temperature + top-p), stopping at
 end-of-generation or after ``max_tokens``.
 
-Pre-emption: the gate is asked between decode steps, and a watcher thread mirrors it into
-llama.cpp's abort flag so a long prefill stops between graph nodes. An aborted step is rolled
+Pre-emption: the gate is asked between decode steps, and llama.cpp's abort flag follows it
+(``follow_gate``) so a long prefill stops between graph nodes: a gate that tells of its changes
+(``on_change``) sets and clears the flag itself, with no thread and no polling; any other gate is
+polled by a watcher thread. An aborted step is rolled
 back (its KV entries removed) and redone on resume; the KV cache of the work in flight is kept
 while paused. When the gate releases the work, ``Released`` carries what finished and the ids of
 what did not.
 
 Timing: with ``HEARTH_DECODE_LOG`` set to a file path, every ``llama_decode`` call of the
-generation loop appends ``decode START END RC``, the abort watcher appends ``gate T`` when it
-first sees the gate closed, and every pause the loop sees appends ``paused T``
+generation loop appends ``decode START END RC``, the abort flag's follower appends ``gate T``
+when it first sees the gate closed, and every pause the loop sees appends ``paused T``
 (``time.monotonic()`` seconds, one clock for every process on the machine), so a
 process outside can time pre-emption from an input event to the last decode call returning
 (tools/bench/preempt_window.py).
@@ -27,6 +29,7 @@ to a one-pass prefill are served: flash attention off and a non-unified KV cache
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -78,6 +81,55 @@ class _DecodeLog:
         return _DecodeLog(path) if path else None
 
 
+@contextlib.contextmanager
+def follow_gate(gate, flag, timing: _DecodeLog | None, poll_s: float):
+    """While the block runs, llama.cpp's abort ``flag`` follows ``gate``: set when it closes,
+    cleared when it opens (``timing`` notes the first time it is seen closed). A gate with
+    ``on_change(callback) -> unsubscribe`` calls back with its state at once and on each change,
+    so nothing polls; any other gate is asked by a watcher thread every ``poll_s`` seconds (or
+    its own ``poll_s``: a gate that only re-reads its source that often). The flag is clear
+    afterwards."""
+    if gate is None:
+        yield
+        return
+    was_paused = False
+
+    def follow(paused: bool) -> None:
+        nonlocal was_paused
+        if paused:
+            flag.set()
+            if timing is not None and not was_paused:
+                timing.gate(time.monotonic())
+        else:
+            flag.clear()
+        was_paused = paused
+
+    subscribe = getattr(gate, "on_change", None)
+    try:
+        if subscribe is not None:
+            unsubscribe = subscribe(follow)
+            try:
+                yield
+            finally:
+                unsubscribe()
+            return
+        stop = threading.Event()
+        interval = getattr(gate, "poll_s", poll_s)
+
+        def watch() -> None:
+            while not stop.wait(interval):
+                follow(gate.paused())
+        watcher = threading.Thread(target=watch, name="serving-abort-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+    finally:
+        flag.clear()
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     #: Sequences decoded together (slots of the KV cache).
@@ -95,7 +147,8 @@ class EngineOptions:
     use_extra_bufts: bool = True
     #: How long paused work keeps its KV cache before it is released.
     release_after_s: float = 30.0
-    #: How often the watcher copies the gate into llama.cpp's abort flag.
+    #: How often a watcher thread copies a gate without ``on_change`` (and without a ``poll_s``
+    #: of its own) into llama.cpp's abort flag.
     abort_poll_s: float = 0.001
 
     def load_options(self, width: int, n_ctx: int) -> LoadOptions:
@@ -257,14 +310,8 @@ class Engine:
         done: dict[int, Completion] = {}
         flag = ctx.abort_flag()
         flag.clear()
-        watching = threading.Event()
-        watcher = None
         timing = self._timing
-        if gate is not None:
-            watcher = threading.Thread(target=self._watch, args=(gate, flag, watching),
-                                       name="serving-abort-watch", daemon=True)
-            watcher.start()
-        try:
+        with follow_gate(gate, flag, timing, self.options.abort_poll_s):
             while pending or any(slots):
                 if gate is not None and gate.paused():
                     if timing is not None:
@@ -308,11 +355,6 @@ class Engine:
                         ctx.seq_rm(s)
                         if on_done is not None:
                             on_done(c)
-        finally:
-            watching.set()
-            if watcher is not None:
-                watcher.join()
-            flag.clear()
         return [done[i] for i in range(len(items))]
 
     def _wait(self, gate) -> bool:
@@ -321,18 +363,6 @@ class Engine:
             if not gate.wait_resumed(self.options.release_after_s):
                 return False
         return True
-
-    def _watch(self, gate, flag, stop: threading.Event) -> None:
-        timing, was_paused = self._timing, False
-        while not stop.wait(self.options.abort_poll_s):
-            if gate.paused():
-                flag.set()
-                if timing is not None and not was_paused:
-                    timing.gate(time.monotonic())
-                was_paused = True
-            else:
-                flag.clear()
-                was_paused = False
 
     # -- verifying -----------------------------------------------------------------------------
 

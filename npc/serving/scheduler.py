@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from npc.serving import sampler
-from npc.serving.engine import ROLES, Engine, run_step
+from npc.serving.engine import ROLES, Engine, follow_gate, run_step
 from npc.serving.types import FINISH_LENGTH, FINISH_STOP, ServingError
 
 FINISH_CANCELLED = "cancelled"  # the client cancelled, or the scheduler closed
@@ -362,32 +362,23 @@ class Scheduler:
             self._skin = _UNWORN
             flag = ctx.abort_flag()
             flag.clear()
-            watching = threading.Event()
-            watcher = None
-            if self.gate is not None:
-                watcher = threading.Thread(target=eng._watch, args=(self.gate, flag, watching),
-                                           name="serving-abort-watch", daemon=True)
-                watcher.start()
             try:
-                while True:
-                    self._apply_cancels()
-                    if self._closing:
-                        return False
-                    if self.gate is not None and self.gate.paused():
-                        self._wait_resumed()
-                        continue
-                    self._admit()
-                    if not any(self._slots):
-                        with self._cond:
-                            if not self._pending:
-                                return True
-                        continue  # the skin switched or a request failed; admit again
-                    self._step()
+                with follow_gate(self.gate, flag, eng._timing, eng.options.abort_poll_s):
+                    while True:
+                        self._apply_cancels()
+                        if self._closing:
+                            return False
+                        if self.gate is not None and self.gate.paused():
+                            self._wait_resumed()
+                            continue
+                        self._admit()
+                        if not any(self._slots):
+                            with self._cond:
+                                if not self._pending:
+                                    return True
+                            continue  # the skin switched or a request failed; admit again
+                        self._step()
             finally:
-                watching.set()
-                if watcher is not None:
-                    watcher.join()
-                flag.clear()
                 ctx.clear()
 
     def _wait_resumed(self) -> None:

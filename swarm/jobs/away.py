@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from swarm.jobs.settings import WorkerSettings
@@ -56,23 +57,45 @@ class AwayPolicy:
 
 
 class SwitchGate:
-    """A Gate that is open or closed as told. ``paused()`` is one attribute read. Paused work
-    waits for the gate to reopen until the pause has lasted ``release_after`` seconds (counted
-    from when it closed, however often the waiter asks), then is released."""
+    """A Gate that is open or closed as told. ``paused()`` is one attribute read; ``on_change``
+    callbacks hear of each change as it is made (the engine's abort flag follows the gate that
+    way, with nothing polling it). Paused work waits for the gate to reopen until the pause has
+    lasted ``release_after`` seconds (counted from when it closed, however often the waiter
+    asks), then is released."""
 
     def __init__(self, release_after: float, open_: bool = True):
         self.release_after = release_after
         self._open = threading.Event()
         self._closed_at = 0.0
+        self._lock = threading.Lock()
+        self._followers: list[Callable[[bool], None]] = []
         if open_:
             self._open.set()
 
     def set_serving(self, serve: bool) -> None:
-        if serve:
-            self._open.set()
-        elif self._open.is_set():
-            self._closed_at = time.monotonic()
-            self._open.clear()
+        with self._lock:
+            if serve and not self._open.is_set():
+                for fn in self._followers:  # before the waiters wake: nothing aborts their work
+                    fn(False)
+                self._open.set()
+            elif not serve and self._open.is_set():
+                self._closed_at = time.monotonic()
+                self._open.clear()
+                for fn in self._followers:
+                    fn(True)
+
+    def on_change(self, fn: Callable[[bool], None]) -> Callable[[], None]:
+        """Call ``fn(paused)`` now and whenever the gate opens or closes, until the returned
+        function is called."""
+        with self._lock:
+            fn(not self._open.is_set())
+            self._followers.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._followers:
+                    self._followers.remove(fn)
+        return unsubscribe
 
     def paused(self) -> bool:
         return not self._open.is_set()
@@ -87,6 +110,10 @@ class AlwaysOpen:
 
     def paused(self) -> bool:
         return False
+
+    def on_change(self, fn: Callable[[bool], None]) -> Callable[[], None]:
+        fn(False)  # and it never changes
+        return lambda: None
 
     def wait_resumed(self, timeout: float) -> bool:
         return True

@@ -50,9 +50,12 @@ class Verdict(msgspec.Struct, frozen=True):
 
 
 class Gate(Protocol):
-    """Whether serving may run now. ``paused()`` is called between decode steps and from
-    llama.cpp's abort callback, so it must be cheap. ``wait_resumed(timeout)`` blocks while paused
-    and returns True when serving may go on, False when the paused work is to be released."""
+    """Whether serving may run now. ``paused()`` is called between decode steps, so it must be
+    cheap. ``wait_resumed(timeout)`` blocks while paused and returns True when serving may go on,
+    False when the paused work is to be released. A gate may also offer
+    ``on_change(fn) -> unsubscribe`` (``fn(paused)`` called at once and on every change; the
+    engine's abort flag then follows it with nothing polling) or a ``poll_s`` attribute (how
+    often polling it is worth: it changes no faster)."""
 
     def paused(self) -> bool: ...
 
