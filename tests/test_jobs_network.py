@@ -77,8 +77,9 @@ def requester(tmp_path):
 
 
 class AfterItems(HashBackend):
-    """``backend`` that runs an action once, right after the ``n``-th item of the next shard it
-    generates (``then``): an event placed mid-shard by the work done, not by the clock."""
+    """A HashBackend like ``backend`` (same salt, pace and cheat) that runs an action once, right
+    after the ``n``-th item of the next shard it generates (``then``): an event placed mid-shard
+    by the work done, not by the clock."""
 
     def __init__(self, backend: HashBackend):
         super().__init__(backend.salt, backend.step_seconds, backend.cheat)
@@ -182,7 +183,8 @@ def test_a_worker_that_goes_silent_mid_shard_loses_the_shard(workers, requester)
     slow = workers("slow", slow_backend, heartbeat_interval=0.1)
     # Stopped after its second item of the shard's ten, so it always goes silent mid-shard.
     slow_backend.then(2, lambda: threading.Thread(target=slow.close).start())
-    fast = [workers(f"w{i}") for i in range(2)]
+    # Live workers beat well within the timeout, so only the silent one loses its shard.
+    fast = [workers(f"w{i}", heartbeat_interval=0.1) for i in range(2)]
     items = items_of(30)
     req = requester(heartbeat_timeout=0.6)
     t0 = time.monotonic()
@@ -205,11 +207,11 @@ def test_a_paused_worker_resumes_or_releases_its_shard(workers, requester):
     def pause_after(n: int, resume_after: float | None) -> None:
         """Pause serving after the worker's ``n``-th item of its next shard (mid-shard however
         fast the machine is), and resume ``resume_after`` seconds later (never, for None)."""
-        def close() -> None:
+        def pause() -> None:
             gate.set_serving(False)
             if resume_after is not None:
                 threading.Timer(resume_after, gate.set_serving, (True,)).start()
-        backend.then(n, close)
+        backend.then(n, pause)
     # Paused mid-shard for less than release_after: the heartbeats say so, the shard is kept,
     # the worker finishes it when serving resumes.
     pause_after(5, 0.2)
