@@ -1,5 +1,6 @@
 """The command line forms later work relies on."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -39,7 +40,9 @@ HELP_NAMES = {
 }
 
 
+@functools.cache
 def _commands():
+    """Every command's parser, built once (the tests only read them)."""
     from game.cli import build_parser
     return dict(command_parsers(build_parser()))
 

@@ -4,6 +4,7 @@ and kill -9) and chain restarts, and nothing is ever paid twice or lost."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,10 +49,24 @@ def assert_books_match_chain(ledger: Ledger, client, parties, minted: int) -> No
     assert ledger.balance() >= 0
 
 
+#: The requester, enough distinct recipients that a settlement takes more than one transaction,
+#: and two skin creators.
+PARTIES = ("req", *(f"w{i}" for i in range(24)), "c1", "c2")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """The parties' key files, made once for the module (each test copies them)."""
+    root = tmp_path_factory.mktemp("settle-keys")
+    for name in PARTIES:
+        party(root, name)
+    return root / "ids"
+
+
 @pytest.fixture
-def setup(tmp_path):
+def setup(tmp_path, keys):
+    shutil.copytree(keys, tmp_path / "ids")
     req, c1, c2 = (party(tmp_path, n) for n in ("req", "c1", "c2"))
-    # enough distinct recipients that a settlement takes more than one transaction
     workers = [party(tmp_path, f"w{i}") for i in range(24)]
     ledger = Ledger(tmp_path / "ledger.sqlite", req.public_hex)
     with running_chain(tmp_path / "chain") as chain:

@@ -140,7 +140,7 @@ def test_a_lying_checker_frames_nobody_and_the_shard_is_redone(workers, tmp_path
     # The liar takes shard 0 and is idle (first in line to check) when the slow honest worker's
     # claims for shard 1 come in; a third worker's acceptance contradicts the liar's rejection.
     liar = workers("liar", Lying(HashBackend()), price_per_1k=50)
-    slow = workers("slow", HashBackend(step_seconds=0.3), price_per_1k=60)
+    slow = workers("slow", HashBackend(step_seconds=0.1), price_per_1k=60)
     third = workers("third", price_per_1k=70)
     items = items_of(6)
     req = no_model_requester(tmp_path, shard_items=3, verify_fraction=0.0)

@@ -64,7 +64,9 @@ def market(tmp_path):
                     steps.append((name, info))
                 if name == crash_at:
                     raise Crash(name)
-            funds = EscrowFunds(ledger, client(), keypair_for(req_id), on_step=on_step,
+            # The requester runs in the test's thread, so every requester (a restarted one too:
+            # a client holds no state of its own) reaches the chain through the one client.
+            funds = EscrowFunds(ledger, req_client, keypair_for(req_id), on_step=on_step,
                                 royalty_split=kw.pop("royalty_split", None))
             kw.setdefault("heartbeat_timeout", 2.0)
             return Requester(req_id, JobStore(tmp_path / "requester.sqlite"), HashBackend(),

@@ -7,6 +7,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -67,10 +68,41 @@ def workers(tmp_path):
 @pytest.fixture
 def requester(tmp_path):
     def make(**kw) -> Requester:
-        kw.setdefault("heartbeat_timeout", 1.5)
+        # generous: on a loaded machine a live worker dropped for silence would change the
+        # outcome; the tests about silence set their own, shorter timeout
+        kw.setdefault("heartbeat_timeout", 5.0)
         return Requester(load_or_create_identity(tmp_path / "requester"),
                          JobStore(tmp_path / "requester.sqlite"), HashBackend(), **kw)
     return make
+
+
+class AfterItems(HashBackend):
+    """A HashBackend like ``backend`` (same salt, pace and cheat) that runs an action once, right
+    after the ``n``-th item of the next shard it generates (``then``): an event placed mid-shard
+    by the work done, not by the clock."""
+
+    def __init__(self, backend: HashBackend):
+        super().__init__(backend.salt, backend.step_seconds, backend.cheat)
+        self._planned: tuple[int, Callable[[], None]] | None = None
+
+    def then(self, n: int, action: Callable[[], None]) -> None:
+        self._planned = (n, action)
+
+    def generate(self, items, skin=None, *, gate=None, on_done=None):
+        planned, self._planned = self._planned, None
+        if planned is None:
+            return super().generate(items, skin, gate=gate, on_done=on_done)
+        n, action = planned
+        count = 0
+
+        def done(c) -> None:
+            nonlocal count
+            if on_done is not None:
+                on_done(c)
+            count += 1
+            if count == n:
+                action()
+        return super().generate(items, skin, gate=gate, on_done=done)
 
 
 def check_all(items, outcome):
@@ -147,41 +179,48 @@ def test_a_cheat_caught_on_a_later_shard_forfeits_the_whole_job(workers, request
 def test_a_worker_that_goes_silent_mid_shard_loses_the_shard(workers, requester):
     """A worker stops (its sockets close mid-shard): no heartbeat, the shard is reassigned after
     the timeout, the job completes, no receipt for the unfinished work."""
-    slow = workers("slow", HashBackend(step_seconds=0.2))
-    fast = [workers(f"w{i}") for i in range(2)]
+    slow_backend = AfterItems(HashBackend(step_seconds=0.05))
+    slow = workers("slow", slow_backend, heartbeat_interval=0.1)
+    # Stopped after its second item of the shard's ten, so it always goes silent mid-shard.
+    slow_backend.then(2, lambda: threading.Thread(target=slow.close).start())
+    # Live workers beat well within the timeout, so only the silent one loses its shard.
+    fast = [workers(f"w{i}", heartbeat_interval=0.1) for i in range(2)]
     items = items_of(30)
-    req = requester(heartbeat_timeout=1.0)
-    threading.Timer(0.5, slow.close).start()
+    req = requester(heartbeat_timeout=0.6)
     t0 = time.monotonic()
     outcome = req.run(job_id(b"silent", MODEL, None), MODEL, None, items,
                       [w.signed_offer() for w in [slow, *fast]])
     check_all(items, outcome)
-    assert outcome.reassigned == 1 and time.monotonic() - t0 >= 1.0
+    assert outcome.reassigned == 1 and time.monotonic() - t0 >= 0.6
     assert slow.store.receipts() == []
     assert sum(len(w.store.receipts()) for w in fast) == outcome.receipts == 3
 
 
 def test_a_paused_worker_resumes_or_releases_its_shard(workers, requester):
-    gate = SwitchGate(release_after=0.6)
-    paused = workers("paused", HashBackend(step_seconds=0.05), gate=gate,
-                     heartbeat_interval=0.1)
+    gate = SwitchGate(release_after=0.4)
+    backend = AfterItems(HashBackend(step_seconds=0.01))
+    paused = workers("paused", backend, gate=gate, heartbeat_interval=0.1)
     other = workers("other")
     items = items_of(20)
     req = requester(heartbeat_timeout=1.0)
 
-    def pause(at: float, resume_at: float | None) -> None:
-        threading.Timer(at, gate.set_serving, (False,)).start()
-        if resume_at is not None:
-            threading.Timer(resume_at, gate.set_serving, (True,)).start()
+    def pause_after(n: int, resume_after: float | None) -> None:
+        """Pause serving after the worker's ``n``-th item of its next shard (mid-shard however
+        fast the machine is), and resume ``resume_after`` seconds later (never, for None)."""
+        def pause() -> None:
+            gate.set_serving(False)
+            if resume_after is not None:
+                threading.Timer(resume_after, gate.set_serving, (True,)).start()
+        backend.then(n, pause)
     # Paused mid-shard for less than release_after: the heartbeats say so, the shard is kept,
     # the worker finishes it when serving resumes.
-    pause(0.2, 0.6)
+    pause_after(5, 0.2)
     outcome = req.run(job_id(b"resume", MODEL, None), MODEL, None, items,
                       [paused.signed_offer()])
     check_all(items, outcome)
     assert outcome.reassigned == 0 and paused.stats.shards_released == 0
     # Paused past release_after: the shard goes back and another worker does it.
-    pause(0.2, None)
+    pause_after(5, None)
     outcome = req.run(job_id(b"release", MODEL, None), MODEL, None, items,
                       [paused.signed_offer(), other.signed_offer()])
     check_all(items, outcome)
@@ -213,7 +252,7 @@ def test_a_restarted_requester_resumes_without_buying_twice(workers, requester, 
     generated = -1
     while generated != sum(w.backend.generated_items for w in ws):  # shards in flight finish
         generated = sum(w.backend.generated_items for w in ws)
-        time.sleep(0.3)
+        time.sleep(0.1)
     outcome = requester(shard_items=10).run(job, MODEL, None, items, offers)
     check_all(items, outcome)
     again = sum(w.backend.generated_items for w in ws) - generated
@@ -269,7 +308,7 @@ def test_duplicate_late_and_unasked_results_are_ignored(tmp_path, requester):
     outcome = {}
 
     def run():
-        outcome["o"] = requester(receipt_timeout=0.5).run(job, MODEL, None, items, [w.offer])
+        outcome["o"] = requester(receipt_timeout=0.2).run(job, MODEL, None, items, [w.offer])
     t = threading.Thread(target=run)
     t.start()
     try:
@@ -306,7 +345,7 @@ def test_fuzzed_frames_at_a_requester_are_dropped_and_the_job_completes(tmp_path
     items = items_of(4)
     job = job_id(b"fuzz", MODEL, None)
     outcome = {}
-    t = threading.Thread(target=lambda: outcome.update(o=requester(heartbeat_timeout=10, receipt_timeout=0.5).run(
+    t = threading.Thread(target=lambda: outcome.update(o=requester(heartbeat_timeout=10, receipt_timeout=0.2).run(
         job, MODEL, None, items, [w.offer])))
     t.start()
     try:

@@ -260,7 +260,10 @@ def test_fetch_refuses_what_it_cannot_verify(nodes, tmp_path):
     atp = lt.add_torrent_params()
     atp.ti = lt.torrent_info(lt.bencode(ct.generate()))
     atp.save_path = str(plain.parent)
-    seeder.session.call(lambda ses: ses.add_torrent(atp))
+    handle = seeder.session.call(lambda ses: ses.add_torrent(atp))
+    # Seeding before the fetcher knocks: a connection made while the seeder still checks its
+    # files is refused and retried only seconds later.
+    wait_until(lambda: handle.status().is_seeding, 10, "the plain torrent to be seeded")
     magnet = lt.make_magnet_uri(atp.ti).split("&dn=")[0]  # no name: known only from metadata
     with pytest.raises(ContentError, match="not Hearth content"):
         fetcher.fetch(magnet, tmp_path / "out", peers=[seeder.endpoint], timeout=20)

@@ -1,6 +1,7 @@
 """The shipped demo skins on the villagers of a new game (game/village_skins.py, `hearth play`)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -13,6 +14,20 @@ from game.village_skins import dress_villagers, shipped_skins
 from tests.conftest import hearth
 
 
+@pytest.fixture
+def fresh_home(tmp_path, monkeypatch, hearth_home):
+    """A new user's data directory that already holds the default model (the session's, linked
+    in, not imported again: importing it is test_store's subject) and no skin."""
+    from npc.store import ModelStore
+    rec = ModelStore(hearth_home).ensure_default()
+    models = tmp_path / "home" / "models"
+    models.mkdir(parents=True)
+    for name in (f"{rec.blake3}.gguf", f"{rec.blake3}.json"):
+        os.link(hearth_home / "models" / name, models / name)
+    monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 def test_every_shipped_skin_has_a_villager():
     state = new_game(seed=1)
     wearers = [s["wear"] for s in shipped_skins()]
@@ -20,9 +35,8 @@ def test_every_shipped_skin_has_a_villager():
     assert all(state.npc(w) is not None for w in wearers)
 
 
-def test_a_new_game_dresses_the_villagers_once(tmp_path, monkeypatch):
+def test_a_new_game_dresses_the_villagers_once(fresh_home):
     from npc.skins.store import SkinStore
-    monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "home"))
     said = []
     state = new_game(seed=1)
     commands = dress_villagers(state, say=said.append)
@@ -40,8 +54,7 @@ def test_a_new_game_dresses_the_villagers_once(tmp_path, monkeypatch):
     assert dress_villagers(state, say=said.append) == [] and said == []
 
 
-def test_a_broken_shipped_bundle_is_reported_and_skipped(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEARTH_HOME", str(tmp_path / "home"))
+def test_a_broken_shipped_bundle_is_reported_and_skipped(tmp_path, monkeypatch, fresh_home):
     bundles = tmp_path / "bundles"
     shutil.copytree(village_skins.BUNDLES_DIR, bundles)
     broken = shipped_skins()[0]
