@@ -1,5 +1,6 @@
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,34 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+_MODULE_MARKS = re.compile(r"^pytestmark\s*=\s*(.*)$", re.M)
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """Under ``-m``, a test file whose module-level marks alone leave every test in it
+    deselected (``pytestmark = [pytest.mark.model, ...]`` under ``-m "not model"``) is not even
+    imported: ``make test-fast`` skips importing the model-only files' heavy imports. Exact:
+    the file is skipped only if no combination of the other names the expression mentions
+    could select one of its tests."""
+    expr = config.option.markexpr
+    if not expr or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    found = _MODULE_MARKS.search(collection_path.read_text(encoding="utf-8"))
+    if found is None:
+        return None
+    marks = set(re.findall(r"pytest\.mark\.(\w+)", found.group(1)))
+    if not marks:
+        return None
+    from _pytest.mark.expression import Expression
+    compiled = Expression.compile(expr)
+    others = sorted(set(re.findall(r"\w+", expr)) - {"and", "or", "not"} - marks)
+    for bits in range(1 << len(others)):
+        present = marks | {name for i, name in enumerate(others) if bits >> i & 1}
+        if compiled.evaluate(lambda name, **_: name in present):
+            return None
+    return True
 
 
 def sealed_env(home: Path, config: Path | None = None, env: dict[str, str] | None = None) -> dict:
