@@ -86,6 +86,23 @@ class _Reader:
             raise GGUFError("truncated or corrupt GGUF header (string runs past the end)")
         return self.take(n).decode("utf-8", "replace")
 
+    def skip_strings(self, n: int) -> None:
+        """Step over ``n`` strings (a vocabulary's hundred thousand) reading only their lengths,
+        a megabyte at a time, decoding nothing."""
+        base = self.f.tell()
+        buf, off = b"", 0
+        for _ in range(n):
+            if off + 8 > len(buf):
+                base += off
+                self.f.seek(base)
+                buf, off = self.f.read(1 << 20), 0
+                if len(buf) < 8:
+                    raise GGUFError("truncated GGUF header")
+            off += 8 + struct.unpack_from("<Q", buf, off)[0]
+            if base + off > self.size:
+                raise GGUFError("truncated or corrupt GGUF header (string runs past the end)")
+        self.f.seek(base + off)
+
     def value(self, vtype: int, keep: bool = True):
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
@@ -97,6 +114,9 @@ class _Reader:
                 raise GGUFError("truncated or corrupt GGUF header (array runs past the end)")
             if itype in _SCALARS and not keep:
                 self.f.seek(n * struct.calcsize(_SCALARS[itype]), 1)
+                return None
+            if itype == _STRING and not keep:
+                self.skip_strings(n)
                 return None
             items = [self.value(itype, keep) for _ in range(n)]
             return items if keep else None

@@ -40,6 +40,24 @@ def test_bad_files_are_refused_by_name(tmp_path):
     assert store.records() == [] and not list(store.root.glob("*.gguf"))
 
 
+def test_the_header_reader_steps_over_the_vocabulary_exactly(tmp_path):
+    """Skipping the tokenizer's string arrays (100k strings, lengths read a megabyte at a time)
+    lands exactly where reading them does, and a file cut anywhere inside them is refused."""
+    src = ModelStore(tmp_path / "home").default_source()
+    skipped, kept = read_gguf(src), read_gguf(src, keep_arrays=True)
+    assert skipped.tensors == kept.tensors and skipped.data_offset == kept.data_offset
+    assert skipped.metadata == {k: v for k, v in kept.metadata.items() if not isinstance(v, list)}
+    tokens = kept.metadata["tokenizer.ggml.tokens"]
+    assert len(tokens) > 40_000
+    with src.open("rb") as f:
+        head = f.read(skipped.data_offset)
+    for cut in (6000, 400_000, 1_200_000):  # inside the tokens, past 1 MiB, in the merges
+        trunc = tmp_path / f"cut{cut}.gguf"
+        trunc.write_bytes(head[:cut])
+        with pytest.raises(GGUFError, match="truncated"):
+            read_gguf(trunc)
+
+
 @pytest.mark.model
 def test_header_reader_matches_llama_cpp():
     import ctypes
