@@ -27,8 +27,9 @@ The base model is loaded with transformers straight from its GGUF (dequantized t
 for the default model on two cores, most of it reading the GGUF's metadata). The converted model
 and tokenizer are then kept in Hearth's data directory (``cache/training-base``, one base at a
 time, ~520 MB for the default model, checked by hash on every load), so the next training run
-loads in about a second; and per process, so training several skins in one run loads it once. Training is AdamW on the
-LoRA weights only, deterministic for a given seed, with a rich progress bar on stderr.
+loads in about a second; and per process, so training several skins in one run loads it once.
+Training is AdamW on the LoRA weights only, deterministic for a given seed, with a rich progress
+bar on stderr.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import blake3_file
 from npc.skins.manifest import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TrainingSummary
 
 #: LoRA rank of a new skin. Rank 4 on all seven projections of SmolLM2-135M is 1.2 M
@@ -225,18 +227,8 @@ def converted_root() -> Path:
 
 
 def _source_id(base_gguf: Path) -> dict:
-    import blake3
     import transformers
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    h.update_mmap(base_gguf)
-    return {"gguf_blake3": h.hexdigest(), "transformers": transformers.__version__}
-
-
-def _file_hash(path: Path) -> str:
-    import blake3
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    h.update_mmap(path)
-    return h.hexdigest()
+    return {"gguf_blake3": blake3_file(base_gguf), "transformers": transformers.__version__}
 
 
 def read_converted(source: dict):
@@ -248,7 +240,7 @@ def read_converted(source: dict):
         if meta.get("source") != source or not meta.get("files"):
             return None
         for name, digest in meta["files"].items():
-            if _file_hash(d / name) != digest:
+            if blake3_file(d / name) != digest:
                 return None
     except (OSError, ValueError):
         return None
@@ -280,7 +272,7 @@ def _save_converted(source: dict, model, tok) -> None:
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
             save_model(model, str(tmp / "model.safetensors"))
             tok.save_pretrained(tmp)
-            files = {p.name: _file_hash(p) for p in sorted(tmp.iterdir())}
+            files = {p.name: blake3_file(p) for p in sorted(tmp.iterdir())}
             for p in tmp.iterdir():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
