@@ -109,6 +109,22 @@ def skin_checks(store, base_model: str, base_gguf: Path | None = None):
     return verify, install
 
 
+def engine_configuration(store, base, model: str = "default", *, width: int | None = None,
+                         say: Callable[[str], None] = lambda s: None):
+    """(model record, ``EngineOptions``) ``load_backend(model)`` runs: ``base`` (the store's
+    default model) for ``default``, a model id in ``store``, or for ``tuned`` the configuration
+    ``npc.tuning.choose`` measured fastest on this machine, on every core."""
+    from npc.serving import EngineOptions
+    options = EngineOptions() if width is None else EngineOptions(width=width)
+    if model != "tuned":
+        return (base if model == "default" else store.get(model)), options
+    from npc.tuning import choose
+    choice = choose(store, base, say=say)
+    return store.get(choice.model), replace(
+        options, use_extra_bufts=choice.use_extra_bufts,
+        n_threads=max(choice.n_threads, choice.n_threads_batch))
+
+
 def load_backend(model: str = "default", *, width: int | None = None,
                  self_check: bool = True, say: Callable[[str], None] = lambda s: None
                  ) -> EngineBackend:
@@ -120,21 +136,13 @@ def load_backend(model: str = "default", *, width: int | None = None,
     engine first generates a few items and re-scores them: a configuration that would see its
     own genuine work rejected refuses to serve (``npc.serving.ServingError``)."""
     from npc.adapters import AdapterPool
-    from npc.serving import Engine, EngineOptions
+    from npc.serving import Engine
     from npc.skins.store import SkinStore
     from npc.store import ModelStore
 
     store = ModelStore()
     base = store.ensure_default()
-    options = EngineOptions() if width is None else EngineOptions(width=width)
-    if model == "tuned":
-        from npc.tuning import choose
-        choice = choose(store, base, say=say)
-        record = store.get(choice.model)
-        options = replace(options, use_extra_bufts=choice.use_extra_bufts,
-                          n_threads=max(choice.n_threads, choice.n_threads_batch))
-    else:
-        record = base if model == "default" else store.get(model)
+    record, options = engine_configuration(store, base, model, width=width, say=say)
     engine = Engine(store.path(record.blake3), options, model_id=record.blake3)
     pool = AdapterPool(engine, SkinStore(), base_model=base.blake3,
                        base_gguf=store.path(base.blake3))

@@ -33,16 +33,16 @@ PROMPT_TOKENS = 40
 
 
 def configuration(which: str):
-    """(model path, use_extra_bufts, threads, quantization) for ``which``."""
+    """(model path, use_extra_bufts, threads, quantization) of what ``hearth serve``
+    (``tuned``) or a swarm job (``shipped``) runs: ``game.jobs_backend.engine_configuration``."""
+    from game.jobs_backend import engine_configuration
     from npc.store import ModelStore
     store = ModelStore()
     base = store.ensure_default()
-    if which == "shipped":
-        return store.path(base.blake3), False, 2, base.quantization
-    from npc.tuning import choose
-    choice = choose(store, base, say=lambda s: print(s, flush=True))
-    return (store.path(choice.model), choice.use_extra_bufts,
-            max(choice.n_threads, choice.n_threads_batch), choice.quantization)
+    record, options = engine_configuration(store, base, "tuned" if which == "tuned" else "default",
+                                           say=lambda s: print(s, flush=True))
+    return (store.path(record.blake3), options.use_extra_bufts, options.n_threads,
+            record.quantization)
 
 
 def tokens_per_second(ctx, prompt: list[int], width: int, steps: int) -> float:
