@@ -231,4 +231,3 @@ def test_switch_gate_tells_its_followers_of_each_change_until_they_leave():
     leave()
     gate.set_serving(True)
     assert heard == [True, False, True] and not gate.paused()
-

@@ -324,8 +324,8 @@ def test_a_real_worker_fetches_a_village_skin_and_serves_wearing_it(tmp_path):
 def test_the_new_fields_stay_off_the_wire_unless_used_and_are_checked():
     import msgspec
 
-    from swarm.jobs.offers import Offer, offer_bytes
     from swarm.jobs.backend import Completion
+    from swarm.jobs.offers import Offer, offer_bytes
     a = p.Assign(job="a" * 64, shard=0, requester="b" * 64, model=MODEL, skin="d" * 64,
                  price_per_1k=1, items=items_of(1))
     r = p.Rescore(job="a" * 64, shard=0, requester="b" * 64, model=MODEL, skin="d" * 64,

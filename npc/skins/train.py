@@ -46,7 +46,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import blake3_file
+from common.files import blake3_file, fsync_dir, fsync_file
 from npc.skins.manifest import PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE, TrainingSummary
 
 #: LoRA rank of a new skin. Rank 4 on all seven projections of SmolLM2-135M is 1.2 M
@@ -260,7 +260,6 @@ def _save_converted(source: dict, model, tok) -> None:
 
     from safetensors.torch import save_model
 
-    from common.files import fsync_dir
     root = converted_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -273,10 +272,9 @@ def _save_converted(source: dict, model, tok) -> None:
             save_model(model, str(tmp / "model.safetensors"))
             tok.save_pretrained(tmp)
             files = {p.name: blake3_file(p) for p in sorted(tmp.iterdir())}
-            for p in tmp.iterdir():
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
             (tmp / SOURCE_FILE).write_text(json.dumps({"source": source, "files": files}))
+            for p in tmp.iterdir():
+                fsync_file(p)
             fsync_dir(tmp)
             for old in root.iterdir():  # one base at a time (and leftovers of interrupted runs)
                 if old != tmp:
